@@ -1,0 +1,92 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { Config } from '../src/config.js'
+import { CodecError, encodeEvent, fromJsonValue, parseWireEvent } from '../src/codec.js'
+import { Errors } from '../src/errors.js'
+import { authErrors, errorResponses } from '../schemas/error.js'
+import { EventInput, ProduceAccepted, WireEvent, eventBatch } from '../schemas/event.js'
+
+export const MSGPACK = 'application/msgpack'
+
+// The bytes of each msgpack body, kept beside the decoded event so they reach Redis unchanged.
+const wireBytes = new WeakMap<object, Buffer>()
+
+function encodeInput (input: EventInput, defaultAgentId: string, where: string): Uint8Array {
+  try {
+    return encodeEvent({
+      event_name: input.event_name,
+      agent_id: input.agent_id ?? defaultAgentId,
+      args: fromJsonValue(input.args ?? [], `${where}args`) as unknown[]
+    })
+  } catch (err) {
+    if (err instanceof CodecError) throw new Errors.InvalidEvent(err.message)
+    throw err
+  }
+}
+
+const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
+  // Only this route takes msgpack: its parser lives in this context alone, so other routes answer 415.
+  await app.register(async (single) => {
+    single.addContentTypeParser(MSGPACK, { parseAs: 'buffer' }, (_request, body: Buffer, done) => {
+      try {
+        const event = parseWireEvent(body)
+        wireBytes.set(event, body)
+        done(null, event)
+      } catch (err) {
+        if (!(err instanceof CodecError)) return done(err as Error)
+        done(err.reason === 'undecodable' ? new Errors.InvalidMsgpack(err.message) : new Errors.InvalidEvent(err.message))
+      }
+    })
+
+    single.post('/events', {
+      schema: {
+        operationId: 'produceEvent',
+        tags: ['events'],
+        summary: 'Put one event on the bus',
+        description: 'Writes one copy to the broadcast channel (PUBLISH) and one to the consumer list (RPUSH), atomically: ' +
+          '`202` means Redis holds both, an error means it holds neither.',
+        body: {
+          content: {
+            'application/json': { schema: EventInput },
+            [MSGPACK]: { schema: WireEvent }
+          }
+        },
+        response: { 202: ProduceAccepted, ...authErrors, ...errorResponses(400, 413, 415, 503) }
+      },
+      config: { scope: 'publish', countsRejections: true },
+      // Per-content-type schemas validate only the content types they name; a request without
+      // a body reaches no schema at all, so it is refused here.
+      preValidation: async (request) => {
+        if (request.body === undefined || request.body === null) {
+          throw new Errors.BadRequest(`This route needs a body: JSON (application/json) or msgpack (${MSGPACK})`)
+        }
+      }
+    }, async (request, reply) => {
+      const body = request.body as EventInput | WireEvent
+      const raw = wireBytes.get(body)
+      const frame = raw ?? encodeInput(body, config.agentId, 'body/')
+      const result = await app.engine.produce([frame])
+      app.metrics.produced.inc({ route: 'single', format: raw === undefined ? 'json' : 'msgpack' })
+      return reply.code(202).send({ accepted: 1, subscribers: result.subscribers, queue_length: result.queueLength })
+    })
+  })
+
+  app.post('/events/batch', {
+    schema: {
+      operationId: 'produceEvents',
+      tags: ['events'],
+      summary: 'Put several events on the bus, all or none',
+      description: 'The events are written in one atomic step, in array order: each to the channel and to the consumer list.',
+      body: eventBatch(config.batchMax),
+      response: { 202: ProduceAccepted, ...authErrors, ...errorResponses(400, 413, 415, 503) }
+    },
+    config: { scope: 'publish', countsRejections: true }
+  }, async (request, reply) => {
+    const inputs = request.body as EventInput[]
+    const frames = inputs.map((input, i) => encodeInput(input, config.agentId, `body/${i}/`))
+    const result = await app.engine.produce(frames)
+    app.metrics.produced.inc({ route: 'batch', format: 'json' }, frames.length)
+    return reply.code(202).send({ accepted: frames.length, subscribers: result.subscribers, queue_length: result.queueLength })
+  })
+}
+
+export default events

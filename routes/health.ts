@@ -1,0 +1,48 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { authErrors } from '../schemas/error.js'
+import { Liveness, MetricsText, Readiness } from '../schemas/health.js'
+
+const health: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('/healthz', {
+    schema: {
+      operationId: 'liveness',
+      tags: ['operations'],
+      summary: 'Liveness: the process answers',
+      response: { 200: Liveness }
+    },
+    config: { scope: 'public' }
+  }, async () => ({ status: 'ok' as const }))
+
+  app.get('/readyz', {
+    schema: {
+      operationId: 'readiness',
+      tags: ['operations'],
+      summary: 'Readiness: the event bus answers a PING',
+      response: { 200: Readiness, 503: Readiness }
+    },
+    config: { scope: 'public' }
+  }, async (_request, reply) => {
+    const up = await app.engine.ping().then(() => true, () => false)
+    return reply.code(up ? 200 : 503).send({
+      status: up ? 'ready' : 'unavailable',
+      engine: app.engine.kind,
+      bus: up ? 'up' : 'down'
+    })
+  })
+
+  app.get('/metrics', {
+    schema: {
+      operationId: 'metrics',
+      tags: ['operations'],
+      summary: 'Prometheus metrics',
+      produces: ['text/plain'],
+      response: { 200: MetricsText, ...authErrors }
+    },
+    config: { scope: 'admin' }
+  }, async (_request, reply) => {
+    const text = await app.metrics.registry.metrics()
+    return reply.type(app.metrics.registry.contentType).send(text)
+  })
+}
+
+export default health

@@ -1,0 +1,60 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+export const EVENT_NAME_MAX = 128
+
+export const EventName = Type.String({
+  pattern: '^[a-z][a-z0-9]*(_[a-z0-9]+)*$',
+  maxLength: EVENT_NAME_MAX,
+  description: `snake_case, at most ${EVENT_NAME_MAX} characters`,
+  examples: ['kernel_started']
+})
+
+export const AgentId = Type.String({
+  minLength: 1,
+  maxLength: 255,
+  description: 'the source node; `manager` for manager instances',
+  examples: ['i-agent01']
+})
+
+const ArgsDescription = 'extra arguments, each any msgpack-serialisable value. In JSON, `{"$base64": "…"}` (that key alone) ' +
+  'stands for msgpack bin; integers must lie within ±(2^53-1) (send larger ones as `application/msgpack`).'
+
+export const EventInput = Type.Object({
+  event_name: EventName,
+  agent_id: Type.Optional(AgentId),
+  args: Type.Optional(Type.Array(Type.Unknown(), { description: ArgsDescription, examples: [['sess-1', 'kern-1']] }))
+}, {
+  $id: 'EventInput',
+  title: 'EventInput',
+  additionalProperties: false,
+  description: 'One event. `agent_id` defaults to the gateway\'s BUSGATE_AGENT_ID, `args` to `[]`.'
+})
+export type EventInput = Static<typeof EventInput>
+
+export const WireEvent = Type.Object({
+  event_name: EventName,
+  agent_id: AgentId,
+  args: Type.Array(Type.Unknown(), { description: 'any msgpack values' })
+}, {
+  $id: 'WireEvent',
+  title: 'WireEvent',
+  additionalProperties: false,
+  description: 'The wire format itself: a msgpack map of exactly these three keys, as Backend.AI writes it. ' +
+    'Posted as `application/msgpack`, the bytes are checked (Python\'s `msgpack.unpackb(raw=False)` must read them) and written unchanged.'
+})
+export type WireEvent = Static<typeof WireEvent>
+
+export const ProduceAccepted = Type.Object({
+  accepted: Type.Integer({ description: 'events written to both the channel and the consumer list', examples: [1] }),
+  subscribers: Type.Integer({ description: 'clients subscribed to the channel that received the copy (gateways, managers)', examples: [2] }),
+  queue_length: Type.Integer({ description: 'length of the consumer list right after the write', examples: [1] })
+}, { $id: 'ProduceAccepted', title: 'ProduceAccepted', additionalProperties: false })
+export type ProduceAccepted = Static<typeof ProduceAccepted>
+
+export function eventBatch (maxItems: number) {
+  return Type.Array(Type.Ref('EventInput'), {
+    minItems: 1,
+    maxItems,
+    description: `1 to ${maxItems} events (BUSGATE_BATCH_MAX), written all or none, in this order`
+  })
+}

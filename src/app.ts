@@ -1,0 +1,81 @@
+import cors from '@fastify/cors'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import Fastify, { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import type { Config } from './config.js'
+import { registerOpenApi } from './openapi.js'
+import authPlugin from './plugins/auth.js'
+import enginePlugin from './plugins/engine.js'
+import errorHandler from './plugins/error-handler.js'
+import metricsPlugin from './plugins/metrics.js'
+import { buildValidator } from './validation.js'
+import docsRoutes from '../routes/docs.js'
+import eventRoutes from '../routes/events.js'
+import healthRoutes from '../routes/health.js'
+import { ErrorResponse } from '../schemas/error.js'
+import { EventInput, ProduceAccepted, WireEvent } from '../schemas/event.js'
+
+/** Tokens travel in `?access_token=` for EventSource clients: keep them out of every log line. */
+export function redactUrl (url: string): string {
+  return url.replace(/([?&]access_token=)[^&#]*/gi, '$1[redacted]')
+}
+
+export function loggerOptions (level: string): FastifyServerOptions['logger'] {
+  return {
+    level,
+    redact: { paths: ['req.headers.authorization', 'req.headers.cookie'], censor: '[redacted]' },
+    serializers: {
+      req: (req: { method: string, url: string, ip?: string }) => ({ method: req.method, url: redactUrl(req.url), remoteAddress: req.ip })
+    }
+  }
+}
+
+/**
+ * Access lines at debug: at info, a line per request would cost more than producing the event.
+ * Refusals and failures are logged by the error handler at info and error.
+ */
+class AccessLog extends LogController {
+  override incomingRequest (): void {}
+  override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (error == null) request.log.debug({ req: request, statusCode: reply.statusCode, ms: reply.elapsedTime }, 'request completed')
+  }
+}
+
+export interface BuildOptions {
+  /** pino options, or false for silence; defaults to the configured level */
+  logger?: FastifyServerOptions['logger']
+}
+
+/** Builds the gateway without listening: the entry point listens, tests use `inject` or listen on port 0. */
+export async function buildApp (config: Config, options: BuildOptions = {}) {
+  const app = Fastify({
+    logger: options.logger ?? loggerOptions(config.logLevel),
+    bodyLimit: config.bodyLimit,
+    logController: new AccessLog(),
+    schemaController: { compilersFactory: { buildValidator } }
+  }).withTypeProvider<TypeBoxTypeProvider>()
+
+  // Only JSON, and msgpack where a route adds it: a text/plain body must get 415, not reach a handler.
+  app.removeContentTypeParser('text/plain')
+  for (const schema of [ErrorResponse, EventInput, WireEvent, ProduceAccepted]) app.addSchema(schema)
+
+  await app.register(metricsPlugin)
+  await app.register(errorHandler, { bodyLimit: config.bodyLimit })
+  await app.register(authPlugin, { tokens: config.tokens })
+  await app.register(enginePlugin, { config })
+  if (config.corsOrigins !== undefined) {
+    await app.register(cors, {
+      origin: config.corsOrigins.includes('*') ? '*' : [...config.corsOrigins],
+      methods: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
+      allowedHeaders: ['Authorization', 'Content-Type', 'Last-Event-ID'],
+      maxAge: 600
+    })
+  }
+  await registerOpenApi(app)
+
+  await app.register(healthRoutes)
+  await app.register(eventRoutes, { config })
+  await app.register(docsRoutes)
+  return app
+}
+
+export type App = Awaited<ReturnType<typeof buildApp>>

@@ -1,0 +1,259 @@
+import { isUtf8 } from 'node:buffer'
+import { Decoder, Encoder, ExtData } from '@msgpack/msgpack'
+
+/**
+ * The wire format: a msgpack map with exactly these keys, in this order, as Backend.AI's
+ * `msgpack.packb({'event_name': …, 'agent_id': …, 'args': …}, use_bin_type=True)` writes it.
+ */
+export interface BusEvent {
+  event_name: string
+  agent_id: string
+  args: unknown[]
+}
+
+/** JSON as busgate shows events: see `toJsonValue` for the mapping. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue }
+
+export interface JsonEvent {
+  event_name: string
+  agent_id: string
+  args: JsonValue[]
+}
+
+/** Python's msgpack packer refuses to nest deeper than 511, so nothing real goes past this. */
+export const MAX_DEPTH = 512
+
+export type CodecFailure = 'undecodable' | 'wrong_shape'
+
+export class CodecError extends Error {
+  override name = 'CodecError'
+  constructor (readonly reason: CodecFailure, message: string) {
+    super(message)
+  }
+}
+
+const decoder = new Decoder({ useBigInt64: true })
+const encoder = new Encoder({ useBigInt64: true, maxDepth: MAX_DEPTH + 1 })
+
+export function encodeEvent (event: BusEvent): Uint8Array {
+  return encoder.encode({ event_name: event.event_name, agent_id: event.agent_id, args: event.args })
+}
+
+/**
+ * Decodes a message read from the bus. Lenient where other producers may differ harmlessly
+ * (extra keys are ignored), strict where a consumer would break (types of the three keys).
+ */
+export function decodeEvent (bytes: Uint8Array): BusEvent {
+  return checkShape(decode(bytes), false)
+}
+
+/**
+ * Checks msgpack bytes offered for the bus (a `POST /events` body) as strictly as the
+ * strictest consumer: Python's `unpackb(raw=False, strict_map_key=True)` must read them,
+ * and the map must hold the three keys and nothing else.
+ */
+export function parseWireEvent (bytes: Uint8Array): BusEvent {
+  const problem = scanMsgpack(bytes)
+  if (problem !== undefined) throw new CodecError('undecodable', problem)
+  return checkShape(decode(bytes), true)
+}
+
+function decode (bytes: Uint8Array): unknown {
+  try {
+    return decoder.decode(bytes)
+  } catch (err) {
+    throw new CodecError('undecodable', (err as Error).message)
+  }
+}
+
+function checkShape (value: unknown, exact: boolean): BusEvent {
+  if (!isPlainObject(value)) throw new CodecError('wrong_shape', `expected a map, got ${describe(value)}`)
+  const { event_name: name, agent_id: agent, args } = value
+  if (typeof name !== 'string') throw new CodecError('wrong_shape', `event_name must be a str, got ${describe(name)}`)
+  if (typeof agent !== 'string') throw new CodecError('wrong_shape', `agent_id must be a str, got ${describe(agent)}`)
+  if (!Array.isArray(args)) throw new CodecError('wrong_shape', `args must be an array, got ${describe(args)}`)
+  if (exact) {
+    const extra = Object.keys(value).filter((k) => k !== 'event_name' && k !== 'agent_id' && k !== 'args')
+    if (extra.length > 0) throw new CodecError('wrong_shape', `unexpected key ${JSON.stringify(extra[0])}: the map holds event_name, agent_id and args only`)
+  }
+  return value as unknown as BusEvent
+}
+
+function isPlainObject (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) &&
+    !(value instanceof Uint8Array) && !(value instanceof Date) && !(value instanceof ExtData)
+}
+
+function describe (value: unknown): string {
+  if (value === undefined) return 'nothing'
+  if (value === null) return 'nil'
+  if (Array.isArray(value)) return 'an array'
+  if (value instanceof Uint8Array) return 'bin'
+  if (typeof value === 'bigint') return 'an int'
+  if (typeof value === 'number') return Number.isInteger(value) ? 'an int' : 'a float'
+  if (typeof value === 'string') return 'a str'
+  if (typeof value === 'boolean') return 'a bool'
+  return 'a map'
+}
+
+/**
+ * The one JSON mapping for events leaving busgate (SSE, webhooks, dashboard):
+ * bin → `{"$base64": "…"}`; integers beyond ±(2^53-1) → decimal strings; NaN and ±Infinity →
+ * the strings "NaN", "Infinity", "-Infinity"; the msgpack timestamp extension → an ISO-8601
+ * string; other extensions → `{"$ext": type, "$base64": "…"}`; everything else as is.
+ */
+export function toJsonValue (value: unknown): JsonValue {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return value
+    case 'number':
+      return Number.isFinite(value) ? value : String(value)
+    case 'bigint':
+      return value >= Number.MIN_SAFE_INTEGER && value <= Number.MAX_SAFE_INTEGER ? Number(value) : value.toString()
+    case 'object':
+      if (value === null) return null
+      if (Array.isArray(value)) return value.map(toJsonValue)
+      if (value instanceof Uint8Array) return { $base64: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') }
+      if (value instanceof Date) return value.toISOString()
+      if (value instanceof ExtData) {
+        const data = value.data instanceof Uint8Array ? value.data : new Uint8Array(0)
+        return { $ext: value.type, $base64: Buffer.from(data).toString('base64') }
+      }
+      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toJsonValue(v)]))
+    default:
+      return null
+  }
+}
+
+export function toJsonEvent (event: BusEvent): JsonEvent {
+  return { event_name: event.event_name, agent_id: event.agent_id, args: event.args.map(toJsonValue) }
+}
+
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
+
+/**
+ * The inverse for events entering as JSON: `{"$base64": "…"}` (that one key alone) becomes
+ * bin. Integers JSON cannot carry exactly are refused rather than rounded; so is nesting past
+ * MAX_DEPTH. Throws CodecError with a message naming the path.
+ */
+export function fromJsonValue (value: unknown, path = 'args', depth = 0): unknown {
+  if (depth > MAX_DEPTH) throw new CodecError('wrong_shape', `${path} is nested deeper than ${MAX_DEPTH} levels`)
+  if (typeof value === 'number') {
+    if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+      throw new CodecError('wrong_shape',
+        `${path} is an integer beyond ±(2^53-1), which JSON numbers cannot carry exactly; send it as a string or post application/msgpack`)
+    }
+    return value
+  }
+  if (typeof value !== 'object' || value === null) return value
+  if (Array.isArray(value)) return value.map((item, i) => fromJsonValue(item, `${path}[${i}]`, depth + 1))
+  const keys = Object.keys(value)
+  if (keys.length === 1 && keys[0] === '$base64') {
+    const encoded = (value as { $base64: unknown }).$base64
+    if (typeof encoded !== 'string' || !BASE64.test(encoded)) {
+      throw new CodecError('wrong_shape', `${path}.$base64 must be a padded base64 string`)
+    }
+    return new Uint8Array(Buffer.from(encoded, 'base64'))
+  }
+  const out: Record<string, unknown> = {}
+  for (const key of keys) out[key] = fromJsonValue((value as Record<string, unknown>)[key], `${path}.${key}`, depth + 1)
+  return out
+}
+
+/** A short hex view of a message for logs: enough to recognise it, never the whole thing. */
+export function hexPreview (bytes: Uint8Array, max = 32): string {
+  const head = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, max)).toString('hex')
+  return bytes.byteLength > max ? `${head}… (${bytes.byteLength} bytes)` : head
+}
+
+/**
+ * Walks msgpack bytes without building values: one complete object, no trailing bytes, every
+ * str valid UTF-8, every map key a str, nesting within MAX_DEPTH. Returns what is wrong, if anything.
+ */
+export function scanMsgpack (bytes: Uint8Array): string | undefined {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  const end = bytes.byteLength
+  let pos = 0
+  // Each open container: how many items remain, and whether it is a map (keys at even positions).
+  const remaining: number[] = []
+  const isMap: boolean[] = []
+  let items = 1
+
+  const need = (n: number): boolean => pos + n <= end
+  const truncated = (): string => `truncated at byte ${pos} of ${end}`
+
+  while (items > 0 || remaining.length > 0) {
+    if (items === 0) {
+      items = remaining.pop() as number
+      isMap.pop()
+      continue
+    }
+    const depth = remaining.length
+    const top = isMap.length - 1
+    const atKey = top >= 0 && isMap[top] === true && items % 2 === 0
+    items--
+    if (!need(1)) return truncated()
+    const b = view.getUint8(pos++)
+    let strLen = -1
+    let skip = 0
+    let container = -1
+    let containerIsMap = false
+
+    if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) {
+      skip = 0
+    } else if (b >= 0xa0 && b <= 0xbf) {
+      strLen = b & 0x1f
+    } else if (b >= 0x90 && b <= 0x9f) {
+      container = b & 0x0f
+    } else if (b >= 0x80 && b <= 0x8f) {
+      container = b & 0x0f
+      containerIsMap = true
+    } else {
+      switch (b) {
+        case 0xc1: return `byte 0xc1 at ${pos - 1} is never used in msgpack`
+        case 0xcc: case 0xd0: skip = 1; break
+        case 0xcd: case 0xd1: skip = 2; break
+        case 0xca: case 0xce: case 0xd2: skip = 4; break
+        case 0xcb: case 0xcf: case 0xd3: skip = 8; break
+        case 0xd4: skip = 2; break
+        case 0xd5: skip = 3; break
+        case 0xd6: skip = 5; break
+        case 0xd7: skip = 9; break
+        case 0xd8: skip = 17; break
+        case 0xd9: if (!need(1)) return truncated(); strLen = view.getUint8(pos); pos += 1; break
+        case 0xda: if (!need(2)) return truncated(); strLen = view.getUint16(pos); pos += 2; break
+        case 0xdb: if (!need(4)) return truncated(); strLen = view.getUint32(pos); pos += 4; break
+        case 0xc4: if (!need(1)) return truncated(); skip = view.getUint8(pos) + 1; break
+        case 0xc5: if (!need(2)) return truncated(); skip = view.getUint16(pos) + 2; break
+        case 0xc6: if (!need(4)) return truncated(); skip = view.getUint32(pos) + 4; break
+        case 0xc7: if (!need(1)) return truncated(); skip = view.getUint8(pos) + 2; break
+        case 0xc8: if (!need(2)) return truncated(); skip = view.getUint16(pos) + 3; break
+        case 0xc9: if (!need(4)) return truncated(); skip = view.getUint32(pos) + 5; break
+        case 0xdc: if (!need(2)) return truncated(); container = view.getUint16(pos); pos += 2; break
+        case 0xdd: if (!need(4)) return truncated(); container = view.getUint32(pos); pos += 4; break
+        case 0xde: if (!need(2)) return truncated(); container = view.getUint16(pos); pos += 2; containerIsMap = true; break
+        case 0xdf: if (!need(4)) return truncated(); container = view.getUint32(pos); pos += 4; containerIsMap = true; break
+      }
+    }
+    if (atKey && strLen < 0) return `map key at byte ${pos - 1} is not a str (Python reads only str keys)`
+    if (strLen >= 0) {
+      if (!need(strLen)) return truncated()
+      if (!isUtf8(bytes.subarray(pos, pos + strLen))) return `str at byte ${pos} is not valid UTF-8`
+      pos += strLen
+    } else if (skip > 0) {
+      if (!need(skip)) return truncated()
+      pos += skip
+    } else if (container >= 0) {
+      if (depth + 1 > MAX_DEPTH) return `nested deeper than ${MAX_DEPTH} levels`
+      const count = containerIsMap ? container * 2 : container
+      // Each item takes at least one byte, so a count beyond the bytes left is a lie.
+      if (count > end - pos) return truncated()
+      remaining.push(items)
+      isMap.push(containerIsMap)
+      items = count
+    }
+  }
+  if (pos !== end) return `${end - pos} bytes left over after the message`
+  return undefined
+}

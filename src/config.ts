@@ -1,0 +1,265 @@
+import { parseArgs } from 'node:util'
+
+export type Scope = 'publish' | 'subscribe' | 'admin'
+export const SCOPES: readonly Scope[] = ['publish', 'subscribe', 'admin']
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+export type LogLevel = typeof LOG_LEVELS[number]
+
+export interface TokenGrant {
+  token: string
+  scopes: ReadonlySet<Scope>
+}
+
+export interface RedisTarget {
+  host: string
+  port: number
+  db: number
+  username: string | undefined
+  password: string | undefined
+  tls: boolean
+}
+
+export interface Config {
+  host: string
+  port: number
+  /** unset selects the embedded memory engine */
+  redis: RedisTarget | undefined
+  logLevel: LogLevel
+  pubsubChannel: string
+  prodconsKey: string
+  keyPrefix: string
+  /** unset means no authentication */
+  tokens: readonly TokenGrant[] | undefined
+  agentId: string
+  corsOrigins: readonly string[] | undefined
+  bodyLimit: number
+  batchMax: number
+  redisTimeoutMs: number
+  shutdownTimeoutMs: number
+  memoryQueueMax: number
+}
+
+/** A setting that cannot be used: the message names it and says what is expected. */
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+interface Setting<K extends keyof Config> {
+  key: K
+  env: string
+  flag: string
+  default: string | undefined
+  help: string
+  parse: (raw: string) => Config[K]
+}
+
+// The table is the single source for parsing, `--help` and the README's settings table.
+export const SETTINGS = [
+  setting('host', 'HOST', '127.0.0.1', 'listen address', nonEmpty),
+  setting('port', 'PORT', '8080', 'listen port', (raw) => integer(raw, 0, 65535)),
+  setting('redis', 'REDIS_URL', undefined,
+    '`redis://` or `rediss://` URL with optional user, password and db index (`redis://:pw@host:6379/4`); unset = the embedded in-memory engine',
+    parseRedisUrl),
+  setting('logLevel', 'LOG_LEVEL', 'info', `pino level: ${LOG_LEVELS.join(', ')}`, (raw) => oneOf(raw, LOG_LEVELS)),
+  setting('pubsubChannel', 'BUSGATE_PUBSUB_CHANNEL', 'events.pubsub', 'the broadcast channel', redisName),
+  setting('prodconsKey', 'BUSGATE_PRODCONS_KEY', 'events.prodcons', 'the consumer list', redisName),
+  setting('keyPrefix', 'BUSGATE_KEY_PREFIX', 'busgate:', "prefix of busgate's own keys", redisName),
+  setting('tokens', 'BUSGATE_TOKENS', undefined,
+    'API tokens and scopes: `TOKEN:SCOPE[+SCOPE…]`, comma-separated, scopes `publish`, `subscribe`, `admin`; unset = no auth (logged as a warning)',
+    parseTokens),
+  setting('agentId', 'BUSGATE_AGENT_ID', 'manager', '`agent_id` of events posted without one', (raw) => bounded(raw, 255)),
+  setting('corsOrigins', 'BUSGATE_CORS_ORIGINS', undefined,
+    'browser origins allowed by CORS, comma-separated (`https://a.example,https://b.example`) or `*`; unset = no CORS headers',
+    parseOrigins),
+  setting('bodyLimit', 'BUSGATE_BODY_LIMIT', '1048576', 'largest request body in bytes (larger: 413)', (raw) => integer(raw, 1024, 64 * 1024 * 1024)),
+  setting('batchMax', 'BUSGATE_BATCH_MAX', '1000', 'most events in one `POST /events/batch` (at most 5000)', (raw) => integer(raw, 1, 5000)),
+  setting('redisTimeoutMs', 'BUSGATE_REDIS_TIMEOUT_MS', '2000', 'bound on connecting to Redis and on each command; past it a request gets 503', (raw) => integer(raw, 50, 60000)),
+  setting('shutdownTimeoutMs', 'BUSGATE_SHUTDOWN_TIMEOUT_MS', '10000', 'on SIGTERM, how long in-flight requests may finish before the process exits anyway', (raw) => integer(raw, 0, 600000)),
+  setting('memoryQueueMax', 'BUSGATE_MEMORY_QUEUE_MAX', '100000',
+    'memory engine only: most messages its consumer list holds; past it `POST /events` gets 503', (raw) => integer(raw, 1, 100_000_000))
+] as const
+
+function setting<K extends keyof Config> (key: K, env: string, dflt: string | undefined, help: string,
+  parse: (raw: string) => Config[K]): Setting<K> {
+  const flag = env.replace(/^BUSGATE_/, '').toLowerCase().replaceAll('_', '-')
+  return { key, env, flag, default: dflt, help, parse }
+}
+
+export const HELP = [
+  'Usage: busgate [--flag value]…',
+  '',
+  'Every setting comes from its environment variable or the flag of the same meaning; a flag wins.',
+  '',
+  ...SETTINGS.map((s) => `  --${s.flag.padEnd(20)} ${s.env.padEnd(28)} ${s.help.replaceAll('`', '')}${s.default === undefined ? '' : ` (default ${s.default})`}`),
+  '',
+  '  --help, --version'
+].join('\n')
+
+export type CliAction = { kind: 'run', config: Config } | { kind: 'help' } | { kind: 'version' }
+
+/** Reads the settings once, from flags then environment then defaults, and checks every one. */
+export function loadConfig (env: NodeJS.ProcessEnv, argv: readonly string[]): CliAction {
+  let flags: Record<string, string | boolean | undefined>
+  try {
+    const options: Record<string, { type: 'string' | 'boolean' }> = { help: { type: 'boolean' }, version: { type: 'boolean' } }
+    for (const s of SETTINGS) options[s.flag] = { type: 'string' }
+    flags = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values
+  } catch (err) {
+    throw new ConfigError((err as Error).message.split('\n')[0] ?? 'invalid arguments')
+  }
+  if (flags.help === true) return { kind: 'help' }
+  if (flags.version === true) return { kind: 'version' }
+
+  const config: Partial<Record<keyof Config, unknown>> = {}
+  for (const s of SETTINGS) {
+    const fromFlag = flags[s.flag]
+    const raw = typeof fromFlag === 'string' ? fromFlag : (env[s.env] === '' ? undefined : env[s.env])
+    const name = typeof fromFlag === 'string' ? `--${s.flag}` : s.env
+    const value = raw ?? s.default
+    if (value === undefined) {
+      config[s.key] = undefined
+      continue
+    }
+    try {
+      config[s.key] = s.parse(value)
+    } catch (err) {
+      throw new ConfigError(`${name}: ${(err as Error).message}`)
+    }
+  }
+  const result = config as unknown as Config
+  checkKeys(result)
+  return { kind: 'run', config: result }
+}
+
+/** The defaults, with overrides: what tests and benchmarks build apps from. */
+export function defaultConfig (overrides: Partial<Config> = {}): Config {
+  const action = loadConfig({}, [])
+  if (action.kind !== 'run') throw new Error('unreachable')
+  const config = { ...action.config, ...overrides }
+  checkKeys(config)
+  return config
+}
+
+function checkKeys (c: Config): void {
+  if (c.pubsubChannel === c.prodconsKey) {
+    throw new ConfigError('BUSGATE_PUBSUB_CHANNEL and BUSGATE_PRODCONS_KEY must differ')
+  }
+  for (const [env, name] of [['BUSGATE_PUBSUB_CHANNEL', c.pubsubChannel], ['BUSGATE_PRODCONS_KEY', c.prodconsKey]] as const) {
+    if (name.startsWith(c.keyPrefix)) {
+      throw new ConfigError(`${env}: "${name}" lies under BUSGATE_KEY_PREFIX "${c.keyPrefix}", where busgate keeps its own keys`)
+    }
+  }
+}
+
+function nonEmpty (raw: string): string {
+  if (raw.trim() === '') throw new Error('must not be empty')
+  return raw.trim()
+}
+
+function bounded (raw: string, max: number): string {
+  const value = nonEmpty(raw)
+  if (value.length > max) throw new Error(`must be at most ${max} characters`)
+  return value
+}
+
+function redisName (raw: string): string {
+  if (raw === '' || /[\s\p{Cc}]/u.test(raw)) throw new Error('must be non-empty without spaces or control characters')
+  return bounded(raw, 200)
+}
+
+function integer (raw: string, min: number, max: number): number {
+  if (!/^\d+$/.test(raw.trim())) throw new Error(`must be an integer from ${min} to ${max}, got "${raw}"`)
+  const n = Number(raw.trim())
+  if (n < min || n > max) throw new Error(`must be an integer from ${min} to ${max}, got ${n}`)
+  return n
+}
+
+function oneOf<T extends string> (raw: string, allowed: readonly T[]): T {
+  const value = raw.trim().toLowerCase()
+  if (!(allowed as readonly string[]).includes(value)) throw new Error(`must be one of ${allowed.join(', ')}, got "${raw}"`)
+  return value as T
+}
+
+function parseTokens (raw: string): TokenGrant[] {
+  const grants: TokenGrant[] = []
+  const seen = new Set<string>()
+  // Tokens are secrets: messages name the entry by position, never by value.
+  raw.split(',').forEach((entry, i) => {
+    const where = `entry ${i + 1}`
+    const trimmed = entry.trim()
+    const colon = trimmed.lastIndexOf(':')
+    if (colon <= 0) throw new Error(`${where} must look like TOKEN:SCOPE[+SCOPE…]`)
+    const token = trimmed.slice(0, colon)
+    if (/\s/.test(token)) throw new Error(`${where}: the token must not contain spaces`)
+    const scopes = new Set<Scope>()
+    for (const scope of trimmed.slice(colon + 1).split('+')) {
+      if (!(SCOPES as readonly string[]).includes(scope)) {
+        throw new Error(`${where}: unknown scope "${scope}" (scopes: ${SCOPES.join(', ')})`)
+      }
+      scopes.add(scope as Scope)
+    }
+    if (seen.has(token)) throw new Error(`${where} repeats a token given earlier`)
+    seen.add(token)
+    grants.push({ token, scopes })
+  })
+  return grants
+}
+
+function parseOrigins (raw: string): string[] {
+  const origins = raw.split(',').map((o) => o.trim()).filter((o) => o !== '')
+  if (origins.length === 0) throw new Error('must list at least one origin')
+  for (const origin of origins) {
+    if (origin === '*') continue
+    let url: URL
+    try {
+      url = new URL(origin)
+    } catch {
+      throw new Error(`"${origin}" is not an origin like https://app.example`)
+    }
+    if (url.origin !== origin) throw new Error(`"${origin}" is not an origin like https://app.example (no path or trailing slash)`)
+  }
+  return origins
+}
+
+export function parseRedisUrl (raw: string): RedisTarget {
+  let url: URL
+  try {
+    url = new URL(raw.trim())
+  } catch {
+    throw new Error('is not a URL; expected redis://[user:password@]host[:port][/db]')
+  }
+  const shown = redactUrl(url)
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    throw new Error(`"${shown}" must start with redis:// or rediss://`)
+  }
+  if (url.hostname === '') throw new Error(`"${shown}" has no host`)
+  if (url.search !== '' || url.hash !== '') throw new Error(`"${shown}" must not have query parameters or a fragment`)
+  const path = url.pathname
+  let db = 0
+  if (path !== '' && path !== '/') {
+    if (!/^\/\d{1,5}$/.test(path)) throw new Error(`"${shown}": the path must be a database index such as /4`)
+    db = Number(path.slice(1))
+  }
+  return {
+    host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: url.port === '' ? 6379 : Number(url.port),
+    db,
+    username: url.username === '' ? undefined : decodeURIComponent(url.username),
+    password: url.password === '' ? undefined : decodeURIComponent(url.password),
+    tls: url.protocol === 'rediss:'
+  }
+}
+
+function redactUrl (url: URL): string {
+  const copy = new URL(url.href)
+  if (copy.password !== '') copy.password = '***'
+  return copy.href
+}
+
+/** How the Redis target is named in logs: never with its password. */
+export function describeRedis (target: RedisTarget): string {
+  const auth = target.password === undefined ? '' : `${target.username ?? ''}:***@`
+  const host = target.host.includes(':') ? `[${target.host}]` : target.host
+  return `${target.tls ? 'rediss' : 'redis'}://${auth}${host}:${target.port}/${target.db}`
+}

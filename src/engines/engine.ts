@@ -1,0 +1,56 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { Config } from '../config.js'
+
+export interface ProduceResult {
+  /** clients that received the PUBLISH (other gateways, Backend.AI managers…) */
+  subscribers: number
+  /** length of the consumer list right after the push */
+  queueLength: number
+}
+
+export type EngineState = 'connecting' | 'ready' | 'down' | 'closed'
+
+export type MessageHandler = (frame: Buffer) => void
+
+/**
+ * One consumer of the consumer list, with its own processing list: a claimed message stays
+ * there until acknowledged, so a crash of its holder loses nothing.
+ */
+export interface Consumer {
+  /** Moves the oldest queued message to the processing list; null when none came within timeoutMs. */
+  claim (timeoutMs: number): Promise<Buffer | null>
+  /** Removes one claimed message from the processing list. */
+  ack (frame: Buffer): Promise<void>
+  close (): Promise<void>
+}
+
+/**
+ * The event bus busgate bridges. Both engines keep the seed's semantics: `produce` writes one
+ * copy per event to the broadcast channel and one to the consumer list, all or nothing.
+ */
+export interface Engine {
+  readonly kind: 'redis' | 'memory'
+  readonly state: EngineState
+  /** Resolves when the bus is reachable or after the connect bound; never throws. */
+  connect (): Promise<void>
+  /** Writes every frame to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
+  produce (frames: readonly Uint8Array[]): Promise<ProduceResult>
+  /** Receives every message of the broadcast channel, in publish order, until the returned function is called. */
+  subscribe (onMessage: MessageHandler): Promise<() => Promise<void>>
+  queueLength (): Promise<number>
+  /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
+  ping (): Promise<void>
+  consumer (processingKey: string): Consumer
+  close (): Promise<void>
+}
+
+export type EngineOptions = Pick<Config, 'redis' | 'pubsubChannel' | 'prodconsKey' | 'redisTimeoutMs' | 'memoryQueueMax'>
+
+export async function createEngine (options: EngineOptions, log: FastifyBaseLogger): Promise<Engine> {
+  if (options.redis === undefined) {
+    const { MemoryEngine } = await import('./memory-engine.js')
+    return new MemoryEngine(options)
+  }
+  const { RedisEngine } = await import('./redis-engine.js')
+  return new RedisEngine({ ...options, redis: options.redis }, log)
+}

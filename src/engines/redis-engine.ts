@@ -1,0 +1,207 @@
+import { isIP } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis, ReplyError, type RedisOptions } from 'ioredis'
+import type { FastifyBaseLogger } from 'fastify'
+import { describeRedis, type RedisTarget } from '../config.js'
+import { Errors } from '../errors.js'
+import type { Consumer, Engine, EngineOptions, EngineState, MessageHandler, ProduceResult } from './engine.js'
+
+// RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
+// failed produce leaves nothing behind. A script is atomic, and one command pipelines well.
+const PRODUCE_LUA = `
+local n = redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+local s = 0
+for i = 2, #ARGV do
+  s = redis.call('PUBLISH', ARGV[1], ARGV[i])
+end
+return {s, n}
+`
+
+/** Lua's C stack takes about 8000 values, so one RPUSH of a batch must stay well below it. */
+export const MAX_FRAMES_PER_PRODUCE = 5000
+
+interface ProduceCommand {
+  busgateProduce: (key: string, channel: string, ...frames: Buffer[]) => Promise<[number, number]>
+}
+
+// Redis answers these while it cannot serve for now; a retry may succeed.
+const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|OOM|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)\b/
+
+export class RedisEngine implements Engine {
+  readonly kind = 'redis'
+  #state: EngineState = 'connecting'
+  readonly #commands: Redis
+  #subscriber: Redis | undefined
+  readonly #handlers = new Set<MessageHandler>()
+  readonly #others = new Set<Redis>()
+
+  constructor (private readonly options: EngineOptions & { redis: RedisTarget }, private readonly log: FastifyBaseLogger) {
+    this.#commands = new Redis({
+      ...this.#baseOptions('commands'),
+      // A produce must fail fast rather than wait for a reconnect, and must never be replayed
+      // behind the client's back after it was answered 503.
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: options.redisTimeoutMs,
+      enableAutoPipelining: true
+    })
+    this.#commands.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
+    this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
+  }
+
+  get state (): EngineState {
+    return this.#state
+  }
+
+  #baseOptions (role: string): RedisOptions {
+    const { host, port, db, username, password, tls } = this.options.redis
+    return {
+      host,
+      port,
+      db,
+      username,
+      password,
+      tls: tls ? (isIP(host) === 0 ? { servername: host } : {}) : undefined,
+      // RESP2 is what every Redis a Backend.AI cluster may run understands.
+      protocol: 2,
+      connectionName: `busgate:${role}`,
+      connectTimeout: this.options.redisTimeoutMs,
+      retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 5), 2000),
+      reconnectOnError: (err) => (err.message.startsWith('READONLY') ? 2 : false)
+    }
+  }
+
+  // One line when a connection goes down and one when it is back: a dead Redis must not flood the log.
+  #watch (conn: Redis, role: string, onState?: (state: EngineState) => void): void {
+    let up = false
+    let reported = false
+    const target = describeRedis(this.options.redis)
+    conn.on('ready', () => {
+      up = true
+      reported = false
+      onState?.('ready')
+      this.log.info({ redis: target, connection: role }, 'redis connected')
+    })
+    conn.on('error', (err: Error) => {
+      if (reported) return
+      reported = true
+      this.log.warn({ redis: target, connection: role, err: { message: err.message } }, 'redis connection failed; retrying')
+    })
+    conn.on('close', () => {
+      if (conn.status === 'end' || this.#state === 'closed') return
+      onState?.('down')
+      if (up) this.log.warn({ redis: target, connection: role }, 'redis connection lost; reconnecting')
+      up = false
+    })
+  }
+
+  async connect (): Promise<void> {
+    if (this.#commands.status === 'ready') return
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        this.#commands.off('ready', done)
+        resolve()
+      }
+      const timer = setTimeout(done, this.options.redisTimeoutMs)
+      this.#commands.on('ready', done)
+    })
+  }
+
+  async produce (frames: readonly Uint8Array[]): Promise<ProduceResult> {
+    if (frames.length > MAX_FRAMES_PER_PRODUCE) throw new RangeError(`at most ${MAX_FRAMES_PER_PRODUCE} frames per produce`)
+    const buffers = frames.map((f) => Buffer.from(f.buffer, f.byteOffset, f.byteLength))
+    try {
+      const [subscribers, queueLength] = await (this.#commands as unknown as ProduceCommand)
+        .busgateProduce(this.options.prodconsKey, this.options.pubsubChannel, ...buffers)
+      return { subscribers, queueLength }
+    } catch (err) {
+      throw this.#translate(err)
+    }
+  }
+
+  async subscribe (onMessage: MessageHandler): Promise<() => Promise<void>> {
+    if (this.#subscriber === undefined) {
+      const subscriber = new Redis({ ...this.#baseOptions('subscriber'), maxRetriesPerRequest: null })
+      this.#watch(subscriber, 'subscriber')
+      subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => {
+        for (const handler of this.#handlers) handler(message)
+      })
+      this.#subscriber = subscriber
+      await subscriber.subscribe(this.options.pubsubChannel)
+    }
+    this.#handlers.add(onMessage)
+    return async () => { this.#handlers.delete(onMessage) }
+  }
+
+  async queueLength (): Promise<number> {
+    try {
+      return await this.#commands.llen(this.options.prodconsKey)
+    } catch (err) {
+      throw this.#translate(err)
+    }
+  }
+
+  async ping (): Promise<void> {
+    try {
+      await this.#commands.ping()
+    } catch (err) {
+      throw this.#translate(err)
+    }
+  }
+
+  consumer (processingKey: string): Consumer {
+    // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design),
+    // and wait through reconnects instead of failing.
+    const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false })
+    this.#watch(conn, 'consumer')
+    this.#others.add(conn)
+    const { prodconsKey } = this.options
+    return {
+      claim: async (timeoutMs) => {
+        try {
+          return await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
+        } catch (err) {
+          throw this.#translate(err)
+        }
+      },
+      ack: async (frame) => {
+        try {
+          await this.#commands.lrem(processingKey, 1, frame)
+        } catch (err) {
+          throw this.#translate(err)
+        }
+      },
+      close: async () => {
+        this.#others.delete(conn)
+        await this.#quit(conn)
+      }
+    }
+  }
+
+  async close (): Promise<void> {
+    this.#state = 'closed'
+    const all = [this.#commands, ...(this.#subscriber === undefined ? [] : [this.#subscriber]), ...this.#others]
+    this.#others.clear()
+    await Promise.all(all.map((conn) => this.#quit(conn)))
+  }
+
+  // QUIT lets pending replies arrive; a Redis that does not answer is cut off after the bound.
+  async #quit (conn: Redis): Promise<void> {
+    if (conn.status === 'ready') {
+      await Promise.race([conn.quit().catch(() => undefined), sleep(this.options.redisTimeoutMs)])
+    }
+    conn.disconnect()
+  }
+
+  #translate (err: unknown): Error {
+    const message = (err as Error).message ?? ''
+    if (err instanceof ReplyError) {
+      // A reply error that is not transient is a bug or a misconfiguration (WRONGTYPE…): a 500.
+      if (!TRANSIENT_REPLY.test(message)) return err as Error
+      return new Errors.RedisUnavailable(`Redis cannot serve right now (${message.split(' ')[0] ?? 'error'})`)
+    }
+    return new Errors.RedisUnavailable(/timed out/i.test(message) ? 'Redis did not answer in time' : 'Redis is not reachable')
+  }
+}

@@ -1,0 +1,97 @@
+import createError from '@fastify/error'
+
+// Every error a client can see. The codes are part of the HTTP contract: never rename one.
+export const Errors = {
+  BadRequest: createError('BUSGATE_BAD_REQUEST', '%s', 400),
+  InvalidJson: createError('BUSGATE_INVALID_JSON', 'The body is not valid JSON: %s', 400),
+  ValidationFailed: createError('BUSGATE_VALIDATION_FAILED', '%s', 400),
+  InvalidMsgpack: createError('BUSGATE_INVALID_MSGPACK', 'The body is not a valid msgpack event: %s', 400),
+  InvalidEvent: createError('BUSGATE_INVALID_EVENT', 'The event cannot be put on the bus: %s', 400),
+  Unauthorized: createError('BUSGATE_UNAUTHORIZED', '%s', 401),
+  Forbidden: createError('BUSGATE_FORBIDDEN', '%s', 403),
+  NotFound: createError('BUSGATE_NOT_FOUND', '%s', 404),
+  PayloadTooLarge: createError('BUSGATE_PAYLOAD_TOO_LARGE', 'The body is larger than the limit of %s bytes', 413),
+  UnsupportedMediaType: createError('BUSGATE_UNSUPPORTED_MEDIA_TYPE', 'Content-Type %s is not accepted here; use %s', 415),
+  Internal: createError('BUSGATE_INTERNAL', 'Internal Server Error', 500),
+  RedisUnavailable: createError('BUSGATE_REDIS_UNAVAILABLE', 'The event bus is unavailable: %s', 503),
+  QueueFull: createError('BUSGATE_QUEUE_FULL', 'The consumer list is full (%s messages); retry later', 503),
+  ShuttingDown: createError('BUSGATE_SHUTTING_DOWN', 'The gateway is shutting down; retry on another instance', 503)
+} as const
+
+export type ErrorCode = `BUSGATE_${string}`
+
+export interface ErrorBody {
+  statusCode: number
+  code: string
+  error: string
+  message: string
+}
+
+/** An engine failure that means "try again": the bus is unreachable, slow or full. */
+export function isUnavailable (err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return code === 'BUSGATE_REDIS_UNAVAILABLE' || code === 'BUSGATE_QUEUE_FULL' || code === 'BUSGATE_SHUTTING_DOWN'
+}
+
+interface RaisedError {
+  code?: string
+  statusCode?: number
+  message?: string
+  validation?: unknown
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  406: 'Not Acceptable',
+  413: 'Payload Too Large',
+  415: 'Unsupported Media Type',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable'
+}
+
+export interface ErrorContext {
+  bodyLimit: number
+  contentType: string | undefined
+  accepted: readonly string[]
+}
+
+/**
+ * Turns anything thrown while serving a request into the one error shape. Busgate's own errors
+ * pass through; Fastify's are given busgate codes; anything else is a 500 whose details stay in the log.
+ */
+export function toErrorBody (raised: unknown, context: ErrorContext): ErrorBody {
+  const err = (typeof raised === 'object' && raised !== null ? raised : {}) as RaisedError
+  const known = translate(err, context)
+  const statusCode = known.statusCode ?? 500
+  return {
+    statusCode,
+    code: known.code ?? 'BUSGATE_INTERNAL',
+    error: STATUS_TEXT[statusCode] ?? 'Error',
+    message: known.message ?? 'Internal Server Error'
+  }
+}
+
+function translate (err: RaisedError, context: ErrorContext): RaisedError {
+  if (typeof err.code === 'string' && err.code.startsWith('BUSGATE_')) return err
+  if (err.validation !== undefined) return new Errors.ValidationFailed(err.message)
+  switch (err.code) {
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new Errors.InvalidJson('the body is empty')
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return new Errors.InvalidJson('it could not be parsed')
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new Errors.PayloadTooLarge(context.bodyLimit)
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_TYPE':
+      return new Errors.UnsupportedMediaType(context.contentType ?? '(none)', context.accepted.join(' or '))
+  }
+  // Fastify's other client errors (bad Content-Length, malformed URL…) keep their status.
+  if (typeof err.code === 'string' && err.code.startsWith('FST_') && (err.statusCode ?? 500) < 500) {
+    const status = err.statusCode ?? 400
+    return { code: status === 404 ? 'BUSGATE_NOT_FOUND' : 'BUSGATE_BAD_REQUEST', statusCode: status, message: err.message }
+  }
+  return new Errors.Internal()
+}

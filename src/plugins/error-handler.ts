@@ -1,0 +1,34 @@
+import fp from 'fastify-plugin'
+import { Errors, isUnavailable, toErrorBody } from '../errors.js'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** count this route's refusals in busgate_events_rejected_total */
+    countsRejections?: boolean
+  }
+}
+
+/** The one place errors become responses. */
+export default fp<{ bodyLimit: number }>(async (app, { bodyLimit }) => {
+  app.setErrorHandler((err, request, reply) => {
+    const schema = request.routeOptions.schema as { body?: { content?: Record<string, unknown> } } | undefined
+    const body = toErrorBody(err, {
+      bodyLimit,
+      contentType: request.headers['content-type'],
+      accepted: Object.keys(schema?.body?.content ?? { 'application/json': true })
+    })
+    if (body.statusCode >= 500 && !isUnavailable(err)) {
+      request.log.error({ err }, 'request failed')
+    } else {
+      request.log.info({ code: body.code, statusCode: body.statusCode, reason: body.message }, 'request refused')
+    }
+    if (request.routeOptions.config.countsRejections === true) app.metrics.rejected.inc({ reason: body.code })
+    if (body.statusCode === 401) reply.header('www-authenticate', 'Bearer realm="busgate"')
+    if (body.statusCode === 503) reply.header('retry-after', '1')
+    return reply.code(body.statusCode).send(body)
+  })
+
+  app.setNotFoundHandler(async (request) => {
+    throw new Errors.NotFound(`No route ${request.method} ${request.url.split('?')[0] ?? ''}`)
+  })
+}, { name: 'busgate-error-handler', fastify: '5.x', dependencies: ['busgate-metrics'] })

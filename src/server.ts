@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+import { buildApp } from './app.js'
+import { ConfigError, HELP, loadConfig, type Config } from './config.js'
+import { VERSION } from './version.js'
+
+function fail (message: string, code = 2): never {
+  process.stderr.write(`busgate: ${message}\n`)
+  process.exit(code)
+}
+
+async function main (): Promise<void> {
+  let config: Config
+  try {
+    const action = loadConfig(process.env, process.argv.slice(2))
+    if (action.kind !== 'run') {
+      process.stdout.write(`${action.kind === 'help' ? HELP : VERSION}\n`)
+      return
+    }
+    config = action.config
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message)
+    throw err
+  }
+
+  const app = await buildApp(config)
+  try {
+    await app.listen({ host: config.host, port: config.port })
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException
+    await app.close()
+    fail(code === 'EADDRINUSE' ? `cannot listen on ${config.host}:${config.port}: the address is in use` : `cannot listen: ${message}`, 1)
+  }
+
+  let stopping = false
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      app.log.warn({ signal }, 'second signal: exiting without waiting')
+      process.exit(1)
+    }
+    stopping = true
+    app.log.info({ signal, timeoutMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests')
+    const deadline = setTimeout(() => {
+      app.log.error('shutdown took longer than BUSGATE_SHUTDOWN_TIMEOUT_MS; exiting anyway')
+      process.exit(1)
+    }, config.shutdownTimeoutMs)
+    app.close().then(() => {
+      clearTimeout(deadline)
+      app.log.info('stopped')
+      process.exit(0)
+    }, (err: unknown) => {
+      app.log.error({ err }, 'shutdown failed')
+      process.exit(1)
+    })
+  }
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
+  process.on('uncaughtException', (err) => {
+    app.log.fatal({ err }, 'uncaught exception')
+    process.exit(1)
+  })
+}
+
+await main()
