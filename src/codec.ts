@@ -33,7 +33,9 @@ export class CodecError extends Error {
 }
 
 const decoder = new Decoder({ useBigInt64: true })
-const encoder = new Encoder({ useBigInt64: true, maxDepth: MAX_DEPTH + 1 })
+// Without useBigInt64: with it, the encoder writes safe integers of 2^32 and more as float64,
+// where Python writes uint64/int64. Events encoded here come from JSON, which holds no bigints.
+const encoder = new Encoder({ maxDepth: MAX_DEPTH + 1 })
 
 export function encodeEvent (event: BusEvent): Uint8Array {
   return encoder.encode({ event_name: event.event_name, agent_id: event.agent_id, args: event.args })
@@ -134,13 +136,15 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
 
 /**
  * The inverse for events entering as JSON: `{"$base64": "…"}` (that one key alone) becomes
- * bin. Integers JSON cannot carry exactly are refused rather than rounded; so is nesting past
+ * bin. Integers JSON cannot carry exactly (2^53 to 2^64) are refused rather than rounded; so is nesting past
  * MAX_DEPTH. Throws CodecError with a message naming the path.
  */
 export function fromJsonValue (value: unknown, path = 'args', depth = 0): unknown {
   if (depth > MAX_DEPTH) throw new CodecError('wrong_shape', `${path} is nested deeper than ${MAX_DEPTH} levels`)
   if (typeof value === 'number') {
-    if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+    // Between 2^53 and 2^64 a JSON number may be an int64 already rounded by the parser; past
+    // 2^64 no msgpack int exists, so it can only be a float and is kept as one.
+    if (Number.isInteger(value) && !Number.isSafeInteger(value) && Math.abs(value) < 2 ** 64) {
       throw new CodecError('wrong_shape',
         `${path} is an integer beyond ±(2^53-1), which JSON numbers cannot carry exactly; send it as a string or post application/msgpack`)
     }

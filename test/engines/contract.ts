@@ -1,0 +1,146 @@
+import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Test } from 'tap'
+import type { Engine } from '../../src/engines/engine.js'
+import { isUnavailable } from '../../src/errors.js'
+
+/** Builds a fresh engine on its own channel and list names; the suite closes it. */
+export type EngineFactory = (names: { pubsubChannel: string, prodconsKey: string }) => Promise<Engine>
+
+const frame = (s: string): Buffer => Buffer.from(s)
+
+async function collect (engine: Engine): Promise<{ got: Buffer[], stop: () => Promise<void>, until: (n: number) => Promise<Buffer[]> }> {
+  const got: Buffer[] = []
+  const stop = await engine.subscribe((f) => got.push(f))
+  const until = async (n: number): Promise<Buffer[]> => {
+    for (let i = 0; i < 200 && got.length < n; i++) await sleep(10)
+    return got
+  }
+  return { got, stop, until }
+}
+
+/** The behaviour both engines promise: one suite, run against each. */
+export function engineContract (t: Test, make: EngineFactory): void {
+  const fresh = async (t: Test): Promise<Engine> => {
+    const id = randomUUID()
+    const engine = await make({ pubsubChannel: `test.pubsub.${id}`, prodconsKey: `test.prodcons.${id}` })
+    t.teardown(() => engine.close())
+    await engine.connect()
+    return engine
+  }
+
+  t.test('produce writes one copy to the channel and one to the list', async (t) => {
+    const engine = await fresh(t)
+    t.equal(engine.state, 'ready')
+    const sub = await collect(engine)
+    const result = await engine.produce([frame('one')])
+    t.same(result, { subscribers: 1, queueLength: 1 })
+    t.same((await sub.until(1)).map(String), ['one'])
+    t.equal(await engine.queueLength(), 1)
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    t.equal(String(await consumer.claim(1000)), 'one')
+    t.equal(await engine.queueLength(), 0)
+  })
+
+  t.test('bytes pass unchanged, including ones that are not UTF-8', async (t) => {
+    const engine = await fresh(t)
+    const sub = await collect(engine)
+    const raw = Buffer.from([0x83, 0x00, 0xff, 0xfe, 0x0a, 0x0d, 0xc1])
+    await engine.produce([raw])
+    t.same((await sub.until(1))[0], raw)
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    t.same(await consumer.claim(1000), raw)
+  })
+
+  t.test('a batch keeps its order on both keys', async (t) => {
+    const engine = await fresh(t)
+    const sub = await collect(engine)
+    const frames = Array.from({ length: 50 }, (_, i) => frame(`m${i}`))
+    const result = await engine.produce(frames)
+    t.equal(result.queueLength, 50)
+    t.same((await sub.until(50)).map(String), frames.map(String))
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    const claimed: string[] = []
+    for (let i = 0; i < 50; i++) claimed.push(String(await consumer.claim(1000)))
+    t.same(claimed, frames.map(String))
+  })
+
+  t.test('concurrent produces: order of acceptance is order in the list and on the channel', async (t) => {
+    const engine = await fresh(t)
+    const sub = await collect(engine)
+    const results = await Promise.all(Array.from({ length: 200 }, (_, i) => engine.produce([frame(`c${i}`)])))
+    const byLength = results.map((r, i) => [r.queueLength, `c${i}`] as const).sort((a, b) => a[0] - b[0]).map(([, name]) => name)
+    t.same(results.map((r) => r.queueLength).sort((a, b) => a - b), Array.from({ length: 200 }, (_, i) => i + 1), 'each accepted once')
+    t.same((await sub.until(200)).map(String), byLength, 'the channel saw them in list order')
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    const claimed: string[] = []
+    for (let i = 0; i < 200; i++) claimed.push(String(await consumer.claim(1000)))
+    t.same(claimed, byLength)
+  })
+
+  t.test('a claim waits for a message, and gives up after its timeout', async (t) => {
+    const engine = await fresh(t)
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    const started = Date.now()
+    t.equal(await consumer.claim(200), null)
+    t.ok(Date.now() - started >= 150, 'waited about the timeout')
+    const pending = consumer.claim(5000)
+    await sleep(100)
+    await engine.produce([frame('late')])
+    t.equal(String(await pending), 'late')
+  })
+
+  t.test('blocked consumers are served in turn, each message to exactly one', async (t) => {
+    const engine = await fresh(t)
+    const a = engine.consumer(`test.processing.a.${randomUUID()}`)
+    const b = engine.consumer(`test.processing.b.${randomUUID()}`)
+    t.teardown(async () => { await a.close(); await b.close() })
+    const first = a.claim(5000)
+    await sleep(100)
+    const second = b.claim(5000)
+    await sleep(100)
+    await engine.produce([frame('x')])
+    await engine.produce([frame('y')])
+    t.equal(String(await first), 'x')
+    t.equal(String(await second), 'y')
+    t.equal(await engine.queueLength(), 0)
+  })
+
+  t.test('ack is accepted for a claimed message', async (t) => {
+    const engine = await fresh(t)
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    await engine.produce([frame('a')])
+    const claimed = await consumer.claim(1000)
+    t.ok(claimed)
+    await t.resolves(consumer.ack(claimed as Buffer))
+  })
+
+  t.test('an unsubscribed handler hears nothing more; others still do', async (t) => {
+    const engine = await fresh(t)
+    const one = await collect(engine)
+    const two = await collect(engine)
+    await engine.produce([frame('before')])
+    await one.until(1)
+    await two.until(1)
+    await one.stop()
+    await engine.produce([frame('after')])
+    t.same((await two.until(2)).map(String), ['before', 'after'])
+    await sleep(50)
+    t.same(one.got.map(String), ['before'])
+  })
+
+  t.test('ping answers; after close, produce fails as unavailable', async (t) => {
+    const engine = await fresh(t)
+    await t.resolves(engine.ping())
+    await engine.close()
+    t.equal(engine.state, 'closed')
+    const err = await engine.produce([frame('x')]).then(() => undefined, (e: unknown) => e)
+    t.ok(isUnavailable(err), 'a 503-coded error')
+  })
+}

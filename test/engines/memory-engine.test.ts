@@ -1,0 +1,31 @@
+import t from 'tap'
+import { MemoryEngine } from '../../src/engines/memory-engine.js'
+import { engineContract } from './contract.js'
+
+const options = { redis: undefined, redisTimeoutMs: 1000, memoryQueueMax: 100_000 }
+
+t.test('memory engine contract', async (t) => {
+  engineContract(t, async (names) => new MemoryEngine({ ...options, ...names }))
+})
+
+t.test('a full queue refuses the whole produce', async (t) => {
+  const engine = new MemoryEngine({ ...options, pubsubChannel: 'p', prodconsKey: 'q', memoryQueueMax: 3 })
+  t.teardown(() => engine.close())
+  const heard: Buffer[] = []
+  await engine.subscribe((f) => heard.push(f))
+  await engine.produce([Buffer.from('1'), Buffer.from('2')])
+  await t.rejects(engine.produce([Buffer.from('3'), Buffer.from('4')]), { code: 'BUSGATE_QUEUE_FULL', statusCode: 503 })
+  t.equal(await engine.queueLength(), 2)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(heard.map(String), ['1', '2'], 'nothing of the refused batch was published')
+})
+
+t.test('the caller may reuse its buffer after produce', async (t) => {
+  const engine = new MemoryEngine({ ...options, pubsubChannel: 'p', prodconsKey: 'q' })
+  t.teardown(() => engine.close())
+  const buf = Buffer.from('abc')
+  await engine.produce([buf])
+  buf.fill(0)
+  const consumer = engine.consumer('proc')
+  t.equal(String(await consumer.claim(10)), 'abc')
+})

@@ -1,0 +1,126 @@
+import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { parseRedisUrl } from '../../src/config.js'
+import { RedisEngine } from '../../src/engines/redis-engine.js'
+import { isUnavailable } from '../../src/errors.js'
+import { startRedis } from '../helpers/redis.js'
+import { engineContract } from './contract.js'
+import { silentLogger } from '../helpers/logger.js'
+
+const server = await startRedis(t)
+
+function engineFor (url: string, overrides: { redisTimeoutMs?: number } = {}): RedisEngine {
+  const id = randomUUID()
+  const engine = new RedisEngine({
+    redis: parseRedisUrl(url),
+    pubsubChannel: `test.pubsub.${id}`,
+    prodconsKey: `test.prodcons.${id}`,
+    redisTimeoutMs: overrides.redisTimeoutMs ?? 1000,
+    memoryQueueMax: 0
+  }, silentLogger())
+  t.teardown(() => engine.close())
+  return engine
+}
+
+t.test('redis engine contract', async (t) => {
+  engineContract(t, async (names) => new RedisEngine({
+    redis: parseRedisUrl(server.url), ...names, redisTimeoutMs: 1000, memoryQueueMax: 0
+  }, silentLogger()))
+})
+
+t.test('the database index of the URL is the one written to', async (t) => {
+  const engine = engineFor(`${server.url}/5`)
+  await engine.connect()
+  await engine.produce([Buffer.from('in db 5')])
+  const db5 = server.connect(5)
+  const key = (engine as unknown as { options: { prodconsKey: string } }).options.prodconsKey
+  t.same(await db5.lrange(key, 0, -1), ['in db 5'])
+  t.equal(await server.client.exists(key), 0, 'database 0 untouched')
+})
+
+t.test('a failing write publishes nothing', async (t) => {
+  const engine = engineFor(server.url)
+  await engine.connect()
+  const key = (engine as unknown as { options: { prodconsKey: string } }).options.prodconsKey
+  await server.client.set(key, 'not a list')
+  const heard: Buffer[] = []
+  await engine.subscribe((f) => heard.push(f))
+  const err = await engine.produce([Buffer.from('a'), Buffer.from('b')]).then(() => undefined, (e: unknown) => e)
+  t.match(err, { message: /WRONGTYPE/ })
+  t.notOk(isUnavailable(err), 'a misconfiguration is not a 503')
+  await sleep(100)
+  t.same(heard, [], 'no copy reached the channel')
+  t.equal(await server.client.get(key), 'not a list')
+})
+
+t.test('the largest batch fits in one atomic step', async (t) => {
+  const engine = engineFor(server.url)
+  await engine.connect()
+  const frames = Array.from({ length: 5000 }, (_, i) => Buffer.from(`f${i}`))
+  const result = await engine.produce(frames)
+  t.equal(result.queueLength, 5000)
+  t.rejects(engine.produce([...frames, Buffer.from('one too many')]), RangeError)
+})
+
+t.test('claim keeps the message in the processing list until ack', async (t) => {
+  const engine = engineFor(server.url)
+  await engine.connect()
+  const processing = `test.processing.${randomUUID()}`
+  const consumer = engine.consumer(processing)
+  t.teardown(() => consumer.close())
+  await engine.produce([Buffer.from('held')])
+  const claimed = await consumer.claim(1000)
+  t.same(await server.client.lrange(processing, 0, -1), ['held'])
+  await consumer.ack(claimed as Buffer)
+  t.same(await server.client.lrange(processing, 0, -1), [])
+})
+
+t.test('with a password', async (t) => {
+  const secured = await startRedis(t, () => ['--requirepass', 's3cret pass'])
+  const good = engineFor(`redis://:${encodeURIComponent('s3cret pass')}@127.0.0.1:${secured.port}/2`)
+  await good.connect()
+  t.equal(good.state, 'ready')
+  t.same(await good.produce([Buffer.from('x')]), { subscribers: 0, queueLength: 1 })
+
+  const bad = engineFor(`redis://:wrong@127.0.0.1:${secured.port}`, { redisTimeoutMs: 300 })
+  await bad.connect()
+  t.not(bad.state, 'ready')
+  const err = await bad.produce([Buffer.from('x')]).then(() => undefined, (e: unknown) => e)
+  t.ok(isUnavailable(err), 'refused as unavailable')
+})
+
+t.test('a dead Redis gives 503-coded errors at once, and the engine recovers when it returns', async (t) => {
+  const own = await startRedis(t)
+  const engine = engineFor(own.url, { redisTimeoutMs: 500 })
+  await engine.connect()
+  await engine.produce([Buffer.from('before')])
+  await own.kill()
+  await sleep(50)
+  const started = Date.now()
+  const err = await engine.produce([Buffer.from('during')]).then(() => undefined, (e: unknown) => e)
+  t.ok(isUnavailable(err), 'unavailable')
+  t.ok(Date.now() - started < 600, `failed within the bound (${Date.now() - started} ms)`)
+  await t.rejects(engine.ping(), { code: 'BUSGATE_REDIS_UNAVAILABLE' })
+  t.equal(engine.state, 'down')
+
+  await own.start()
+  for (let i = 0; i < 100 && engine.state !== 'ready'; i++) await sleep(50)
+  t.equal(engine.state, 'ready', 'reconnected')
+  t.same(await engine.produce([Buffer.from('after')]), { subscribers: 0, queueLength: 1 }, 'the restarted (empty) server took it')
+})
+
+t.test('a Redis that stops answering gives 503 within the bound, not a hang', async (t) => {
+  const own = await startRedis(t)
+  const engine = engineFor(own.url, { redisTimeoutMs: 300 })
+  await engine.connect()
+  const serverPid = Number(/process_id:(\d+)/.exec(await own.client.info('server'))?.[1])
+  process.kill(serverPid, 'SIGSTOP')
+  t.teardown(() => { try { process.kill(serverPid, 'SIGCONT') } catch {} })
+  const started = Date.now()
+  const err = await engine.produce([Buffer.from('x')]).then(() => undefined, (e: unknown) => e)
+  const took = Date.now() - started
+  t.match(err, { code: 'BUSGATE_REDIS_UNAVAILABLE', message: /did not answer in time/ })
+  t.ok(took >= 250 && took < 1000, `answered after the 300 ms bound (${took} ms)`)
+  process.kill(serverPid, 'SIGCONT')
+})
