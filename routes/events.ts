@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Config } from '../src/config.js'
 import { CodecError, encodeEvent, fromJsonValue, parseWireEvent } from '../src/codec.js'
 import { Errors } from '../src/errors.js'
+import { Ref } from '../schemas/common.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
 import { EventInput, ProduceAccepted, WireEvent, eventBatch } from '../schemas/event.js'
 
@@ -46,11 +47,11 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
           '`202` means Redis holds both, an error means it holds neither.',
         body: {
           content: {
-            'application/json': { schema: EventInput },
-            [MSGPACK]: { schema: WireEvent }
+            'application/json': { schema: Ref(EventInput) },
+            [MSGPACK]: { schema: Ref(WireEvent) }
           }
         },
-        response: { 202: ProduceAccepted, ...authErrors, ...errorResponses(400, 413, 415, 503) }
+        response: { 202: Ref(ProduceAccepted), ...authErrors, ...errorResponses(400, 413, 415, 503) }
       },
       config: { scope: 'publish', countsRejections: true },
       // Per-content-type schemas validate only the content types they name; a request without
@@ -77,7 +78,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
       summary: 'Put several events on the bus, all or none',
       description: 'The events are written in one atomic step, in array order: each to the channel and to the consumer list.',
       body: eventBatch(config.batchMax),
-      response: { 202: ProduceAccepted, ...authErrors, ...errorResponses(400, 413, 415, 503) }
+      response: { 202: Ref(ProduceAccepted), ...authErrors, ...errorResponses(400, 413, 415, 503) }
     },
     config: { scope: 'publish', countsRejections: true }
   }, async (request, reply) => {

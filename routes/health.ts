@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Ref } from '../schemas/common.js'
 import { authErrors } from '../schemas/error.js'
 import { Liveness, MetricsText, Readiness } from '../schemas/health.js'
 
@@ -18,7 +19,7 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'readiness',
       tags: ['operations'],
       summary: 'Readiness: the event bus answers a PING',
-      response: { 200: Readiness, 503: Readiness }
+      response: { 200: Ref(Readiness, 'Ready: the bus answers'), 503: Ref(Readiness, 'Not ready: the bus does not answer') }
     },
     config: { scope: 'public' }
   }, async (_request, reply) => {
@@ -35,8 +36,7 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'metrics',
       tags: ['operations'],
       summary: 'Prometheus metrics',
-      produces: ['text/plain'],
-      response: { 200: MetricsText, ...authErrors }
+      response: { 200: { description: 'Prometheus text exposition format', content: { 'text/plain': { schema: MetricsText } } }, ...authErrors }
     },
     config: { scope: 'admin' }
   }, async (_request, reply) => {

@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
+import { Ref } from './common.js'
 
 export const EVENT_NAME_MAX = 128
 
@@ -17,7 +18,7 @@ export const AgentId = Type.String({
 })
 
 const ArgsDescription = 'extra arguments, each any msgpack-serialisable value. In JSON, `{"$base64": "…"}` (that key alone) ' +
-  'stands for msgpack bin; integers must lie within ±(2^53-1) (send larger ones as `application/msgpack`).'
+  'stands for msgpack bin; integers from 2^53 to 2^64 (either sign) cannot be carried exactly and are refused: send them as `application/msgpack`.'
 
 export const EventInput = Type.Object({
   event_name: EventName,
@@ -48,11 +49,11 @@ export const ProduceAccepted = Type.Object({
   accepted: Type.Integer({ description: 'events written to both the channel and the consumer list', examples: [1] }),
   subscribers: Type.Integer({ description: 'clients subscribed to the channel that received the copy (gateways, managers)', examples: [2] }),
   queue_length: Type.Integer({ description: 'length of the consumer list right after the write', examples: [1] })
-}, { $id: 'ProduceAccepted', title: 'ProduceAccepted', additionalProperties: false })
+}, { $id: 'ProduceAccepted', title: 'ProduceAccepted', additionalProperties: false, description: 'Redis holds every event of the request on both keys' })
 export type ProduceAccepted = Static<typeof ProduceAccepted>
 
 export function eventBatch (maxItems: number) {
-  return Type.Array(Type.Ref('EventInput'), {
+  return Type.Array(Ref(EventInput), {
     minItems: 1,
     maxItems,
     description: `1 to ${maxItems} events (BUSGATE_BATCH_MAX), written all or none, in this order`

@@ -13,6 +13,7 @@ import eventRoutes from '../routes/events.js'
 import healthRoutes from '../routes/health.js'
 import { ErrorResponse } from '../schemas/error.js'
 import { EventInput, ProduceAccepted, WireEvent } from '../schemas/event.js'
+import { Readiness } from '../schemas/health.js'
 
 /** Tokens travel in `?access_token=` for EventSource clients: keep them out of every log line. */
 export function redactUrl (url: string): string {
@@ -56,7 +57,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   // Only JSON, and msgpack where a route adds it: a text/plain body must get 415, not reach a handler.
   app.removeContentTypeParser('text/plain')
-  for (const schema of [ErrorResponse, EventInput, WireEvent, ProduceAccepted]) app.addSchema(schema)
+  for (const schema of [ErrorResponse, EventInput, WireEvent, ProduceAccepted, Readiness]) app.addSchema(schema)
 
   await app.register(metricsPlugin)
   await app.register(errorHandler, { bodyLimit: config.bodyLimit })

@@ -27,13 +27,14 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   })
   new Gauge({ // eslint-disable-line no-new
     name: 'busgate_queue_length',
-    help: 'Messages waiting in the consumer list',
+    help: 'Messages waiting in the consumer list (NaN while the bus is unreachable)',
     registers,
     async collect () {
       try {
         this.set(await engine.queueLength())
       } catch {
-        this.reset()
+        // Unknown while the bus is down: NaN, rather than a stale or a false zero.
+        this.set(Number.NaN)
       }
     }
   })

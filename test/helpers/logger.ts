@@ -1,13 +1,14 @@
 import { Writable } from 'node:stream'
 import pino from 'pino'
-import type { FastifyBaseLogger } from 'fastify'
+import type { FastifyBaseLogger, FastifyServerOptions } from 'fastify'
+import { loggerOptions } from '../../src/app.js'
 
 export function silentLogger (): FastifyBaseLogger {
   return pino({ level: 'silent' })
 }
 
-/** A logger whose lines are kept, to check what is (and is not) logged. */
-export function capturingLogger (level = 'trace'): { logger: FastifyBaseLogger, lines: () => string } {
+/** The gateway's own logger settings, writing to memory, to check what is (and is not) logged. */
+export function capturingLogger (level = 'trace'): { logger: FastifyServerOptions['logger'], lines: () => string } {
   const chunks: string[] = []
   const stream = new Writable({
     write (chunk: Buffer, _encoding, callback) {
@@ -15,5 +16,5 @@ export function capturingLogger (level = 'trace'): { logger: FastifyBaseLogger, 
       callback()
     }
   })
-  return { logger: pino({ level }, stream), lines: () => chunks.join('') }
+  return { logger: { ...(loggerOptions(level) as object), stream }, lines: () => chunks.join('') }
 }
