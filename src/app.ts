@@ -73,6 +73,14 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   }
   await registerOpenApi(app)
 
+  // Once shutdown starts, answers to in-flight requests close their connection: a keep-alive
+  // socket left open would hold the process until the shutdown bound.
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close')
+  })
+
   await app.register(healthRoutes)
   await app.register(eventRoutes, { config })
   await app.register(docsRoutes)
