@@ -25,6 +25,12 @@ function encodeInput (input: EventInput, defaultAgentId: string, where: string):
 }
 
 const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
+  const produced = {
+    json: app.metrics.produced.labels({ route: 'single', format: 'json' }),
+    msgpack: app.metrics.produced.labels({ route: 'single', format: 'msgpack' }),
+    batch: app.metrics.produced.labels({ route: 'batch', format: 'json' })
+  }
+
   // Only this route takes msgpack: its parser lives in this context alone, so other routes answer 415.
   await app.register(async (single) => {
     single.addContentTypeParser(MSGPACK, { parseAs: 'buffer' }, (_request, body: Buffer, done) => {
@@ -53,20 +59,19 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
         },
         response: { 202: Ref(ProduceAccepted), ...authErrors, ...errorResponses(400, 413, 415, 503) }
       },
-      config: { scope: 'publish', countsRejections: true },
-      // Per-content-type schemas validate only the content types they name; a request without
-      // a body reaches no schema at all, so it is refused here.
-      preValidation: async (request) => {
-        if (request.body === undefined || request.body === null) {
-          throw new Errors.BadRequest(`This route needs a body: JSON (application/json) or msgpack (${MSGPACK})`)
-        }
-      }
+      config: { scope: 'publish', countsRejections: true }
     }, async (request, reply) => {
-      const body = request.body as EventInput | WireEvent
+      const body = request.body as EventInput | WireEvent | null | undefined
+      // Per-content-type schemas validate only the content types they name: a request without
+      // a body (or a JSON null) reaches no schema at all.
+      if (body === undefined || body === null) {
+        throw new Errors.BadRequest(`This route needs a body: JSON (application/json) or msgpack (${MSGPACK})`)
+      }
       const raw = wireBytes.get(body)
       const frame = raw ?? encodeInput(body, config.agentId, 'body/')
       const result = await app.engine.produce([frame])
-      app.metrics.produced.inc({ route: 'single', format: raw === undefined ? 'json' : 'msgpack' })
+      const counter = raw === undefined ? produced.json : produced.msgpack
+      counter.inc()
       return reply.code(202).send({ accepted: 1, subscribers: result.subscribers, queue_length: result.queueLength })
     })
   })
@@ -85,7 +90,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     const inputs = request.body as EventInput[]
     const frames = inputs.map((input, i) => encodeInput(input, config.agentId, `body/${i}/`))
     const result = await app.engine.produce(frames)
-    app.metrics.produced.inc({ route: 'batch', format: 'json' }, frames.length)
+    produced.batch.inc(frames.length)
     return reply.code(202).send({ accepted: frames.length, subscribers: result.subscribers, queue_length: result.queueLength })
   })
 }

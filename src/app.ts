@@ -77,8 +77,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   // socket left open would hold the process until the shutdown bound.
   let closing = false
   app.addHook('preClose', async () => { closing = true })
-  app.addHook('onSend', async (_request, reply) => {
+  app.addHook('onSend', (_request, reply, payload, done) => {
     if (closing) reply.header('connection', 'close')
+    done(null, payload)
   })
 
   await app.register(healthRoutes)

@@ -37,8 +37,60 @@ const decoder = new Decoder({ useBigInt64: true })
 // where Python writes uint64/int64. Events encoded here come from JSON, which holds no bigints.
 const encoder = new Encoder({ maxDepth: MAX_DEPTH + 1 })
 
-export function encodeEvent (event: BusEvent): Uint8Array {
-  return encoder.encode({ event_name: event.event_name, agent_id: event.agent_id, args: event.args })
+const KEY_EVENT_NAME = Buffer.from('83aa6576656e745f6e616d65', 'hex') // fixmap(3), "event_name"
+const KEY_AGENT_ID = Buffer.from('a86167656e745f6964', 'hex') // "agent_id"
+const KEY_ARGS = Buffer.from('a461726773', 'hex') // "args"
+
+function strHeaderSize (byteLength: number): number {
+  return byteLength < 32 ? 1 : byteLength < 0x100 ? 2 : byteLength < 0x10000 ? 3 : 5
+}
+
+/** UTF-8 length; names are short and ASCII, where a loop beats a call into C++. */
+function utf8Length (value: string): number {
+  if (value.length > 64) return Buffer.byteLength(value)
+  for (let i = 0; i < value.length; i++) {
+    if (value.charCodeAt(i) > 0x7f) return Buffer.byteLength(value)
+  }
+  return value.length
+}
+
+function writeStr (out: Buffer, pos: number, value: string, byteLength: number): number {
+  if (byteLength < 32) {
+    out[pos++] = 0xa0 | byteLength
+  } else if (byteLength < 0x100) {
+    out[pos++] = 0xd9
+    out[pos++] = byteLength
+  } else if (byteLength < 0x10000) {
+    out[pos++] = 0xda
+    pos = out.writeUInt16BE(byteLength, pos)
+  } else {
+    out[pos++] = 0xdb
+    pos = out.writeUInt32BE(byteLength, pos)
+  }
+  if (byteLength === value.length && byteLength <= 64) {
+    for (let i = 0; i < byteLength; i++) out[pos + i] = value.charCodeAt(i)
+    return pos + byteLength
+  }
+  return pos + out.write(value, pos, 'utf8')
+}
+
+/**
+ * The map's frame is written directly (its keys never change; str headers follow msgpack's
+ * smallest-fit rule, as Python's packer does); only `args` goes through the generic encoder.
+ */
+export function encodeEvent (event: BusEvent): Buffer {
+  const args = encoder.encodeSharedRef(event.args)
+  const nameBytes = utf8Length(event.event_name)
+  const agentBytes = utf8Length(event.agent_id)
+  const out = Buffer.allocUnsafe(KEY_EVENT_NAME.length + strHeaderSize(nameBytes) + nameBytes +
+    KEY_AGENT_ID.length + strHeaderSize(agentBytes) + agentBytes + KEY_ARGS.length + args.byteLength)
+  let pos = KEY_EVENT_NAME.copy(out, 0)
+  pos = writeStr(out, pos, event.event_name, nameBytes)
+  pos += KEY_AGENT_ID.copy(out, pos)
+  pos = writeStr(out, pos, event.agent_id, agentBytes)
+  pos += KEY_ARGS.copy(out, pos)
+  out.set(args, pos)
+  return out
 }
 
 /**
@@ -139,29 +191,68 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
  * bin. Integers JSON cannot carry exactly (2^53 to 2^64) are refused rather than rounded; so is nesting past
  * MAX_DEPTH. Throws CodecError with a message naming the path.
  */
-export function fromJsonValue (value: unknown, path = 'args', depth = 0): unknown {
-  if (depth > MAX_DEPTH) throw new CodecError('wrong_shape', `${path} is nested deeper than ${MAX_DEPTH} levels`)
+export function fromJsonValue (value: unknown, path = 'args'): unknown {
+  // Most events carry no bin: check first, and copy only when something must change.
+  return needsConversion(value, [path]) ? convert(value) : value
+}
+
+function isBase64Object (value: object): value is { $base64: unknown } {
+  let count = 0
+  for (const key in value) {
+    if (key !== '$base64' || ++count > 1) return false
+  }
+  return count === 1
+}
+
+/**
+ * Validates the whole value (throwing CodecError naming the path) and says whether any
+ * `$base64` object is inside. `path` is a stack of segments, joined only for an error.
+ */
+function needsConversion (value: unknown, path: Array<string | number>): boolean {
+  if (path.length > MAX_DEPTH + 1) throw new CodecError('wrong_shape', `${formatPath(path)} is nested deeper than ${MAX_DEPTH} levels`)
   if (typeof value === 'number') {
     // Between 2^53 and 2^64 a JSON number may be an int64 already rounded by the parser; past
     // 2^64 no msgpack int exists, so it can only be a float and is kept as one.
     if (Number.isInteger(value) && !Number.isSafeInteger(value) && Math.abs(value) < 2 ** 64) {
       throw new CodecError('wrong_shape',
-        `${path} is an integer beyond ±(2^53-1), which JSON numbers cannot carry exactly; send it as a string or post application/msgpack`)
+        `${formatPath(path)} is an integer beyond ±(2^53-1), which JSON numbers cannot carry exactly; send it as a string or post application/msgpack`)
     }
-    return value
+    return false
   }
+  if (typeof value !== 'object' || value === null) return false
+  let found = false
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      path.push(i)
+      if (needsConversion(value[i], path)) found = true
+      path.pop()
+    }
+    return found
+  }
+  if (isBase64Object(value)) {
+    if (typeof value.$base64 !== 'string' || !BASE64.test(value.$base64)) {
+      throw new CodecError('wrong_shape', `${formatPath(path)}.$base64 must be a padded base64 string`)
+    }
+    return true
+  }
+  for (const key in value) {
+    path.push(key)
+    if (needsConversion((value as Record<string, unknown>)[key], path)) found = true
+    path.pop()
+  }
+  return found
+}
+
+function formatPath (path: Array<string | number>): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('')
+}
+
+function convert (value: unknown): unknown {
   if (typeof value !== 'object' || value === null) return value
-  if (Array.isArray(value)) return value.map((item, i) => fromJsonValue(item, `${path}[${i}]`, depth + 1))
-  const keys = Object.keys(value)
-  if (keys.length === 1 && keys[0] === '$base64') {
-    const encoded = (value as { $base64: unknown }).$base64
-    if (typeof encoded !== 'string' || !BASE64.test(encoded)) {
-      throw new CodecError('wrong_shape', `${path}.$base64 must be a padded base64 string`)
-    }
-    return new Uint8Array(Buffer.from(encoded, 'base64'))
-  }
+  if (Array.isArray(value)) return value.map(convert)
+  if (isBase64Object(value)) return new Uint8Array(Buffer.from(value.$base64 as string, 'base64'))
   const out: Record<string, unknown> = {}
-  for (const key of keys) out[key] = fromJsonValue((value as Record<string, unknown>)[key], `${path}.${key}`, depth + 1)
+  for (const key in value) out[key] = convert((value as Record<string, unknown>)[key])
   return out
 }
 

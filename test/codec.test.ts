@@ -83,6 +83,16 @@ t.test('encoded maps hold exactly the three keys, in Backend.AI order', async (t
   t.equal(hex(encoded), '83aa6576656e745f6e616d65a161a86167656e745f6964a162a461726773' + '90')
 })
 
+t.test('names and agent ids of every length and script round-trip', async (t) => {
+  for (const agent of ['a', 'x'.repeat(31), 'x'.repeat(32), 'é'.repeat(16), 'é'.repeat(40), '日本'.repeat(50), 'x'.repeat(255), 'y'.repeat(256), '🎉'.repeat(20000)]) {
+    const encoded = encodeEvent({ event_name: 'n'.repeat(128), agent_id: agent, args: [agent] })
+    const back = decodeEvent(encoded)
+    t.equal(back.agent_id, agent, `agent of ${agent.length} UTF-16 units`)
+    t.same(back.args, [agent])
+    t.equal(scanMsgpack(encoded), undefined, 'strictly valid')
+  }
+})
+
 t.test('decodeEvent refuses what is not an event, with a reason', async (t) => {
   const cases: Array<[string, string, 'undecodable' | 'wrong_shape', RegExp]> = [
     ['empty', '', 'undecodable', /./],

@@ -86,7 +86,7 @@ const BAD: BadCase[] = [
   { name: 'invalid JSON', payload: '{"event_name": ', status: 400, code: 'BUSGATE_INVALID_JSON' },
   { name: 'empty JSON body', payload: '', status: 400, code: 'BUSGATE_INVALID_JSON', message: /empty/ },
   { name: 'no body at all', headers: {}, payload: undefined, status: 400, code: 'BUSGATE_BAD_REQUEST', message: /needs a body/ },
-  { name: 'JSON null', payload: 'null', status: 400, code: 'BUSGATE_BAD_REQUEST' },
+  { name: 'JSON null', payload: 'null', status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /body must be object/ },
   { name: 'JSON array to /events', payload: '[]', status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /body must be object/ },
   { name: 'event_name missing', payload: '{"args":[]}', status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /event_name/ },
   { name: 'event_name a number', payload: '{"event_name":42}', status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /event_name must be string/ },

@@ -1,0 +1,132 @@
+/**
+ * bench/ingest: requests/s of POST /events against a bare Fastify route answering 202 (same body,
+ * no Redis), and events/s of POST /events/batch against the gateway's own single-event path.
+ * Targets: single ≥ 0.75× bare; batch ≥ 10× single (events/s). Each round runs all three, in
+ * turn, on the same machine; the medians of the rounds are reported.
+ *
+ *   npm run bench:ingest -- [--rounds 3] [--duration 10] [--connections 64] [--batch 100]
+ */
+import { setTimeout as sleep } from 'node:timers/promises'
+import { parseArgs } from 'node:util'
+import autocannon from 'autocannon'
+import { Redis } from 'ioredis'
+import { freePort, median, startProcess, stopProcess, table } from './lib.js'
+
+const { values } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '3' },
+    duration: { type: 'string', default: '10' },
+    connections: { type: 'string', default: '64' },
+    batch: { type: 'string', default: '100' }
+  }
+})
+const rounds = Number(values.rounds)
+const duration = Number(values.duration)
+const connections = Number(values.connections)
+const batchSize = Number(values.batch)
+
+const root = new URL('..', import.meta.url).pathname
+const event = { event_name: 'kernel_started', agent_id: 'i-ag01', args: ['6f0c9a3e-3f4e-4b3a-9d4c-2a7c1f0e5b11', 'kern-0001', { cpu: 2, mem: '4g' }] }
+const single = JSON.stringify(event)
+const batch = JSON.stringify(Array.from({ length: batchSize }, () => event))
+
+interface Run { rps: number, p99: number, non2xx: number, errors: number, ok: number }
+
+async function load (port: number, path: string, body: string): Promise<Run> {
+  const result = await autocannon({
+    url: `http://127.0.0.1:${port}${path}`,
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body,
+    connections,
+    duration
+  })
+  return {
+    rps: result.requests.average,
+    p99: result.latency.p99,
+    non2xx: result.non2xx,
+    errors: result.errors + result.timeouts,
+    ok: result['2xx']
+  }
+}
+
+async function warm (port: number, path: string, body: string): Promise<void> {
+  await autocannon({ url: `http://127.0.0.1:${port}${path}`, method: 'POST', headers: { 'content-type': 'application/json' }, body, connections, duration: 2 })
+}
+
+const redisPort = await freePort()
+const redis = await startProcess('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {}, 'Ready to accept connections')
+const check = new Redis({ port: redisPort })
+
+const samples = {
+  bare: [] as number[],
+  single: [] as number[],
+  batch: [] as number[],
+  singleP99: [] as number[],
+  bareP99: [] as number[],
+  // Ratios within a round compare runs made minutes apart, not across the machine's mood swings.
+  singleRatio: [] as number[],
+  batchRatio: [] as number[]
+}
+try {
+  for (let round = 1; round <= rounds; round++) {
+    const barePort = await freePort()
+    const bare = await startProcess(process.execPath, ['--import', 'tsx', `${root}bench/bare-server.ts`], { PORT: String(barePort) }, 'Server listening')
+    await warm(barePort, '/events', single)
+    const b = await load(barePort, '/events', single)
+    await stopProcess(bare)
+
+    const gwPort = await freePort()
+    const gateway = await startProcess(process.execPath, [`${root}dist/src/server.js`], {
+      PORT: String(gwPort), REDIS_URL: `redis://127.0.0.1:${redisPort}/0`
+    }, 'Server listening')
+    await warm(gwPort, '/events', single)
+    await sleep(300) // let requests still in flight from the warm-up land before counting from zero
+    await check.flushall()
+    const s = await load(gwPort, '/events', single)
+    await sleep(300)
+    const storedSingle = await check.llen('events.prodcons')
+    await check.flushall()
+    const m = await load(gwPort, '/events/batch', batch)
+    await sleep(300)
+    const storedBatch = await check.llen('events.prodcons')
+    await check.flushall()
+    await stopProcess(gateway)
+
+    for (const [name, run] of [['bare', b], ['single', s], ['batch', m]] as const) {
+      if (run.non2xx > 0 || run.errors > 0) throw new Error(`${name}: ${run.non2xx} non-2xx answers and ${run.errors} errors`)
+    }
+    // Requests still in flight when the clock stops reach Redis without being counted: at most one per connection.
+    if (storedSingle < s.ok || storedSingle > s.ok + connections) throw new Error(`single: ${s.ok} accepted but ${storedSingle} in Redis`)
+    if (storedBatch < m.ok * batchSize || storedBatch > (m.ok + connections) * batchSize) {
+      throw new Error(`batch: ${m.ok * batchSize} accepted but ${storedBatch} in Redis`)
+    }
+
+    samples.bare.push(b.rps)
+    samples.single.push(s.rps)
+    samples.batch.push(m.rps * batchSize)
+    samples.bareP99.push(b.p99)
+    samples.singleP99.push(s.p99)
+    samples.singleRatio.push(s.rps / b.rps)
+    samples.batchRatio.push((m.rps * batchSize) / s.rps)
+    process.stderr.write(`round ${round}: bare ${b.rps.toFixed(0)} req/s, single ${s.rps.toFixed(0)} req/s, batch ${(m.rps * batchSize).toFixed(0)} events/s\n`)
+  }
+} finally {
+  check.disconnect()
+  await stopProcess(redis)
+}
+
+const bare = median(samples.bare)
+const singleRps = median(samples.single)
+const batchEps = median(samples.batch)
+const fmt = (n: number): string => Math.round(n).toLocaleString('en-US')
+process.stdout.write(`\nbench/ingest — ${rounds} rounds × ${duration} s, ${connections} connections, batch of ${batchSize}, medians\n\n`)
+process.stdout.write(table([
+  ['path', 'rate', 'p99 latency', 'baseline', 'ratio', 'target'],
+  ['bare Fastify route (baseline)', `${fmt(bare)} req/s`, `${median(samples.bareP99)} ms`, '', '', ''],
+  ['POST /events', `${fmt(singleRps)} req/s`, `${median(samples.singleP99)} ms`, 'bare route', `${median(samples.singleRatio).toFixed(2)}×`, '≥ 0.75×'],
+  ['POST /events/batch', `${fmt(batchEps)} events/s`, '', 'POST /events', `${median(samples.batchRatio).toFixed(1)}×`, '≥ 10×']
+]) + '\n')
+process.stdout.write('\nratios are medians of the per-round ratios; rates are medians of the rounds\n')
+process.stdout.write(`rounds: bare ${samples.bare.map(fmt).join(', ')}; single ${samples.single.map(fmt).join(', ')}; batch ${samples.batch.map(fmt).join(', ')}\n`)
+process.stdout.write(`per-round ratios: single/bare ${samples.singleRatio.map((r) => r.toFixed(2)).join(', ')}; batch/single ${samples.batchRatio.map((r) => r.toFixed(1)).join(', ')}\n`)
