@@ -15,8 +15,8 @@ t.test('the README lists every setting with its flag and default', async (t) => 
 })
 
 t.test('the README lists every error code', async (t) => {
-  for (const make of Object.values(Errors)) {
-    const code = (new make('x', 'y') as { code: string }).code
+  for (const BusgateError of Object.values(Errors)) {
+    const code = (new BusgateError('x', 'y') as { code: string }).code
     t.match(readme, `\`${code}\``, code)
   }
 })
