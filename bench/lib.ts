@@ -1,17 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
-}
+export { freePort } from '../test/helpers/redis.js'
 
 /** Spawns a process and waits until its output contains `readyText`. */
 export async function startProcess (command: string, args: string[], env: Record<string, string>, readyText: string): Promise<ChildProcess> {
