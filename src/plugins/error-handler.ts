@@ -17,7 +17,10 @@ export default fp<{ bodyLimit: number }>(async (app, { bodyLimit }) => {
       contentType: request.headers['content-type'],
       accepted: Object.keys(schema?.body?.content ?? { 'application/json': true })
     })
-    if (body.statusCode >= 500 && !isUnavailable(err)) {
+    if (isUnavailable(err)) {
+      // The engine logs the outage once; a line per refused request would flood the log.
+      request.log.debug({ code: body.code, statusCode: body.statusCode }, 'request refused: bus unavailable')
+    } else if (body.statusCode >= 500) {
       request.log.error({ err }, 'request failed')
     } else {
       request.log.info({ code: body.code, statusCode: body.statusCode, reason: body.message }, 'request refused')
