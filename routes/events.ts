@@ -4,7 +4,9 @@ import { CodecError, encodeEvent, fromJsonValue, parseWireEvent } from '../src/c
 import { Errors } from '../src/errors.js'
 import { Ref } from '../schemas/common.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
-import { EventInput, ProduceAccepted, WireEvent, eventBatch } from '../schemas/event.js'
+import { Type } from '@sinclair/typebox'
+import { makeFilter } from '../src/sse-hub.js'
+import { EventInput, ProduceAccepted, STREAM_DESCRIPTION, StreamQuery, WireEvent, eventBatch } from '../schemas/event.js'
 
 export const MSGPACK = 'application/msgpack'
 
@@ -92,6 +94,34 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     const result = await app.engine.produce(frames)
     produced.batch.inc(frames.length)
     return reply.code(202).send({ accepted: frames.length, subscribers: result.subscribers, queue_length: result.queueLength })
+  })
+
+  app.get('/events/stream', {
+    sse: { kind: 'manual', heartbeat: false },
+    schema: {
+      operationId: 'streamEvents',
+      tags: ['events'],
+      summary: 'Watch the bus live, as Server-Sent Events',
+      description: STREAM_DESCRIPTION,
+      querystring: StreamQuery,
+      response: {
+        200: { description: 'An endless event stream', content: { 'text/event-stream': { schema: Type.String() } } },
+        ...authErrors,
+        ...errorResponses(400, 503)
+      }
+    },
+    config: { scope: 'subscribe', queryToken: true, stream: true }
+  }, async (request, reply) => {
+    if (app.hub.full) throw new Errors.TooManyStreams(config.sseMaxClients)
+    const { event_name: eventNames, agent_id: agentIds, last_event_id: queryLastId } = request.query
+    const header = request.headers['last-event-id']
+    reply.header('cache-control', 'no-cache, no-transform')
+    // A stream's connection is not reused after it ends: closing it lets shutdown finish at once.
+    reply.header('connection', 'close')
+    reply.sse.keepAlive()
+    reply.sse.sendHeaders(200)
+    request.log.debug({ req: request, clients: app.hub.clientCount + 1 }, 'stream opened')
+    app.hub.attach(reply.raw, makeFilter(eventNames, agentIds), typeof header === 'string' ? header : queryLastId)
   })
 }
 

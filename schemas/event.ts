@@ -59,3 +59,32 @@ export function eventBatch (maxItems: number) {
     description: `1 to ${maxItems} events (BUSGATE_BATCH_MAX), written all or none, in this order`
   })
 }
+
+const GLOB_LIST = '^[A-Za-z0-9_.:*-]{1,128}(,[A-Za-z0-9_.:*-]{1,128}){0,49}$'
+
+export const StreamQuery = Type.Object({
+  event_name: Type.Optional(Type.String({
+    pattern: GLOB_LIST,
+    description: 'only these events: comma-separated names, `*` matching any run of characters (`kernel_*,session_started`)',
+    examples: ['kernel_*,session_started']
+  })),
+  agent_id: Type.Optional(Type.String({
+    pattern: '^[^,\\x00-\\x1f]{1,255}(,[^,\\x00-\\x1f]{1,255}){0,49}$',
+    description: 'only events from these agents: comma-separated, `*` globs allowed',
+    examples: ['i-ag01,i-ag02']
+  })),
+  last_event_id: Type.Optional(Type.String({
+    maxLength: 128,
+    description: 'resume after this event id, for clients that cannot send the Last-Event-ID header (the header wins)'
+  })),
+  access_token: Type.Optional(Type.String({
+    description: 'the token, for clients that cannot send an Authorization header (EventSource); never logged'
+  }))
+}, { additionalProperties: false })
+export type StreamQuery = Static<typeof StreamQuery>
+
+export const STREAM_DESCRIPTION = 'Server-Sent Events. Each bus event is `id: <instance>:<seq>`, `event: <event_name>`, ' +
+  '`data: {"event_name", "agent_id", "args"}` (JSON, with the documented mapping of msgpack values). The stream starts with a ' +
+  '`retry:` hint; comment lines (`:`) keep it open. An event `busgate.gap` with data `{"reason", "last_event_id", "resume_from"}` ' +
+  'says events may be missing: reason `unknown_id`, `too_old` or `other_instance` after a reconnect this instance cannot fill, ' +
+  '`bus_reconnected` after the gateway lost its Redis subscription for a while.'

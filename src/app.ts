@@ -7,6 +7,7 @@ import authPlugin from './plugins/auth.js'
 import enginePlugin from './plugins/engine.js'
 import errorHandler from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
+import ssePlugin from './plugins/sse-hub.js'
 import { buildValidator } from './validation.js'
 import docsRoutes from '../routes/docs.js'
 import eventRoutes from '../routes/events.js'
@@ -37,7 +38,9 @@ export function loggerOptions (level: string): FastifyServerOptions['logger'] {
 class AccessLog extends LogController {
   override incomingRequest (): void {}
   override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
-    if (error == null) request.log.debug({ req: request, statusCode: reply.statusCode, ms: reply.elapsedTime }, 'request completed')
+    // A stream closed by its client ends "with an error" (premature close): still just an access line.
+    request.log.debug({ req: request, statusCode: reply.statusCode, ms: reply.elapsedTime, ...(error == null ? {} : { ended: error.message }) },
+      'request completed')
   }
 }
 
@@ -63,6 +66,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(errorHandler, { bodyLimit: config.bodyLimit })
   await app.register(authPlugin, { tokens: config.tokens })
   await app.register(enginePlugin, { config })
+  await app.register(ssePlugin, { config })
   if (config.corsOrigins !== undefined) {
     await app.register(cors, {
       origin: config.corsOrigins.includes('*') ? '*' : [...config.corsOrigins],

@@ -38,6 +38,11 @@ export interface Config {
   redisTimeoutMs: number
   shutdownTimeoutMs: number
   memoryQueueMax: number
+  sseHeartbeatMs: number
+  sseRetryMs: number
+  sseHistory: number
+  sseMaxBufferBytes: number
+  sseMaxClients: number
 }
 
 /** A setting that cannot be used: the message names it and says what is expected. */
@@ -77,7 +82,13 @@ export const SETTINGS = [
   setting('redisTimeoutMs', 'BUSGATE_REDIS_TIMEOUT_MS', '2000', 'bound on connecting to Redis and on each command; past it a request gets 503', (raw) => integer(raw, 50, 60000)),
   setting('shutdownTimeoutMs', 'BUSGATE_SHUTDOWN_TIMEOUT_MS', '10000', 'on SIGTERM, how long in-flight requests may finish before the process exits anyway', (raw) => integer(raw, 0, 600000)),
   setting('memoryQueueMax', 'BUSGATE_MEMORY_QUEUE_MAX', '100000',
-    'memory engine only: most messages its consumer list holds; past it `POST /events` gets 503', (raw) => integer(raw, 1, 100_000_000))
+    'memory engine only: most messages its consumer list holds; past it `POST /events` gets 503', (raw) => integer(raw, 1, 100_000_000)),
+  setting('sseHeartbeatMs', 'BUSGATE_SSE_HEARTBEAT_MS', '15000', 'interval of the comment lines that keep idle streams open through proxies', (raw) => integer(raw, 100, 600_000)),
+  setting('sseRetryMs', 'BUSGATE_SSE_RETRY_MS', '2000', 'the `retry:` hint sent to stream clients: how long they wait before reconnecting', (raw) => integer(raw, 0, 600_000)),
+  setting('sseHistory', 'BUSGATE_SSE_HISTORY', '10000', 'events kept per process for clients that reconnect with Last-Event-ID', (raw) => integer(raw, 0, 1_000_000)),
+  setting('sseMaxBufferBytes', 'BUSGATE_SSE_MAX_BUFFER_BYTES', '1048576',
+    'unsent bytes a stream client may fall behind by before it is disconnected', (raw) => integer(raw, 1024, 1024 * 1024 * 1024)),
+  setting('sseMaxClients', 'BUSGATE_SSE_MAX_CLIENTS', '20000', 'most open streams per process; past it a new stream gets 503', (raw) => integer(raw, 1, 1_000_000))
 ] as const
 
 function setting<K extends keyof Config> (key: K, env: string, dflt: string | undefined, help: string,

@@ -15,7 +15,8 @@ export const Errors = {
   Internal: createError('BUSGATE_INTERNAL', 'Internal Server Error', 500),
   RedisUnavailable: createError('BUSGATE_REDIS_UNAVAILABLE', 'The event bus is unavailable: %s', 503),
   QueueFull: createError('BUSGATE_QUEUE_FULL', 'The consumer list is full (%s messages); retry later', 503),
-  ShuttingDown: createError('BUSGATE_SHUTTING_DOWN', 'The gateway is shutting down; retry on another instance', 503)
+  ShuttingDown: createError('BUSGATE_SHUTTING_DOWN', 'The gateway is shutting down; retry on another instance', 503),
+  TooManyStreams: createError('BUSGATE_TOO_MANY_STREAMS', 'This instance holds its maximum of %s streams; retry on another instance', 503)
 } as const
 
 export type ErrorCode = `BUSGATE_${string}`
@@ -30,7 +31,8 @@ export interface ErrorBody {
 /** An engine failure that means "try again": the bus is unreachable, slow or full. */
 export function isUnavailable (err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code
-  return code === 'BUSGATE_REDIS_UNAVAILABLE' || code === 'BUSGATE_QUEUE_FULL' || code === 'BUSGATE_SHUTTING_DOWN'
+  return code === 'BUSGATE_REDIS_UNAVAILABLE' || code === 'BUSGATE_QUEUE_FULL' || code === 'BUSGATE_SHUTTING_DOWN' ||
+    code === 'BUSGATE_TOO_MANY_STREAMS'
 }
 
 interface RaisedError {

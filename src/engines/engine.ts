@@ -12,6 +12,13 @@ export type EngineState = 'connecting' | 'ready' | 'down' | 'closed'
 
 export type MessageHandler = (frame: Buffer) => void
 
+export interface SubscriptionHandlers {
+  /** every message of the broadcast channel, in publish order */
+  message: MessageHandler
+  /** the subscription was lost and is back: messages published meanwhile were missed */
+  gap?: () => void
+}
+
 /**
  * One consumer of the consumer list, with its own processing list: a claimed message stays
  * there until acknowledged, so a crash of its holder loses nothing.
@@ -30,13 +37,14 @@ export interface Consumer {
  */
 export interface Engine {
   readonly kind: 'redis' | 'memory'
+  /** `ready` only when every connection in use (commands, and the subscription once made) is */
   readonly state: EngineState
   /** Resolves when the bus is reachable or after the connect bound; never throws. */
   connect (): Promise<void>
   /** Writes every frame to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
   produce (frames: readonly Uint8Array[]): Promise<ProduceResult>
   /** Receives every message of the broadcast channel, in publish order, until the returned function is called. */
-  subscribe (onMessage: MessageHandler): Promise<() => Promise<void>>
+  subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>>
   queueLength (): Promise<number>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
   ping (): Promise<void>

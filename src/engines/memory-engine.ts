@@ -1,5 +1,5 @@
 import { Errors } from '../errors.js'
-import type { Consumer, Engine, EngineOptions, EngineState, MessageHandler, ProduceResult } from './engine.js'
+import type { Consumer, Engine, EngineOptions, EngineState, MessageHandler, ProduceResult, SubscriptionHandlers } from './engine.js'
 
 /** A FIFO with O(1) push and shift: an array that is compacted once half of it is consumed. */
 class Fifo<T> {
@@ -74,10 +74,11 @@ export class MemoryEngine implements Engine {
     return { subscribers, queueLength }
   }
 
-  async subscribe (onMessage: MessageHandler): Promise<() => Promise<void>> {
+  // In one process nothing is ever missed, so there is no gap to report.
+  async subscribe ({ message }: SubscriptionHandlers): Promise<() => Promise<void>> {
     this.#assertOpen()
-    this.#handlers.add(onMessage)
-    return async () => { this.#handlers.delete(onMessage) }
+    this.#handlers.add(message)
+    return async () => { this.#handlers.delete(message) }
   }
 
   async queueLength (): Promise<number> {

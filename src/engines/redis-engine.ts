@@ -4,7 +4,7 @@ import { Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { describeRedis, type RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
-import type { Consumer, Engine, EngineOptions, EngineState, MessageHandler, ProduceResult } from './engine.js'
+import type { Consumer, Engine, EngineOptions, EngineState, ProduceResult, SubscriptionHandlers } from './engine.js'
 
 // RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
 // failed produce leaves nothing behind. A script is atomic, and one command pipelines well.
@@ -39,9 +39,10 @@ const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|OOM|TRYAGAIN|CLUSTER
 export class RedisEngine implements Engine {
   readonly kind = 'redis'
   #state: EngineState = 'connecting'
+  #subscriberState: EngineState = 'ready'
   readonly #commands: Redis
   #subscriber: Redis | undefined
-  readonly #handlers = new Set<MessageHandler>()
+  readonly #handlers = new Set<SubscriptionHandlers>()
   readonly #others = new Set<Redis>()
   #group: { members: PendingProduce[], frames: number, bytes: number } = { members: [], frames: 0, bytes: 0 }
   #flushScheduled = false
@@ -62,7 +63,7 @@ export class RedisEngine implements Engine {
   }
 
   get state (): EngineState {
-    return this.#state
+    return this.#state === 'ready' ? this.#subscriberState : this.#state
   }
 
   #baseOptions (role: string): RedisOptions {
@@ -164,18 +165,31 @@ export class RedisEngine implements Engine {
       })
   }
 
-  async subscribe (onMessage: MessageHandler): Promise<() => Promise<void>> {
+  async subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>> {
     if (this.#subscriber === undefined) {
+      // One connection for the whole process, whatever the number of handlers. ioredis
+      // resubscribes by itself after a reconnect; what was published meanwhile is gone.
       const subscriber = new Redis({ ...this.#baseOptions('subscriber'), maxRetriesPerRequest: null })
-      this.#watch(subscriber, 'subscriber')
-      subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => {
-        for (const handler of this.#handlers) handler(message)
-      })
       this.#subscriber = subscriber
-      await subscriber.subscribe(this.options.pubsubChannel)
+      this.#subscriberState = 'connecting'
+      let lost = false
+      this.#watch(subscriber, 'subscriber', (state) => {
+        this.#subscriberState = state
+        if (state === 'down') lost = true
+        if (state === 'ready' && lost) {
+          lost = false
+          for (const h of this.#handlers) h.gap?.()
+        }
+      })
+      subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => {
+        for (const h of this.#handlers) h.message(message)
+      })
+      // Queued until the connection is up: a Redis that is down at start must not hold the start.
+      const subscribed = subscriber.subscribe(this.options.pubsubChannel).then(() => undefined, () => undefined)
+      await Promise.race([subscribed, sleep(this.options.redisTimeoutMs)])
     }
-    this.#handlers.add(onMessage)
-    return async () => { this.#handlers.delete(onMessage) }
+    this.#handlers.add(handlers)
+    return async () => { this.#handlers.delete(handlers) }
   }
 
   async queueLength (): Promise<number> {

@@ -1,16 +1,26 @@
 import fp from 'fastify-plugin'
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 
 export interface Metrics {
   registry: Registry
   produced: Counter<'route' | 'format'>
   rejected: Counter<'reason'>
   httpDuration: Histogram<'method' | 'route' | 'status_code'>
+  malformed: Counter<'source' | 'reason'>
+  sseClients: Gauge
+  sseEvents: Counter
+  sseDeliveries: Counter
+  sseSlowDisconnects: Counter
+  sseResumes: Counter<'result'>
 }
 
 declare module 'fastify' {
   interface FastifyInstance {
     metrics: Metrics
+  }
+  interface FastifyContextConfig {
+    /** a long-lived response (SSE): left out of the request duration histogram */
+    stream?: boolean
   }
 }
 
@@ -38,6 +48,26 @@ export default fp(async (app) => {
       labelNames: ['method', 'route', 'status_code'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [registry]
+    }),
+    malformed: new Counter({
+      name: 'busgate_bus_malformed_total',
+      help: 'Messages read from the bus that are not events (set aside, never forwarded), by where and why',
+      labelNames: ['source', 'reason'],
+      registers: [registry]
+    }),
+    sseClients: new Gauge({ name: 'busgate_sse_clients', help: 'Open event streams', registers: [registry] }),
+    sseEvents: new Counter({ name: 'busgate_sse_events_total', help: 'Events taken from the broadcast channel and framed for streams', registers: [registry] }),
+    sseDeliveries: new Counter({ name: 'busgate_sse_deliveries_total', help: 'Framed events written to stream clients (fan-out)', registers: [registry] }),
+    sseSlowDisconnects: new Counter({
+      name: 'busgate_sse_slow_disconnects_total',
+      help: 'Stream clients cut off because their unsent bytes passed BUSGATE_SSE_MAX_BUFFER_BYTES',
+      registers: [registry]
+    }),
+    sseResumes: new Counter({
+      name: 'busgate_sse_resumes_total',
+      help: 'Reconnects with Last-Event-ID: hit (replayed from history) or the reason of the gap',
+      labelNames: ['result'],
+      registers: [registry]
     })
   }
   app.decorate('metrics', metrics)
@@ -46,6 +76,8 @@ export default fp(async (app) => {
   // string key to the bound child costs a fraction of that.
   const durationByKey = new Map<string, Histogram.Internal<'method' | 'route' | 'status_code'>>()
   app.addHook('onResponse', (request, reply, done) => {
+    // A stream's "latency" would be its lifetime: not a request duration.
+    if (request.routeOptions.config.stream === true) return done()
     const route = request.routeOptions.url ?? 'unmatched'
     const key = `${request.method} ${reply.statusCode} ${route}`
     let child = durationByKey.get(key)

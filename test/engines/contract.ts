@@ -11,7 +11,7 @@ const frame = (s: string): Buffer => Buffer.from(s)
 
 async function collect (engine: Engine): Promise<{ got: Buffer[], stop: () => Promise<void>, until: (n: number) => Promise<Buffer[]> }> {
   const got: Buffer[] = []
-  const stop = await engine.subscribe((f) => got.push(f))
+  const stop = await engine.subscribe({ message: (f) => got.push(f) })
   const until = async (n: number): Promise<Buffer[]> => {
     for (let i = 0; i < 200 && got.length < n; i++) await sleep(10)
     return got

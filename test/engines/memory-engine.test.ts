@@ -12,7 +12,7 @@ t.test('a full queue refuses the whole produce', async (t) => {
   const engine = new MemoryEngine({ ...options, pubsubChannel: 'p', prodconsKey: 'q', memoryQueueMax: 3 })
   t.teardown(() => engine.close())
   const heard: Buffer[] = []
-  await engine.subscribe((f) => heard.push(f))
+  await engine.subscribe({ message: (f) => heard.push(f) })
   await engine.produce([Buffer.from('1'), Buffer.from('2')])
   await t.rejects(engine.produce([Buffer.from('3'), Buffer.from('4')]), { code: 'BUSGATE_QUEUE_FULL', statusCode: 503 })
   t.equal(await engine.queueLength(), 2)

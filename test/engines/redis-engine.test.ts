@@ -45,7 +45,7 @@ t.test('a failing write publishes nothing', async (t) => {
   const key = (engine as unknown as { options: { prodconsKey: string } }).options.prodconsKey
   await server.client.set(key, 'not a list')
   const heard: Buffer[] = []
-  await engine.subscribe((f) => heard.push(f))
+  await engine.subscribe({ message: (f) => heard.push(f) })
   const err = await engine.produce([Buffer.from('a'), Buffer.from('b')]).then(() => undefined, (e: unknown) => e)
   t.match(err, { message: /WRONGTYPE/ })
   t.notOk(isUnavailable(err), 'a misconfiguration is not a 503')

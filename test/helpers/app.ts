@@ -11,3 +11,11 @@ export async function testApp (t: Teardown, redisUrl: string | undefined, overri
   await app.ready()
   return app
 }
+
+/** The same, listening on a free port, for real HTTP clients (SSE). */
+export async function listeningApp (t: Teardown, redisUrl: string | undefined, overrides: Partial<Config> = {}): Promise<{ app: App, base: string }> {
+  const app = await testApp(t, redisUrl, overrides)
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as { port: number }
+  return { app, base: `http://127.0.0.1:${port}` }
+}

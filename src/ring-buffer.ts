@@ -1,0 +1,30 @@
+/** The last `capacity` items pushed, oldest first, with O(1) push and indexed reads. */
+export class RingBuffer<T> {
+  readonly #items: Array<T | undefined>
+  #start = 0
+  #length = 0
+
+  constructor (readonly capacity: number) {
+    this.#items = new Array<T | undefined>(capacity)
+  }
+
+  get length (): number {
+    return this.#length
+  }
+
+  /** Adds an item, dropping the oldest when full. */
+  push (item: T): void {
+    if (this.capacity === 0) return
+    if (this.#length < this.capacity) {
+      this.#items[(this.#start + this.#length++) % this.capacity] = item
+    } else {
+      this.#items[this.#start] = item
+      this.#start = (this.#start + 1) % this.capacity
+    }
+  }
+
+  /** The i-th item, 0 being the oldest held. */
+  at (i: number): T | undefined {
+    return i >= 0 && i < this.#length ? this.#items[(this.#start + i) % this.capacity] : undefined
+  }
+}

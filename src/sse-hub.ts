@@ -1,0 +1,278 @@
+import { randomBytes } from 'node:crypto'
+import type { ServerResponse } from 'node:http'
+import type { FastifyBaseLogger } from 'fastify'
+import { CodecError, decodeEvent, hexPreview, toJsonEvent, type BusEvent } from './codec.js'
+import type { Engine } from './engines/engine.js'
+import { RingBuffer } from './ring-buffer.js'
+
+/** Control events the gateway itself sends; bus events may not use this prefix. */
+export const CONTROL_PREFIX = 'busgate.'
+export const GAP_EVENT = `${CONTROL_PREFIX}gap`
+
+export type GapReason = 'unknown_id' | 'too_old' | 'other_instance' | 'bus_reconnected'
+
+export interface HubOptions {
+  historySize: number
+  maxBufferBytes: number
+  heartbeatMs: number
+  retryMs: number
+  maxClients: number
+}
+
+export interface HubMetrics {
+  clients: (n: number) => void
+  published: () => void
+  delivered: (n: number) => void
+  slowDisconnect: () => void
+  resume: (result: 'hit' | GapReason) => void
+  malformed: (reason: string) => void
+}
+
+/** What a stream wants: a compiled test over the two filterable fields; one per distinct filter. */
+export interface Filter {
+  key: string
+  matches: (event: BusEvent) => boolean
+}
+
+/** A decoded bus event as the hub has framed it, shared by every client that gets it. */
+export interface HubEvent {
+  seq: number
+  event: BusEvent
+  frame: Buffer
+}
+
+interface Client {
+  res: ServerResponse
+  group: FilterGroup
+}
+
+interface FilterGroup {
+  filter: Filter
+  clients: Set<Client>
+}
+
+const HEARTBEAT = Buffer.from(':\n\n')
+
+/** A `*` glob list (`kernel_*,session_started`) as one anchored RegExp. */
+export function globList (list: string): RegExp {
+  const alternatives = list.split(',').map((glob) => glob.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replaceAll('*', '.*'))
+  return new RegExp(`^(?:${alternatives.join('|')})$`)
+}
+
+export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
+  const names = eventNames === undefined || eventNames === '*' ? undefined : globList(eventNames)
+  const agents = agentIds === undefined || agentIds === '*' ? undefined : globList(agentIds)
+  return {
+    key: `${eventNames ?? '*'}\u0000${agentIds ?? '*'}`,
+    matches: (e) => (names === undefined || names.test(e.event_name)) && (agents === undefined || agents.test(e.agent_id))
+  }
+}
+
+/** SSE field values end at CR or LF, so a name holding one could forge fields. */
+function unsafeName (name: string): string | undefined {
+  if (name === '') return 'empty event_name'
+  if (/[\r\n\0]/.test(name)) return 'event_name with a line break or NUL'
+  if (name.startsWith(CONTROL_PREFIX)) return `event_name in the reserved ${CONTROL_PREFIX} namespace`
+  return undefined
+}
+
+/**
+ * Fans the broadcast channel out to SSE clients: one subscription per process, each message
+ * decoded, mapped to JSON and framed once, and the same bytes written to every client whose
+ * filter matches. Keeps a bounded history for resumes. A client whose unsent bytes pass the
+ * bound is cut off, so a slow reader never holds memory or delays the others.
+ */
+export class SseHub {
+  /** Distinguishes this process's ids from any other's: an id of another instance cannot resume here. */
+  readonly instance = randomBytes(4).toString('hex')
+  #seq = 0
+  readonly #history: RingBuffer<HubEvent>
+  readonly #groups = new Map<string, FilterGroup>()
+  readonly #listeners = new Set<(e: HubEvent) => void>()
+  #clientCount = 0
+  #heartbeat: NodeJS.Timeout | undefined
+  #unsubscribe: (() => Promise<void>) | undefined
+  #closing = false
+  #malformedLogged = 0
+
+  constructor (
+    private readonly engine: Engine,
+    private readonly options: HubOptions,
+    private readonly metrics: HubMetrics,
+    private readonly log: FastifyBaseLogger
+  ) {
+    this.#history = new RingBuffer(options.historySize)
+  }
+
+  get clientCount (): number {
+    return this.#clientCount
+  }
+
+  get lastId (): string {
+    return this.#id(this.#seq)
+  }
+
+  async start (): Promise<void> {
+    this.#unsubscribe = await this.engine.subscribe({
+      message: (frame) => this.#onMessage(frame),
+      gap: () => this.#onBusGap()
+    })
+    this.#heartbeat = setInterval(() => this.#broadcast(HEARTBEAT), this.options.heartbeatMs)
+    this.#heartbeat.unref()
+  }
+
+  /** Other features (the background-task view) see every decoded event too. */
+  onEvent (listener: (e: HubEvent) => void): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  get full (): boolean {
+    return this.#clientCount >= this.options.maxClients
+  }
+
+  /**
+   * Adds a client whose response headers are sent. Replays what it missed when `lastEventId`
+   * is one of ours and still in the history; otherwise tells it, with a gap event, before live
+   * events flow. Everything happens in one turn of the event loop, so nothing slips between
+   * the replay and the live stream.
+   */
+  attach (res: ServerResponse, filter: Filter, lastEventId: string | undefined): void {
+    const group = this.#groups.get(filter.key) ?? { filter, clients: new Set<Client>() }
+    this.#groups.set(filter.key, group)
+    const client: Client = { res, group }
+    group.clients.add(client)
+    this.#clientCount++
+    this.metrics.clients(this.#clientCount)
+    res.once('close', () => this.#detach(client))
+
+    this.#write(client, Buffer.from(`retry: ${this.options.retryMs}\n\n`))
+    if (lastEventId !== undefined) this.#resume(client, lastEventId)
+  }
+
+  #resume (client: Client, lastEventId: string): void {
+    const [instance, seqText] = lastEventId.split(':')
+    const seq = Number(seqText)
+    let reason: GapReason | undefined
+    if (instance !== this.instance) {
+      reason = /^[0-9a-f]{8}:\d+$/.test(lastEventId) ? 'other_instance' : 'unknown_id'
+    } else if (!Number.isSafeInteger(seq) || seq > this.#seq) {
+      reason = 'unknown_id'
+    } else {
+      const oldest = this.#history.at(0)?.seq ?? this.#seq + 1
+      if (seq < oldest - 1) reason = 'too_old'
+    }
+    if (reason !== undefined) {
+      this.metrics.resume(reason)
+      this.#write(client, this.#gapFrame(reason, lastEventId))
+      return
+    }
+    this.metrics.resume('hit')
+    // The history is ordered by seq: skip what the client has, send the rest that matches.
+    const start = this.#history.length - (this.#seq - seq)
+    for (let i = Math.max(start, 0); i < this.#history.length; i++) {
+      const entry = this.#history.at(i) as HubEvent
+      if (client.group.filter.matches(entry.event)) this.#write(client, entry.frame)
+    }
+  }
+
+  #gapFrame (reason: GapReason, lastEventId: string | undefined): Buffer {
+    const data = JSON.stringify({ reason, last_event_id: lastEventId ?? null, resume_from: this.lastId })
+    // The gap carries the newest id, so the client's next reconnect does not ask for the lost range again.
+    return Buffer.from(`id: ${this.lastId}\nevent: ${GAP_EVENT}\ndata: ${data}\n\n`)
+  }
+
+  #detach (client: Client): void {
+    const { group } = client
+    if (!group.clients.delete(client)) return
+    this.#clientCount--
+    this.metrics.clients(this.#clientCount)
+    if (group.clients.size === 0) this.#groups.delete(group.filter.key)
+  }
+
+  #onMessage (raw: Buffer): void {
+    let event: BusEvent
+    try {
+      event = decodeEvent(raw)
+      const unsafe = unsafeName(event.event_name)
+      if (unsafe !== undefined) throw new CodecError('wrong_shape', unsafe)
+    } catch (err) {
+      this.#malformed(raw, err)
+      return
+    }
+    const seq = ++this.#seq
+    const json = JSON.stringify(toJsonEvent(event))
+    const frame = Buffer.from(`id: ${this.#id(seq)}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
+    const entry: HubEvent = { seq, event, frame }
+    this.#history.push(entry)
+    this.metrics.published()
+
+    let delivered = 0
+    for (const group of this.#groups.values()) {
+      if (!group.filter.matches(event)) continue
+      for (const client of group.clients) {
+        this.#write(client, frame)
+        delivered++
+      }
+    }
+    if (delivered > 0) this.metrics.delivered(delivered)
+    for (const listener of this.#listeners) listener(entry)
+  }
+
+  #onBusGap (): void {
+    this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
+    for (const group of this.#groups.values()) {
+      for (const client of group.clients) this.#write(client, this.#gapFrame('bus_reconnected', undefined))
+    }
+  }
+
+  // Counted every time; logged the first time and then once per thousand, so a broken
+  // producer cannot flood the log.
+  #malformed (raw: Buffer, err: unknown): void {
+    const reason = err instanceof CodecError ? err.reason : 'undecodable'
+    this.metrics.malformed(reason)
+    if (this.#malformedLogged++ % 1000 === 0) {
+      this.log.warn({ reason: (err as Error).message, preview: hexPreview(raw), seen: this.#malformedLogged },
+        'malformed message on the broadcast channel, not streamed')
+    }
+  }
+
+  // Checked before adding: a client still behind by more than the bound is cut off, so one
+  // large frame never cuts off a client that keeps up, and a stalled one holds at most the
+  // bound plus one frame.
+  #write (client: Client, frame: Buffer): void {
+    const { res } = client
+    if (res.destroyed) return
+    if (res.writableLength > this.options.maxBufferBytes) {
+      this.metrics.slowDisconnect()
+      this.log.info({ buffered: res.writableLength }, 'stream client too slow: disconnected')
+      res.destroy()
+      return
+    }
+    res.write(frame)
+  }
+
+  #broadcast (frame: Buffer): void {
+    for (const group of this.#groups.values()) {
+      for (const client of group.clients) this.#write(client, frame)
+    }
+  }
+
+  #id (seq: number): string {
+    return `${this.instance}:${seq}`
+  }
+
+  /** Ends every stream with a retry hint, so clients reconnect (to another instance) promptly. */
+  async close (): Promise<void> {
+    if (this.#closing) return
+    this.#closing = true
+    clearInterval(this.#heartbeat)
+    const bye = Buffer.from(`retry: ${this.options.retryMs}\n\n`)
+    for (const group of [...this.#groups.values()]) {
+      for (const client of [...group.clients]) {
+        if (!client.res.destroyed) client.res.end(bye)
+      }
+    }
+    await this.#unsubscribe?.()
+  }
+}
