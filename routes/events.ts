@@ -15,6 +15,7 @@ const wireBytes = new WeakMap<object, Buffer>()
 
 function encodeInput (input: EventInput, defaultAgentId: string, where: string): Uint8Array {
   try {
+    if (input.agent_id?.isWellFormed() === false) throw new CodecError('wrong_shape', `${where}agent_id holds a lone UTF-16 surrogate`)
     return encodeEvent({
       event_name: input.event_name,
       agent_id: input.agent_id ?? defaultAgentId,
@@ -63,10 +64,10 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
       },
       config: { scope: 'publish', countsRejections: true }
     }, async (request, reply) => {
-      const body = request.body as EventInput | WireEvent | null | undefined
+      const body = request.body as EventInput | WireEvent | undefined
       // Per-content-type schemas validate only the content types they name: a request without
-      // a body (or a JSON null) reaches no schema at all.
-      if (body === undefined || body === null) {
+      // a body (no Content-Type) reaches no schema at all.
+      if (body === undefined) {
         throw new Errors.BadRequest(`This route needs a body: JSON (application/json) or msgpack (${MSGPACK})`)
       }
       const raw = wireBytes.get(body)

@@ -24,7 +24,6 @@ export function redactUrl (url: string): string {
 export function loggerOptions (level: string): FastifyServerOptions['logger'] {
   return {
     level,
-    redact: { paths: ['req.headers.authorization', 'req.headers.cookie'], censor: '[redacted]' },
     serializers: {
       req: (req: { method: string, url: string, ip?: string }) => ({ method: req.method, url: redactUrl(req.url), remoteAddress: req.ip })
     }
@@ -64,9 +63,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   await app.register(metricsPlugin)
   await app.register(errorHandler, { bodyLimit: config.bodyLimit })
-  await app.register(authPlugin, { tokens: config.tokens })
-  await app.register(enginePlugin, { config })
-  await app.register(ssePlugin, { config })
+  // CORS before auth: a browser must be able to read a 401 too.
   if (config.corsOrigins !== undefined) {
     await app.register(cors, {
       origin: config.corsOrigins.includes('*') ? '*' : [...config.corsOrigins],
@@ -75,6 +72,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
       maxAge: 600
     })
   }
+  await app.register(authPlugin, { tokens: config.tokens })
+  await app.register(enginePlugin, { config })
+  await app.register(ssePlugin, { config })
   await registerOpenApi(app)
 
   // Once shutdown starts, answers to in-flight requests close their connection: a keep-alive

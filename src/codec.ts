@@ -98,6 +98,9 @@ export function encodeEvent (event: BusEvent): Buffer {
  * (extra keys are ignored), strict where a consumer would break (types of the three keys).
  */
 export function decodeEvent (bytes: Uint8Array): BusEvent {
+  // Only completeness and depth here: the JSON mapping recurses, and a foreign producer may nest anything.
+  const problem = scanMsgpack(bytes, false)
+  if (problem !== undefined) throw new CodecError('undecodable', problem)
   return checkShape(decode(bytes), false)
 }
 
@@ -109,7 +112,27 @@ export function decodeEvent (bytes: Uint8Array): BusEvent {
 export function parseWireEvent (bytes: Uint8Array): BusEvent {
   const problem = scanMsgpack(bytes)
   if (problem !== undefined) throw new CodecError('undecodable', problem)
-  return checkShape(decode(bytes), true)
+  const event = checkShape(decode(bytes), true)
+  // A repeated key collapses in the decoded object, while another decoder may keep the other value.
+  if (mapCount(bytes) !== 3) throw new CodecError('wrong_shape', 'the map must hold exactly three entries: event_name, agent_id and args')
+  return event
+}
+
+function mapCount (bytes: Uint8Array): number {
+  const b = bytes[0] ?? 0
+  if (b >= 0x80 && b <= 0x8f) return b & 0x0f
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (b === 0xde && bytes.byteLength >= 3) return view.getUint16(1)
+  if (b === 0xdf && bytes.byteLength >= 5) return view.getUint32(1)
+  return -1
+}
+
+/** The timestamp extension as msgpack-python's Timestamp accepts it: 4, 8 or 12 bytes, nanoseconds below 10^9. */
+function checkTimestamp (view: DataView, pos: number, length: number): string | undefined {
+  const nanoseconds = length === 8 ? view.getUint32(pos) >>> 2 : length === 12 ? view.getUint32(pos) : length === 4 ? 0 : -1
+  if (nanoseconds < 0) return `timestamp extension at byte ${pos} has ${length} bytes; 4, 8 or 12 are allowed`
+  if (nanoseconds >= 1e9) return `timestamp extension at byte ${pos} has nanoseconds out of range`
+  return undefined
 }
 
 function decode (bytes: Uint8Array): unknown {
@@ -209,7 +232,11 @@ function isBase64Object (value: object): value is { $base64: unknown } {
  * `$base64` object is inside. `path` is a stack of segments, joined only for an error.
  */
 function needsConversion (value: unknown, path: Array<string | number>): boolean {
-  if (path.length > MAX_DEPTH + 1) throw new CodecError('wrong_shape', `${formatPath(path)} is nested deeper than ${MAX_DEPTH} levels`)
+  if (typeof value === 'string') {
+    // JSON can carry a lone surrogate ("\ud800"); UTF-8 cannot, and Python would refuse the message.
+    if (!value.isWellFormed()) throw new CodecError('wrong_shape', `${formatPath(path)} holds a lone UTF-16 surrogate, which UTF-8 cannot carry`)
+    return false
+  }
   if (typeof value === 'number') {
     // Between 2^53 and 2^64 a JSON number may be an int64 already rounded by the parser; past
     // 2^64 no msgpack int exists, so it can only be a float and is kept as one.
@@ -220,6 +247,8 @@ function needsConversion (value: unknown, path: Array<string | number>): boolean
     return false
   }
   if (typeof value !== 'object' || value === null) return false
+  // The event map is level 1 and `args` level 2: count as the msgpack scanner does.
+  if (path.length + 1 > MAX_DEPTH) throw new CodecError('wrong_shape', `${formatPath(path)} is nested deeper than ${MAX_DEPTH} levels`)
   let found = false
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
@@ -237,6 +266,7 @@ function needsConversion (value: unknown, path: Array<string | number>): boolean
   }
   for (const key in value) {
     path.push(key)
+    if (!key.isWellFormed()) throw new CodecError('wrong_shape', `${formatPath(path)}: the key holds a lone UTF-16 surrogate`)
     if (needsConversion((value as Record<string, unknown>)[key], path)) found = true
     path.pop()
   }
@@ -266,7 +296,7 @@ export function hexPreview (bytes: Uint8Array, max = 32): string {
  * Walks msgpack bytes without building values: one complete object, no trailing bytes, every
  * str valid UTF-8, every map key a str, nesting within MAX_DEPTH. Returns what is wrong, if anything.
  */
-export function scanMsgpack (bytes: Uint8Array): string | undefined {
+export function scanMsgpack (bytes: Uint8Array, strict = true): string | undefined {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const end = bytes.byteLength
   let pos = 0
@@ -294,6 +324,7 @@ export function scanMsgpack (bytes: Uint8Array): string | undefined {
     let skip = 0
     let container = -1
     let containerIsMap = false
+    let extLen = -1
 
     if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) {
       skip = 0
@@ -311,31 +342,38 @@ export function scanMsgpack (bytes: Uint8Array): string | undefined {
         case 0xcd: case 0xd1: skip = 2; break
         case 0xca: case 0xce: case 0xd2: skip = 4; break
         case 0xcb: case 0xcf: case 0xd3: skip = 8; break
-        case 0xd4: skip = 2; break
-        case 0xd5: skip = 3; break
-        case 0xd6: skip = 5; break
-        case 0xd7: skip = 9; break
-        case 0xd8: skip = 17; break
+        case 0xd4: extLen = 1; break
+        case 0xd5: extLen = 2; break
+        case 0xd6: extLen = 4; break
+        case 0xd7: extLen = 8; break
+        case 0xd8: extLen = 16; break
         case 0xd9: if (!need(1)) return truncated(); strLen = view.getUint8(pos); pos += 1; break
         case 0xda: if (!need(2)) return truncated(); strLen = view.getUint16(pos); pos += 2; break
         case 0xdb: if (!need(4)) return truncated(); strLen = view.getUint32(pos); pos += 4; break
         case 0xc4: if (!need(1)) return truncated(); skip = view.getUint8(pos) + 1; break
         case 0xc5: if (!need(2)) return truncated(); skip = view.getUint16(pos) + 2; break
         case 0xc6: if (!need(4)) return truncated(); skip = view.getUint32(pos) + 4; break
-        case 0xc7: if (!need(1)) return truncated(); skip = view.getUint8(pos) + 2; break
-        case 0xc8: if (!need(2)) return truncated(); skip = view.getUint16(pos) + 3; break
-        case 0xc9: if (!need(4)) return truncated(); skip = view.getUint32(pos) + 5; break
+        case 0xc7: if (!need(1)) return truncated(); extLen = view.getUint8(pos); pos += 1; break
+        case 0xc8: if (!need(2)) return truncated(); extLen = view.getUint16(pos); pos += 2; break
+        case 0xc9: if (!need(4)) return truncated(); extLen = view.getUint32(pos); pos += 4; break
         case 0xdc: if (!need(2)) return truncated(); container = view.getUint16(pos); pos += 2; break
         case 0xdd: if (!need(4)) return truncated(); container = view.getUint32(pos); pos += 4; break
         case 0xde: if (!need(2)) return truncated(); container = view.getUint16(pos); pos += 2; containerIsMap = true; break
         case 0xdf: if (!need(4)) return truncated(); container = view.getUint32(pos); pos += 4; containerIsMap = true; break
       }
     }
-    if (atKey && strLen < 0) return `map key at byte ${pos - 1} is not a str (Python reads only str keys)`
+    if (strict && atKey && strLen < 0) return `map key at byte ${pos - 1} is not a str (Python reads only str keys)`
     if (strLen >= 0) {
       if (!need(strLen)) return truncated()
-      if (!isUtf8(bytes.subarray(pos, pos + strLen))) return `str at byte ${pos} is not valid UTF-8`
+      if (strict && !isUtf8(bytes.subarray(pos, pos + strLen))) return `str at byte ${pos} is not valid UTF-8`
       pos += strLen
+    } else if (extLen >= 0) {
+      if (!need(extLen + 1)) return truncated()
+      if (strict && view.getInt8(pos) === -1) {
+        const problem = checkTimestamp(view, pos + 1, extLen)
+        if (problem !== undefined) return problem
+      }
+      pos += extLen + 1
     } else if (skip > 0) {
       if (!need(skip)) return truncated()
       pos += skip

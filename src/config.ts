@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util'
+import { MAX_FRAMES_PER_PRODUCE } from './engines/engine.js'
 
 export type Scope = 'publish' | 'subscribe' | 'admin'
 export const SCOPES: readonly Scope[] = ['publish', 'subscribe', 'admin']
@@ -38,6 +39,7 @@ export interface Config {
   redisTimeoutMs: number
   shutdownTimeoutMs: number
   memoryQueueMax: number
+  memoryQueueMaxBytes: number
   sseHeartbeatMs: number
   sseRetryMs: number
   sseHistory: number
@@ -78,11 +80,14 @@ export const SETTINGS = [
     'browser origins allowed by CORS, comma-separated (`https://a.example,https://b.example`) or `*`; unset = no CORS headers',
     parseOrigins),
   setting('bodyLimit', 'BUSGATE_BODY_LIMIT', '1048576', 'largest request body in bytes (larger: 413)', (raw) => integer(raw, 1024, 64 * 1024 * 1024)),
-  setting('batchMax', 'BUSGATE_BATCH_MAX', '1000', 'most events in one `POST /events/batch` (at most 5000)', (raw) => integer(raw, 1, 5000)),
+  setting('batchMax', 'BUSGATE_BATCH_MAX', '1000', `most events in one \`POST /events/batch\` (at most ${MAX_FRAMES_PER_PRODUCE})`,
+    (raw) => integer(raw, 1, MAX_FRAMES_PER_PRODUCE)),
   setting('redisTimeoutMs', 'BUSGATE_REDIS_TIMEOUT_MS', '2000', 'bound on connecting to Redis and on each command; past it a request gets 503', (raw) => integer(raw, 50, 60000)),
   setting('shutdownTimeoutMs', 'BUSGATE_SHUTDOWN_TIMEOUT_MS', '10000', 'on SIGTERM, how long in-flight requests may finish before the process exits anyway', (raw) => integer(raw, 0, 600000)),
   setting('memoryQueueMax', 'BUSGATE_MEMORY_QUEUE_MAX', '100000',
     'memory engine only: most messages its consumer list holds; past it `POST /events` gets 503', (raw) => integer(raw, 1, 100_000_000)),
+  setting('memoryQueueMaxBytes', 'BUSGATE_MEMORY_QUEUE_MAX_BYTES', '268435456',
+    'memory engine only: most bytes its consumer list holds; past it `POST /events` gets 503', (raw) => integer(raw, 1024, 2 ** 40)),
   setting('sseHeartbeatMs', 'BUSGATE_SSE_HEARTBEAT_MS', '15000', 'interval of the comment lines that keep idle streams open through proxies', (raw) => integer(raw, 100, 600_000)),
   setting('sseRetryMs', 'BUSGATE_SSE_RETRY_MS', '2000', 'the `retry:` hint sent to stream clients: how long they wait before reconnecting', (raw) => integer(raw, 0, 600_000)),
   setting('sseHistory', 'BUSGATE_SSE_HISTORY', '10000', 'events kept per process for clients that reconnect with Last-Event-ID', (raw) => integer(raw, 0, 1_000_000)),
@@ -205,8 +210,9 @@ function parseTokens (raw: string): TokenGrant[] {
     if (/\s/.test(token)) throw new Error(`${where}: the token must not contain spaces`)
     const scopes = new Set<Scope>()
     for (const scope of trimmed.slice(colon + 1).split('+')) {
+      // Not echoed: a token with a colon and no scope would otherwise print its tail.
       if (!(SCOPES as readonly string[]).includes(scope)) {
-        throw new Error(`${where}: unknown scope "${scope}" (scopes: ${SCOPES.join(', ')})`)
+        throw new Error(`${where}: an unknown scope after the last colon (scopes: ${SCOPES.join(', ')})`)
       }
       scopes.add(scope as Scope)
     }
@@ -240,7 +246,7 @@ export function parseRedisUrl (raw: string): RedisTarget {
   } catch {
     throw new Error('is not a URL; expected redis://[user:password@]host[:port][/db]')
   }
-  const shown = redactUrl(url)
+  const shown = withoutPassword(url)
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
     throw new Error(`"${shown}" must start with redis:// or rediss://`)
   }
@@ -262,7 +268,7 @@ export function parseRedisUrl (raw: string): RedisTarget {
   }
 }
 
-function redactUrl (url: URL): string {
+function withoutPassword (url: URL): string {
   const copy = new URL(url.href)
   if (copy.password !== '') copy.password = '***'
   return copy.href

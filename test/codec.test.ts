@@ -78,6 +78,32 @@ t.test('fromJsonValue: $base64, unsafe integers, depth', async (t) => {
   t.throws(() => fromJsonValue(deep), /nested deeper than 512/)
 })
 
+t.test('strings UTF-8 cannot carry are refused, not mangled', async (t) => {
+  t.throws(() => fromJsonValue(['ok', 'lone \ud800 surrogate']), { reason: 'wrong_shape', message: /args\[1\] holds a lone UTF-16 surrogate/ })
+  t.throws(() => fromJsonValue([{ 'k\udc00': 1 }]), /the key holds a lone UTF-16 surrogate/)
+  t.throws(() => fromJsonValue(['x'.repeat(300) + '\ud83d']), /lone/, 'long strings too')
+  t.same(fromJsonValue(['pair \ud83d\ude00 ok']), ['pair 😀 ok'], 'a proper pair is fine')
+})
+
+t.test('JSON nesting is bounded where the msgpack scanner bounds it', async (t) => {
+  const nest = (levels: number): unknown => {
+    let v: unknown = 'bottom'
+    for (let i = 0; i < levels; i++) v = [v]
+    return v
+  }
+  // args is level 2 of the frame; MAX_DEPTH levels in all.
+  const deepest = [nest(MAX_DEPTH - 2)]
+  const encoded = encodeEvent({ event_name: 'a', agent_id: 'b', args: fromJsonValue(deepest) as unknown[] })
+  t.equal(scanMsgpack(encoded), undefined, 'the deepest JSON accepted is a frame the scanner accepts')
+  t.throws(() => fromJsonValue([nest(MAX_DEPTH - 1)]), /nested deeper/)
+})
+
+t.test('a foreign message nested absurdly deep is undecodable, not a crash', async (t) => {
+  const head = Buffer.from('83aa6576656e745f6e616d65a178a86167656e745f6964a178a461726773', 'hex')
+  const deep = Buffer.concat([head, Buffer.alloc(200_000, 0x91), Buffer.from([0xc0])])
+  t.throws(() => decodeEvent(deep), { name: 'CodecError', reason: 'undecodable', message: /nested deeper/ })
+})
+
 t.test('encoded maps hold exactly the three keys, in Backend.AI order', async (t) => {
   const encoded = encodeEvent({ event_name: 'a', agent_id: 'b', args: [], extra: 1 } as never)
   t.equal(hex(encoded), '83aa6576656e745f6e616d65a161a86167656e745f6964a162a461726773' + '90')
@@ -107,6 +133,9 @@ t.test('decodeEvent refuses what is not an event, with a reason', async (t) => {
   for (const [name, h, reason, message] of cases) {
     t.throws(() => decodeEvent(bytes(h)), { name: 'CodecError', reason, message }, name)
   }
+  // a repeated key: three distinct names, four entries
+  t.throws(() => parseWireEvent(bytes('84aa6576656e745f6e616d65a178a86167656e745f6964a178a46172677390aa6576656e745f6e616d65a179')),
+    { reason: 'wrong_shape', message: /exactly three entries/ })
   // lenient on the bus: an extra key is ignored…
   const extra = bytes('84aa6576656e745f6e616d65a178a86167656e745f6964a178a46172677390a178c0')
   t.equal(decodeEvent(extra).event_name, 'x')
@@ -131,6 +160,12 @@ t.test('scanMsgpack: what Python would refuse, or what is incomplete', async (t)
   t.equal(scanMsgpack(bytes('df00000001a161c0')), undefined, 'map32')
   t.equal(scanMsgpack(bytes('c9000000020501ff')), undefined, 'ext32')
   t.equal(scanMsgpack(bytes('d8' + '01' + '00'.repeat(16))), undefined, 'fixext16')
+  t.equal(scanMsgpack(bytes('d6ff00000001')), undefined, 'timestamp32')
+  t.equal(scanMsgpack(bytes('d7ff' + 'ee6b27fc' + '00000001')), undefined, 'timestamp64, 999999999 ns')
+  t.match(scanMsgpack(bytes('d7ff' + 'ee6b2800' + '00000001')), /nanoseconds out of range/, 'timestamp64, 10^9 ns')
+  t.match(scanMsgpack(bytes('c70cff' + '3b9aca00' + '0000000000000001')), /nanoseconds out of range/, 'timestamp96, 10^9 ns')
+  t.match(scanMsgpack(bytes('d5ff0001')), /2 bytes; 4, 8 or 12/, 'a timestamp of the wrong size')
+  t.equal(scanMsgpack(bytes('d5ff0001'), false), undefined, 'lenient scans do not judge extensions')
   t.equal(scanMsgpack(bytes('cf' + 'ff'.repeat(8))), undefined, 'uint64')
   t.equal(scanMsgpack(bytes('cb' + '00'.repeat(8))), undefined, 'float64')
   t.match(scanMsgpack(bytes('cb' + '00'.repeat(7))), /truncated/)

@@ -44,7 +44,7 @@ t.test('environment variables and flags, a flag winning', async (t) => {
 t.test('every setting has a flag named after its variable', async (t) => {
   t.same(SETTINGS.map((s) => s.flag), [
     'host', 'port', 'redis-url', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
-    'cors-origins', 'body-limit', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max',
+    'cors-origins', 'body-limit', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
     'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-max-buffer-bytes', 'sse-max-clients'
   ])
   for (const s of SETTINGS) t.match(HELP, `--${s.flag}`)
@@ -70,7 +70,7 @@ const BAD: Array<[Record<string, string>, string[], RegExp]> = [
   [{ REDIS_URL: 'redis://h?db=4' }, [], /^REDIS_URL: .*query parameters/],
   [{ LOG_LEVEL: 'loud' }, [], /^LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent/],
   [{ BUSGATE_TOKENS: 'abc' }, [], /^BUSGATE_TOKENS: entry 1 must look like TOKEN:SCOPE/],
-  [{ BUSGATE_TOKENS: 'secrettoken:publish,othersecret:root' }, [], /^BUSGATE_TOKENS: entry 2: unknown scope "root"/],
+  [{ BUSGATE_TOKENS: 'secrettoken:publish,othersecret:root' }, [], /^BUSGATE_TOKENS: entry 2: an unknown scope after the last colon/],
   [{ BUSGATE_TOKENS: 'secrettoken:publish,secrettoken:admin' }, [], /^BUSGATE_TOKENS: entry 2 repeats a token/],
   [{ BUSGATE_TOKENS: ':publish' }, [], /^BUSGATE_TOKENS: entry 1/],
   [{ BUSGATE_CORS_ORIGINS: 'https://a.example/' }, [], /^BUSGATE_CORS_ORIGINS: .*no path or trailing slash/],
@@ -94,10 +94,12 @@ t.test('a wrong value is one clear line naming the setting', async (t) => {
 t.test('tokens are parsed with their scopes, and never echoed in errors', async (t) => {
   const c = run({ BUSGATE_TOKENS: 't1-secret:publish, ops-secret:publish+subscribe+admin' })
   t.same(c.tokens?.map((g) => [g.token, [...g.scopes]]), [['t1-secret', ['publish']], ['ops-secret', ['publish', 'subscribe', 'admin']]])
-  try {
-    loadConfig({ BUSGATE_TOKENS: 'topsecret:wrong' }, [])
-    t.fail('should throw')
-  } catch (err) {
-    t.notMatch((err as Error).message, /topsecret/)
+  for (const value of ['topsecret:wrong', 'sk:live:secret123']) {
+    try {
+      loadConfig({ BUSGATE_TOKENS: value }, [])
+      t.fail('should throw')
+    } catch (err) {
+      t.notMatch((err as Error).message, /topsecret|secret123|sk:live/, 'no part of the token')
+    }
   }
 })

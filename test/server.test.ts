@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { freePort, startRedis } from './helpers/redis.js'
+import { openStream } from './helpers/sse.js'
 
 // The real entry point, run as users run it.
 const SERVER = [process.execPath, ['--import', 'tsx', new URL('../src/server.ts', import.meta.url).pathname]] as const
@@ -147,4 +148,19 @@ t.test('rediss:// with a private CA (NODE_EXTRA_CA_CERTS), db index and password
   t.equal(await check.llen('events.prodcons'), 1)
   server.proc.kill('SIGTERM')
   t.equal(await server.exited, 0)
+})
+
+t.test('SIGTERM with a thousand open streams: each ends with a retry hint, the process exits 0 at once', async (t) => {
+  const server = await startServer(t, { BUSGATE_SSE_RETRY_MS: '1500' })
+  const streams = []
+  for (let i = 0; i < 10; i++) {
+    streams.push(...await Promise.all(Array.from({ length: 100 }, () => openStream(`http://127.0.0.1:${server.port}/events/stream`))))
+  }
+  t.ok(streams.every((s) => s.status === 200))
+  const started = Date.now()
+  server.proc.kill('SIGTERM')
+  t.equal(await server.exited, 0)
+  t.ok(Date.now() - started < 3000, `exited in ${Date.now() - started} ms`)
+  await Promise.all(streams.map((s) => s.ended))
+  t.ok(streams.every((s) => s.retries.at(-1) === 1500 && s.retries.length === 2), 'every stream got the parting retry hint')
 })

@@ -10,6 +10,9 @@ export interface ProduceResult {
 
 export type EngineState = 'connecting' | 'ready' | 'down' | 'closed'
 
+/** Most frames one produce takes: Lua's C stack holds about 8000 values, and one RPUSH takes them all. */
+export const MAX_FRAMES_PER_PRODUCE = 5000
+
 export type MessageHandler = (frame: Buffer) => void
 
 export interface SubscriptionHandlers {
@@ -28,6 +31,8 @@ export interface Consumer {
   claim (timeoutMs: number): Promise<Buffer | null>
   /** Removes one claimed message from the processing list. */
   ack (frame: Buffer): Promise<void>
+  /** How many claimed messages wait in the processing list. */
+  pending (): Promise<number>
   close (): Promise<void>
 }
 
@@ -41,7 +46,7 @@ export interface Engine {
   readonly state: EngineState
   /** Resolves when the bus is reachable or after the connect bound; never throws. */
   connect (): Promise<void>
-  /** Writes every frame to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
+  /** Writes every frame (1 to MAX_FRAMES_PER_PRODUCE) to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
   produce (frames: readonly Uint8Array[]): Promise<ProduceResult>
   /** Receives every message of the broadcast channel, in publish order, until the returned function is called. */
   subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>>
@@ -52,7 +57,14 @@ export interface Engine {
   close (): Promise<void>
 }
 
-export type EngineOptions = Pick<Config, 'redis' | 'pubsubChannel' | 'prodconsKey' | 'redisTimeoutMs' | 'memoryQueueMax'>
+export type EngineOptions = Pick<Config, 'redis' | 'pubsubChannel' | 'prodconsKey' | 'redisTimeoutMs' | 'memoryQueueMax' | 'memoryQueueMaxBytes'>
+
+/** Produce arguments every engine refuses alike. */
+export function checkFrameCount (frames: readonly Uint8Array[]): void {
+  if (frames.length === 0 || frames.length > MAX_FRAMES_PER_PRODUCE) {
+    throw new RangeError(`a produce takes 1 to ${MAX_FRAMES_PER_PRODUCE} frames, not ${frames.length}`)
+  }
+}
 
 export async function createEngine (options: EngineOptions, log: FastifyBaseLogger): Promise<Engine> {
   if (options.redis === undefined) {

@@ -1,5 +1,5 @@
 import { Errors } from '../errors.js'
-import type { Consumer, Engine, EngineOptions, EngineState, MessageHandler, ProduceResult, SubscriptionHandlers } from './engine.js'
+import { checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type MessageHandler, type ProduceResult, type SubscriptionHandlers } from './engine.js'
 
 /** A FIFO with O(1) push and shift: an array that is compacted once half of it is consumed. */
 class Fifo<T> {
@@ -27,7 +27,6 @@ class Fifo<T> {
 }
 
 interface Waiter {
-  done: boolean
   processing: Buffer[]
   resolve: (frame: Buffer | null) => void
   timer: NodeJS.Timeout
@@ -44,7 +43,9 @@ export class MemoryEngine implements Engine {
   readonly #queue = new Fifo<Buffer>()
   readonly #processing = new Map<string, Buffer[]>()
   readonly #handlers = new Set<MessageHandler>()
-  readonly #waiters = new Fifo<Waiter>()
+  // Insertion-ordered, so the first is the longest waiting; a waiter that times out leaves at once.
+  readonly #waiters = new Set<Waiter>()
+  #queuedBytes = 0
 
   constructor (private readonly options: EngineOptions) {}
 
@@ -56,12 +57,16 @@ export class MemoryEngine implements Engine {
 
   async produce (frames: readonly Uint8Array[]): Promise<ProduceResult> {
     this.#assertOpen()
-    if (this.#queue.length + frames.length > this.options.memoryQueueMax) {
-      throw new Errors.QueueFull(this.options.memoryQueueMax)
+    checkFrameCount(frames)
+    const bytes = frames.reduce((sum, f) => sum + f.byteLength, 0)
+    if (this.#queue.length + frames.length > this.options.memoryQueueMax ||
+      this.#queuedBytes + bytes > this.options.memoryQueueMaxBytes) {
+      throw new Errors.QueueFull(`${this.options.memoryQueueMax} messages or ${this.options.memoryQueueMaxBytes} bytes`)
     }
     // Copies: the caller may reuse its buffers, and every reader must see the bytes as written.
     const copies = frames.map((f) => Buffer.from(f))
     this.#queue.push(...copies)
+    this.#queuedBytes += bytes
     const subscribers = this.#handlers.size
     if (subscribers > 0) {
       const handlers = [...this.#handlers]
@@ -95,51 +100,55 @@ export class MemoryEngine implements Engine {
     return {
       claim: async (timeoutMs) => {
         this.#assertOpen()
-        // Consumers already blocked come first, as with BLPOP.
-        this.#serveWaiters()
-        const frame = this.#queue.shift()
+        // produce() hands messages to blocked consumers at once, so a queued message means none waits.
+        const frame = this.#take()
         if (frame !== undefined) {
           processing.push(frame)
           return frame
         }
         return await new Promise<Buffer | null>((resolve) => {
           const waiter: Waiter = {
-            done: false,
             processing,
             resolve,
             timer: setTimeout(() => {
-              waiter.done = true
+              this.#waiters.delete(waiter)
               resolve(null)
             }, timeoutMs)
           }
-          this.#waiters.push(waiter)
+          this.#waiters.add(waiter)
         })
       },
       ack: async (frame) => {
         const i = processing.findIndex((f) => f.equals(frame))
         if (i >= 0) processing.splice(i, 1)
       },
+      pending: async () => processing.length,
       close: async () => {}
     }
   }
 
   async close (): Promise<void> {
     this.#state = 'closed'
-    for (let w = this.#waiters.shift(); w !== undefined; w = this.#waiters.shift()) {
+    for (const w of this.#waiters) {
       clearTimeout(w.timer)
-      if (!w.done) w.resolve(null)
+      w.resolve(null)
     }
+    this.#waiters.clear()
     this.#handlers.clear()
   }
 
+  #take (): Buffer | undefined {
+    const frame = this.#queue.shift()
+    if (frame !== undefined) this.#queuedBytes -= frame.byteLength
+    return frame
+  }
+
   #serveWaiters (): void {
-    while (this.#queue.length > 0) {
-      const waiter = this.#waiters.shift()
-      if (waiter === undefined) return
-      if (waiter.done) continue
-      waiter.done = true
+    for (const waiter of this.#waiters) {
+      const frame = this.#take()
+      if (frame === undefined) return
+      this.#waiters.delete(waiter)
       clearTimeout(waiter.timer)
-      const frame = this.#queue.shift() as Buffer
       waiter.processing.push(frame)
       waiter.resolve(frame)
     }

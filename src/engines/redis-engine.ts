@@ -4,7 +4,7 @@ import { Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { describeRedis, type RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
-import type { Consumer, Engine, EngineOptions, EngineState, ProduceResult, SubscriptionHandlers } from './engine.js'
+import { MAX_FRAMES_PER_PRODUCE, checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type SubscriptionHandlers } from './engine.js'
 
 // RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
 // failed produce leaves nothing behind. A script is atomic, and one command pipelines well.
@@ -17,10 +17,7 @@ end
 return {s, n}
 `
 
-/** Lua's C stack takes about 8000 values, so one RPUSH of a batch must stay well below it. */
-export const MAX_FRAMES_PER_PRODUCE = 5000
-
-/** A group of produces larger than this is sent without waiting for more to join it. */
+/** A produce that would take a waiting group past this sends that group first, and starts the next. */
 const GROUP_BYTES = 4 * 1024 * 1024
 
 interface PendingProduce {
@@ -33,8 +30,9 @@ interface ProduceCommand {
   busgateProduce: (key: string, channel: string, ...frames: Buffer[]) => Promise<[number, number]>
 }
 
-// Redis answers these while it cannot serve for now; a retry may succeed.
-const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|OOM|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)\b/
+// Redis answers these while it cannot serve for now; a retry may succeed. Inside a script
+// (Redis 6.2) they arrive wrapped: "ERR Error running script … -OOM …".
+const TRANSIENT_REPLY = /(?:^|-)(LOADING|BUSY|MASTERDOWN|READONLY|OOM|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)\b/
 
 export class RedisEngine implements Engine {
   readonly kind = 'redis'
@@ -128,7 +126,7 @@ export class RedisEngine implements Engine {
    * events costs Redis a fraction of one call per event (the Lua call itself is most of it).
    */
   async produce (frames: readonly Uint8Array[]): Promise<ProduceResult> {
-    if (frames.length > MAX_FRAMES_PER_PRODUCE) throw new RangeError(`at most ${MAX_FRAMES_PER_PRODUCE} frames per produce`)
+    checkFrameCount(frames)
     const buffers = frames.map((f) => (Buffer.isBuffer(f) ? f : Buffer.from(f.buffer, f.byteOffset, f.byteLength)))
     const bytes = buffers.reduce((sum, b) => sum + b.byteLength, 0)
     return await new Promise<ProduceResult>((resolve, reject) => {
@@ -230,6 +228,13 @@ export class RedisEngine implements Engine {
           throw this.#translate(err)
         }
       },
+      pending: async () => {
+        try {
+          return await this.#commands.llen(processingKey)
+        } catch (err) {
+          throw this.#translate(err)
+        }
+      },
       close: async () => {
         this.#others.delete(conn)
         await this.#quit(conn)
@@ -255,10 +260,14 @@ export class RedisEngine implements Engine {
   #translate (err: unknown): Error {
     const message = (err as Error).message ?? ''
     if (err instanceof ReplyError) {
-      // A reply error that is not transient is a bug or a misconfiguration (WRONGTYPE…): a 500.
-      if (!TRANSIENT_REPLY.test(message)) return err as Error
-      return new Errors.RedisUnavailable(`Redis cannot serve right now (${message.split(' ')[0] ?? 'error'})`)
+      const transient = TRANSIENT_REPLY.exec(message)
+      // Anything else is a bug or a misconfiguration (WRONGTYPE…): a 500. A new Error, because
+      // ioredis hangs the whole command, every frame of it, on its own, and that must not be logged.
+      if (transient === null) return new Error(`Redis refused the command: ${message}`)
+      return new Errors.RedisUnavailable(`Redis cannot serve right now (${transient[1] ?? 'error'})`)
     }
-    return new Errors.RedisUnavailable(/timed out/i.test(message) ? 'Redis did not answer in time' : 'Redis is not reachable')
+    return new Errors.RedisUnavailable(/timed out/i.test(message)
+      ? 'Redis did not answer in time; the write may still have happened'
+      : 'Redis is not reachable')
   }
 }

@@ -111,14 +111,38 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await engine.queueLength(), 0)
   })
 
-  t.test('ack is accepted for a claimed message', async (t) => {
+  t.test('a claimed message waits in the processing list until acked', async (t) => {
     const engine = await fresh(t)
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
-    await engine.produce([frame('a')])
-    const claimed = await consumer.claim(1000)
-    t.ok(claimed)
-    await t.resolves(consumer.ack(claimed as Buffer))
+    await engine.produce([frame('a'), frame('b')])
+    const a = await consumer.claim(1000)
+    const b = await consumer.claim(1000)
+    t.equal(await consumer.pending(), 2)
+    await consumer.ack(a as Buffer)
+    t.equal(await consumer.pending(), 1)
+    await consumer.ack(b as Buffer)
+    t.equal(await consumer.pending(), 0)
+    t.equal(await engine.queueLength(), 0)
+  })
+
+  t.test('claims that time out leave nothing behind: the next message goes to a live claim', async (t) => {
+    const engine = await fresh(t)
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    await Promise.all(Array.from({ length: 20 }, () => consumer.claim(20)))
+    const live = consumer.claim(2000)
+    await sleep(50)
+    await engine.produce([frame('for the live one')])
+    t.equal(String(await live), 'for the live one')
+    t.equal(await consumer.pending(), 1)
+  })
+
+  t.test('a produce takes 1 to 5000 frames', async (t) => {
+    const engine = await fresh(t)
+    await t.rejects(engine.produce([]), RangeError)
+    await t.rejects(engine.produce(Array.from({ length: 5001 }, () => frame('x'))), RangeError)
+    t.equal(await engine.queueLength(), 0)
   })
 
   t.test('an unsubscribed handler hears nothing more; others still do', async (t) => {

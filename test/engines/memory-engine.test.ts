@@ -2,7 +2,7 @@ import t from 'tap'
 import { MemoryEngine } from '../../src/engines/memory-engine.js'
 import { engineContract } from './contract.js'
 
-const options = { redis: undefined, redisTimeoutMs: 1000, memoryQueueMax: 100_000 }
+const options = { redis: undefined, redisTimeoutMs: 1000, memoryQueueMax: 100_000, memoryQueueMaxBytes: 2 ** 30 }
 
 t.test('memory engine contract', async (t) => {
   engineContract(t, async (names) => new MemoryEngine({ ...options, ...names }))
@@ -18,6 +18,16 @@ t.test('a full queue refuses the whole produce', async (t) => {
   t.equal(await engine.queueLength(), 2)
   await new Promise((resolve) => setImmediate(resolve))
   t.same(heard.map(String), ['1', '2'], 'nothing of the refused batch was published')
+})
+
+t.test('the queue is bounded in bytes too', async (t) => {
+  const engine = new MemoryEngine({ ...options, pubsubChannel: 'p', prodconsKey: 'q', memoryQueueMaxBytes: 1024 })
+  t.teardown(() => engine.close())
+  await engine.produce([Buffer.alloc(1000)])
+  await t.rejects(engine.produce([Buffer.alloc(100)]), { code: 'BUSGATE_QUEUE_FULL', message: /1024 bytes/ })
+  const consumer = engine.consumer('proc')
+  await consumer.claim(10)
+  await t.resolves(engine.produce([Buffer.alloc(1000)]), 'room again once consumed')
 })
 
 t.test('the caller may reuse its buffer after produce', async (t) => {

@@ -17,7 +17,8 @@ function engineFor (url: string, overrides: { redisTimeoutMs?: number } = {}): R
     pubsubChannel: `test.pubsub.${id}`,
     prodconsKey: `test.prodcons.${id}`,
     redisTimeoutMs: overrides.redisTimeoutMs ?? 1000,
-    memoryQueueMax: 0
+    memoryQueueMax: 0,
+    memoryQueueMaxBytes: 0
   }, silentLogger())
   t.teardown(() => engine.close())
   return engine
@@ -25,7 +26,7 @@ function engineFor (url: string, overrides: { redisTimeoutMs?: number } = {}): R
 
 t.test('redis engine contract', async (t) => {
   engineContract(t, async (names) => new RedisEngine({
-    redis: parseRedisUrl(server.url), ...names, redisTimeoutMs: 1000, memoryQueueMax: 0
+    redis: parseRedisUrl(server.url), ...names, redisTimeoutMs: 1000, memoryQueueMax: 0, memoryQueueMaxBytes: 0
   }, silentLogger()))
 })
 
@@ -46,8 +47,16 @@ t.test('a failing write publishes nothing', async (t) => {
   await server.client.set(key, 'not a list')
   const heard: Buffer[] = []
   await engine.subscribe({ message: (f) => heard.push(f) })
-  const err = await engine.produce([Buffer.from('a'), Buffer.from('b')]).then(() => undefined, (e: unknown) => e)
-  t.match(err, { message: /WRONGTYPE/ })
+  // Three produces in one turn: one group, one script call, refused as a whole.
+  const results = await Promise.allSettled([
+    engine.produce([Buffer.from('a'), Buffer.from('b')]),
+    engine.produce([Buffer.from('c')]),
+    engine.produce([Buffer.from('d')])
+  ])
+  t.same(results.map((r) => r.status), ['rejected', 'rejected', 'rejected'])
+  const err = (results[0] as PromiseRejectedResult).reason as Error & { command?: unknown }
+  t.match(err.message, /^Redis refused the command: WRONGTYPE/)
+  t.equal(err.command, undefined, 'the frames do not travel with the error (it gets logged)')
   t.notOk(isUnavailable(err), 'a misconfiguration is not a 503')
   await sleep(100)
   t.same(heard, [], 'no copy reached the channel')
@@ -60,7 +69,36 @@ t.test('the largest batch fits in one atomic step', async (t) => {
   const frames = Array.from({ length: 5000 }, (_, i) => Buffer.from(`f${i}`))
   const result = await engine.produce(frames)
   t.equal(result.queueLength, 5000)
-  t.rejects(engine.produce([...frames, Buffer.from('one too many')]), RangeError)
+  await t.rejects(engine.produce([...frames, Buffer.from('one too many')]), RangeError)
+  await t.rejects(engine.produce([]), RangeError)
+})
+
+t.test('produces of one turn are grouped, and a group that would grow too large is split, in order', async (t) => {
+  const engine = engineFor(server.url)
+  await engine.connect()
+  const heard: Buffer[] = []
+  await engine.subscribe({ message: (f) => heard.push(f) })
+  const first = Array.from({ length: 3000 }, (_, i) => Buffer.from(`a${i}`))
+  const second = Array.from({ length: 3000 }, (_, i) => Buffer.from(`b${i}`))
+  const third = [Buffer.from('c')]
+  const [r1, r2, r3] = await Promise.all([engine.produce(first), engine.produce(second), engine.produce(third)])
+  t.same([r1.queueLength, r2.queueLength, r3.queueLength], [3000, 6000, 6001], 'each sees the length right after its own frames')
+  const key = (engine as unknown as { options: { prodconsKey: string } }).options.prodconsKey
+  t.same((await server.client.lrange(key, 0, -1)).map(String), [...first, ...second, ...third].map(String))
+  for (let i = 0; i < 200 && heard.length < 6001; i++) await sleep(10)
+  t.same(heard.map(String), [...first, ...second, ...third].map(String), 'published in the same order')
+})
+
+t.test('out of memory inside the script is a 503, and nothing is written', async (t) => {
+  const own = await startRedis(t)
+  const engine = engineFor(own.url)
+  await engine.connect()
+  await own.client.config('SET', 'maxmemory', '1')
+  const err = await engine.produce([Buffer.from('x')]).then(() => undefined, (e: unknown) => e)
+  await own.client.config('SET', 'maxmemory', '0')
+  t.match(err, { code: 'BUSGATE_REDIS_UNAVAILABLE', message: /OOM/ })
+  const key = (engine as unknown as { options: { prodconsKey: string } }).options.prodconsKey
+  t.equal(await own.client.llen(key), 0)
 })
 
 t.test('claim keeps the message in the processing list until ack', async (t) => {

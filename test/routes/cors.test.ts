@@ -25,6 +25,10 @@ t.test('configured origins get CORS headers, preflights pass without a token', a
   t.equal(post.statusCode, 202)
   t.equal(post.headers['access-control-allow-origin'], 'https://dash.example')
 
+  const refused = await app.inject({ method: 'POST', url: '/events', headers: { origin: 'https://dash.example' }, payload: { event_name: 'a' } })
+  t.equal(refused.statusCode, 401)
+  t.equal(refused.headers['access-control-allow-origin'], 'https://dash.example', 'a browser can read the 401')
+
   const other = await app.inject({ method: 'GET', url: '/healthz', headers: { origin: 'https://evil.example' } })
   t.equal(other.headers['access-control-allow-origin'], undefined, 'other origins get no grant')
 })

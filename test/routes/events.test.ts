@@ -106,6 +106,8 @@ const BAD: BadCase[] = [
   { name: 'unknown property', payload: '{"event_name":"a","agentid":"x"}', status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /additional properties/ },
   { name: 'integer JSON cannot carry', payload: '{"event_name":"a","args":[12345678901234567890]}', status: 400, code: 'BUSGATE_INVALID_EVENT', message: /body\/args\[0\] is an integer beyond/ },
   { name: 'bad $base64', payload: '{"event_name":"a","args":[{"$base64":"%%%"}]}', status: 400, code: 'BUSGATE_INVALID_EVENT', message: /\$base64/ },
+  { name: 'lone surrogate in args', payload: '{"event_name":"a","args":["\\ud800"]}', status: 400, code: 'BUSGATE_INVALID_EVENT', message: /lone UTF-16 surrogate/ },
+  { name: 'lone surrogate in agent_id', payload: '{"event_name":"a","agent_id":"x\\udfff"}', status: 400, code: 'BUSGATE_INVALID_EVENT', message: /body\/agent_id holds a lone/ },
   { name: 'prototype poisoning', payload: '{"event_name":"a","args":[{"__proto__":{"x":1}}]}', status: 400, code: 'BUSGATE_INVALID_JSON' },
   { name: 'text/plain', headers: { 'content-type': 'text/plain' }, payload: 'kernel_started', status: 415, code: 'BUSGATE_UNSUPPORTED_MEDIA_TYPE', message: /text\/plain .*application\/json or application\/msgpack/ },
   { name: 'form', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: 'event_name=a', status: 415, code: 'BUSGATE_UNSUPPORTED_MEDIA_TYPE' },
