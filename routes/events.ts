@@ -117,10 +117,13 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     const { event_name: eventNames, agent_id: agentIds, last_event_id: queryLastId } = request.query
     const header = request.headers['last-event-id']
     reply.header('cache-control', 'no-cache, no-transform')
-    // A stream's connection is not reused after it ends: closing it lets shutdown finish at once.
+    // The body runs until the connection closes (no chunked framing; the hub writes frames to
+    // the socket as they are), and the connection is not reused: shutdown can end it at once.
     reply.header('connection', 'close')
+    reply.raw.useChunkedEncodingByDefault = false
     reply.sse.keepAlive()
     reply.sse.sendHeaders(200)
+    reply.raw.flushHeaders()
     request.log.debug({ req: request, clients: app.hub.clientCount + 1 }, 'stream opened')
     app.hub.attach(reply.raw, makeFilter(eventNames, agentIds), typeof header === 'string' ? header : queryLastId)
   })

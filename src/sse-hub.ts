@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyBaseLogger } from 'fastify'
 import { CodecError, decodeEvent, hexPreview, toJsonEvent, type BusEvent } from './codec.js'
 import type { Engine } from './engines/engine.js'
@@ -28,21 +29,26 @@ export interface HubMetrics {
   malformed: (reason: string) => void
 }
 
+/** The fields a stream can filter on. */
+export type Filterable = Pick<BusEvent, 'event_name' | 'agent_id'>
+
 /** What a stream wants: a compiled test over the two filterable fields; one per distinct filter. */
 export interface Filter {
   key: string
-  matches: (event: BusEvent) => boolean
+  matches: (event: Filterable) => boolean
 }
 
-/** A decoded bus event as the hub has framed it, shared by every client that gets it. */
-export interface HubEvent {
+/**
+ * A bus event as the hub keeps it for resumes: its framed bytes, shared by every client that
+ * gets them, and what filters need. The decoded args are not kept: the frame holds them.
+ */
+interface HistoryEntry extends Filterable {
   seq: number
-  event: BusEvent
   frame: Buffer
 }
 
 interface Client {
-  res: ServerResponse
+  socket: Socket
   group: FilterGroup
 }
 
@@ -86,9 +92,9 @@ export class SseHub {
   /** Distinguishes this process's ids from any other's: an id of another instance cannot resume here. */
   readonly instance = randomBytes(4).toString('hex')
   #seq = 0
-  readonly #history: RingBuffer<HubEvent>
+  readonly #history: RingBuffer<HistoryEntry>
   readonly #groups = new Map<string, FilterGroup>()
-  readonly #listeners = new Set<(e: HubEvent) => void>()
+  readonly #listeners = new Set<(event: BusEvent) => void>()
   #clientCount = 0
   #heartbeat: NodeJS.Timeout | undefined
   #unsubscribe: (() => Promise<void>) | undefined
@@ -122,7 +128,7 @@ export class SseHub {
   }
 
   /** Other features (the background-task view) see every decoded event too. */
-  onEvent (listener: (e: HubEvent) => void): () => void {
+  onEvent (listener: (event: BusEvent) => void): () => void {
     this.#listeners.add(listener)
     return () => this.#listeners.delete(listener)
   }
@@ -132,15 +138,19 @@ export class SseHub {
   }
 
   /**
-   * Adds a client whose response headers are sent. Replays what it missed when `lastEventId`
+   * Adds a client whose response head (close-delimited, not chunked) is written: from here on
+   * the hub writes frames straight to its socket, which spares each delivery the chunk framing
+   * and the response object's bookkeeping. Replays what the client missed when `lastEventId`
    * is one of ours and still in the history; otherwise tells it, with a gap event, before live
    * events flow. Everything happens in one turn of the event loop, so nothing slips between
    * the replay and the live stream.
    */
   attach (res: ServerResponse, filter: Filter, lastEventId: string | undefined): void {
+    const socket = res.socket
+    if (socket === null || socket.destroyed) return
     const group = this.#groups.get(filter.key) ?? { filter, clients: new Set<Client>() }
     this.#groups.set(filter.key, group)
-    const client: Client = { res, group }
+    const client: Client = { socket, group }
     group.clients.add(client)
     this.#clientCount++
     this.metrics.clients(this.#clientCount)
@@ -171,8 +181,8 @@ export class SseHub {
     // The history is ordered by seq: skip what the client has, send the rest that matches.
     const start = this.#history.length - (this.#seq - seq)
     for (let i = Math.max(start, 0); i < this.#history.length; i++) {
-      const entry = this.#history.at(i) as HubEvent
-      if (client.group.filter.matches(entry.event)) this.#write(client, entry.frame)
+      const entry = this.#history.at(i) as HistoryEntry
+      if (client.group.filter.matches(entry)) this.#write(client, entry.frame)
     }
   }
 
@@ -203,8 +213,7 @@ export class SseHub {
     const seq = ++this.#seq
     const json = JSON.stringify(toJsonEvent(event))
     const frame = Buffer.from(`id: ${this.#id(seq)}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
-    const entry: HubEvent = { seq, event, frame }
-    this.#history.push(entry)
+    this.#history.push({ seq, event_name: event.event_name, agent_id: event.agent_id, frame })
     this.metrics.published()
 
     let delivered = 0
@@ -216,7 +225,7 @@ export class SseHub {
       }
     }
     if (delivered > 0) this.metrics.delivered(delivered)
-    for (const listener of this.#listeners) listener(entry)
+    for (const listener of this.#listeners) listener(event)
   }
 
   #onBusGap (): void {
@@ -241,15 +250,15 @@ export class SseHub {
   // large frame never cuts off a client that keeps up, and a stalled one holds at most the
   // bound plus one frame.
   #write (client: Client, frame: Buffer): void {
-    const { res } = client
-    if (res.destroyed) return
-    if (res.writableLength > this.options.maxBufferBytes) {
+    const { socket } = client
+    if (socket.destroyed) return
+    if (socket.writableLength > this.options.maxBufferBytes) {
       this.metrics.slowDisconnect()
-      this.log.info({ buffered: res.writableLength }, 'stream client too slow: disconnected')
-      res.destroy()
+      this.log.info({ buffered: socket.writableLength }, 'stream client too slow: disconnected')
+      socket.destroy()
       return
     }
-    res.write(frame)
+    socket.write(frame)
   }
 
   #broadcast (frame: Buffer): void {
@@ -270,7 +279,7 @@ export class SseHub {
     const bye = Buffer.from(`retry: ${this.options.retryMs}\n\n`)
     for (const group of [...this.#groups.values()]) {
       for (const client of [...group.clients]) {
-        if (!client.res.destroyed) client.res.end(bye)
+        if (!client.socket.destroyed) client.socket.end(bye)
       }
     }
     await this.#unsubscribe?.()
