@@ -12,15 +12,27 @@ export class RingBuffer<T> {
     return this.#length
   }
 
-  /** Adds an item, dropping the oldest when full. */
-  push (item: T): void {
-    if (this.capacity === 0) return
+  /** Adds an item; when full, drops the oldest and returns it. */
+  push (item: T): T | undefined {
+    if (this.capacity === 0) return item
     if (this.#length < this.capacity) {
       this.#items[(this.#start + this.#length++) % this.capacity] = item
-    } else {
-      this.#items[this.#start] = item
-      this.#start = (this.#start + 1) % this.capacity
+      return undefined
     }
+    const dropped = this.#items[this.#start]
+    this.#items[this.#start] = item
+    this.#start = (this.#start + 1) % this.capacity
+    return dropped
+  }
+
+  /** Removes and returns the oldest item. */
+  shift (): T | undefined {
+    if (this.#length === 0) return undefined
+    const item = this.#items[this.#start]
+    this.#items[this.#start] = undefined
+    this.#start = (this.#start + 1) % this.capacity
+    this.#length--
+    return item
   }
 
   /** The i-th item, 0 being the oldest held. */

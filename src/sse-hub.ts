@@ -14,6 +14,7 @@ export type GapReason = 'unknown_id' | 'too_old' | 'other_instance' | 'bus_recon
 
 export interface HubOptions {
   historySize: number
+  historyBytes: number
   maxBufferBytes: number
   heartbeatMs: number
   retryMs: number
@@ -39,12 +40,18 @@ export interface Filter {
 }
 
 /**
- * A bus event as the hub keeps it for resumes: its framed bytes, shared by every client that
- * gets them, and what filters need. The decoded args are not kept: the frame holds them.
+ * A bus message as the hub keeps it for resumes. While no stream is open the hub only keeps
+ * the raw bytes: decoding and framing every message nobody watches would cost the gateway as
+ * much as producing it. Framed when first needed (live or for a replay): then the frame, shared
+ * by every client that gets it, and what filters need replace the raw bytes.
  */
-interface HistoryEntry extends Filterable {
+interface HistoryEntry extends Partial<Filterable> {
   seq: number
-  frame: Buffer
+  raw: Buffer | undefined
+  frame: Buffer | undefined
+  /** set once framing found the message malformed */
+  bad: boolean
+  bytes: number
 }
 
 interface Client {
@@ -93,6 +100,7 @@ export class SseHub {
   readonly instance = randomBytes(4).toString('hex')
   #seq = 0
   readonly #history: RingBuffer<HistoryEntry>
+  #historyBytes = 0
   readonly #groups = new Map<string, FilterGroup>()
   readonly #listeners = new Set<(event: BusEvent) => void>()
   #clientCount = 0
@@ -182,7 +190,8 @@ export class SseHub {
     const start = this.#history.length - (this.#seq - seq)
     for (let i = Math.max(start, 0); i < this.#history.length; i++) {
       const entry = this.#history.at(i) as HistoryEntry
-      if (client.group.filter.matches(entry)) this.#write(client, entry.frame)
+      this.#frame(entry)
+      if (entry.frame !== undefined && client.group.filter.matches(entry as Filterable)) this.#write(client, entry.frame)
     }
   }
 
@@ -201,20 +210,17 @@ export class SseHub {
   }
 
   #onMessage (raw: Buffer): void {
-    let event: BusEvent
-    try {
-      event = decodeEvent(raw)
-      const unsafe = unsafeName(event.event_name)
-      if (unsafe !== undefined) throw new CodecError('wrong_shape', unsafe)
-    } catch (err) {
-      this.#malformed(raw, err)
+    const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bad: false, bytes: raw.byteLength }
+    if (this.#clientCount === 0 && this.#listeners.size === 0) {
+      // The subscriber's buffer may be shared with other messages: keep a copy of our own.
+      entry.raw = Buffer.from(raw)
+      this.#remember(entry)
       return
     }
-    const seq = ++this.#seq
-    const json = JSON.stringify(toJsonEvent(event))
-    const frame = Buffer.from(`id: ${this.#id(seq)}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
-    this.#history.push({ seq, event_name: event.event_name, agent_id: event.agent_id, frame })
-    this.metrics.published()
+    this.#remember(entry)
+    const event = this.#frame(entry)
+    if (event === undefined) return
+    const frame = entry.frame as Buffer
 
     let delivered = 0
     for (const group of this.#groups.values()) {
@@ -226,6 +232,49 @@ export class SseHub {
     }
     if (delivered > 0) this.metrics.delivered(delivered)
     for (const listener of this.#listeners) listener(event)
+  }
+
+  /**
+   * Decodes and frames a message once; returns the event the first time, for live delivery.
+   * A malformed message is counted and marked, and never framed.
+   */
+  #frame (entry: HistoryEntry): BusEvent | undefined {
+    if (entry.raw === undefined) return undefined
+    const raw = entry.raw
+    entry.raw = undefined
+    let event: BusEvent
+    try {
+      event = decodeEvent(raw)
+      const unsafe = unsafeName(event.event_name)
+      if (unsafe !== undefined) throw new CodecError('wrong_shape', unsafe)
+    } catch (err) {
+      entry.bad = true
+      this.#resize(entry, 0)
+      this.#malformed(raw, err)
+      return undefined
+    }
+    const json = JSON.stringify(toJsonEvent(event))
+    entry.frame = Buffer.from(`id: ${this.#id(entry.seq)}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
+    entry.event_name = event.event_name
+    entry.agent_id = event.agent_id
+    this.#resize(entry, entry.frame.byteLength)
+    this.metrics.published()
+    return event
+  }
+
+  #remember (entry: HistoryEntry): void {
+    this.#historyBytes += entry.bytes
+    const dropped = this.#history.push(entry)
+    if (dropped !== undefined) this.#historyBytes -= dropped.bytes
+    while (this.#historyBytes > this.options.historyBytes && this.#history.length > 0) {
+      this.#historyBytes -= (this.#history.shift() as HistoryEntry).bytes
+    }
+  }
+
+  #resize (entry: HistoryEntry, bytes: number): void {
+    // Only entries still held count: a dropped entry framed late must not change the total.
+    if (this.#history.length > 0 && (this.#history.at(0) as HistoryEntry).seq <= entry.seq) this.#historyBytes += bytes - entry.bytes
+    entry.bytes = bytes
   }
 
   #onBusGap (): void {

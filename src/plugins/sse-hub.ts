@@ -20,6 +20,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   const { metrics } = app
   const hub = new SseHub(app.engine, {
     historySize: config.sseHistory,
+    historyBytes: config.sseHistoryBytes,
     maxBufferBytes: config.sseMaxBufferBytes,
     heartbeatMs: config.sseHeartbeatMs,
     retryMs: config.sseRetryMs,

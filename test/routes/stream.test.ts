@@ -186,6 +186,42 @@ t.test('resume gaps are said, never skipped silently', async (t) => {
   t.match(metrics, /busgate_sse_resumes_total\{result="unknown_id"\} 2\n/)
 })
 
+t.test('while no stream is open, messages are kept raw; a resume frames them, setting the bad ones aside', async (t) => {
+  const { base, post, publishRaw, app } = await gateway(t)
+  const first = await openStream(`${base}/events/stream`)
+  await post({ event_name: 'seen' })
+  const lastId = (await first.waitFor(1))[0]!.id!
+  first.close()
+  await until(() => app.hub.clientCount === 0)
+  await post({ event_name: 'missed_1' })
+  await publishRaw(Buffer.from([0xc1]))
+  await publishRaw(encode({ event_name: 'forged\nevent: x', agent_id: 'a', args: [] }))
+  await post({ event_name: 'missed_2' })
+  await sleep(100)
+  const metricsBefore = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.notMatch(metricsBefore, /busgate_bus_malformed_total\{/, 'nothing decoded while nobody watched')
+  const resumed = await openStream(`${base}/events/stream`, { 'last-event-id': lastId })
+  t.teardown(() => resumed.close())
+  t.same((await resumed.waitFor(2)).map((e) => e.event), ['missed_1', 'missed_2'])
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /busgate_bus_malformed_total\{source="pubsub",reason="undecodable"\} 1\n/)
+  t.match(metrics, /busgate_bus_malformed_total\{source="pubsub",reason="wrong_shape"\} 1\n/)
+})
+
+t.test('the history is bounded in bytes too', async (t) => {
+  const { base, post } = await gateway(t, { sseHistoryBytes: 4000 })
+  const s = await openStream(`${base}/events/stream`)
+  await post({ event_name: 'first', args: ['x'.repeat(1000)] })
+  const firstId = (await s.waitFor(1))[0]!.id!
+  s.close()
+  for (let i = 0; i < 5; i++) await post({ event_name: 'filler', args: ['y'.repeat(1000)] })
+  const resumed = await openStream(`${base}/events/stream`, { 'last-event-id': firstId })
+  t.teardown(() => resumed.close())
+  const got = await resumed.waitFor(1)
+  t.equal(got[0]!.event, 'busgate.gap')
+  t.match(dataOf(got[0]!), { reason: 'too_old' })
+})
+
 t.test('a real EventSource reconnects by itself and loses nothing', async (t) => {
   const { app, base, post } = await gateway(t, { sseRetryMs: 200 })
   const es = new EventSource(`${base}/events/stream?event_name=tick`)
