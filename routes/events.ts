@@ -114,6 +114,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     config: { scope: 'subscribe', queryToken: true, stream: true }
   }, async (request, reply) => {
     if (app.hub.full) throw new Errors.TooManyStreams(config.sseMaxClients)
+    await app.hub.watch()
     const { event_name: eventNames, agent_id: agentIds, last_event_id: queryLastId } = request.query
     const header = request.headers['last-event-id']
     reply.header('cache-control', 'no-cache, no-transform')

@@ -43,6 +43,7 @@ export interface Config {
   sseHeartbeatMs: number
   sseRetryMs: number
   sseHistory: number
+  sseLingerMs: number
   sseHistoryBytes: number
   sseMaxBufferBytes: number
   sseMaxClients: number
@@ -92,6 +93,9 @@ export const SETTINGS = [
   setting('sseHeartbeatMs', 'BUSGATE_SSE_HEARTBEAT_MS', '15000', 'interval of the comment lines that keep idle streams open through proxies', (raw) => integer(raw, 100, 600_000)),
   setting('sseRetryMs', 'BUSGATE_SSE_RETRY_MS', '2000', 'the `retry:` hint sent to stream clients: how long they wait before reconnecting', (raw) => integer(raw, 0, 600_000)),
   setting('sseHistory', 'BUSGATE_SSE_HISTORY', '10000', 'events kept per process for clients that reconnect with Last-Event-ID', (raw) => integer(raw, 0, 1_000_000)),
+  setting('sseLingerMs', 'BUSGATE_SSE_LINGER_MS', '300000',
+    'how long the gateway stays subscribed after its last stream closed, so that reconnects can resume; then it stops taking in the channel',
+    (raw) => integer(raw, 0, 86_400_000)),
   setting('sseHistoryBytes', 'BUSGATE_SSE_HISTORY_BYTES', '67108864', 'bytes the resume history may hold; the oldest events go first',
     (raw) => integer(raw, 0, 2 ** 40)),
   setting('sseMaxBufferBytes', 'BUSGATE_SSE_MAX_BUFFER_BYTES', '1048576',

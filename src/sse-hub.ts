@@ -13,6 +13,8 @@ export const GAP_EVENT = `${CONTROL_PREFIX}gap`
 export type GapReason = 'unknown_id' | 'too_old' | 'other_instance' | 'bus_reconnected'
 
 export interface HubOptions {
+  /** how long the subscription outlives the last stream, so that reconnects can resume */
+  lingerMs: number
   historySize: number
   historyBytes: number
   maxBufferBytes: number
@@ -102,10 +104,16 @@ export class SseHub {
   readonly #history: RingBuffer<HistoryEntry>
   #historyBytes = 0
   readonly #groups = new Map<string, FilterGroup>()
-  readonly #listeners = new Set<(event: BusEvent) => void>()
   #clientCount = 0
   #heartbeat: NodeJS.Timeout | undefined
-  #unsubscribe: (() => Promise<void>) | undefined
+  #subscription: Promise<() => Promise<void>> | undefined
+  #linger: NodeJS.Timeout | undefined
+  /**
+   * The seq at which the hub last stopped hearing the channel (unsubscribed, or lost the
+   * subscription): a client whose last id is this or older may have missed what came next.
+   */
+  #coveredAfter = -1
+  #everSubscribed = false
   #closing = false
   #malformedLogged = 0
 
@@ -126,19 +134,34 @@ export class SseHub {
     return this.#id(this.#seq)
   }
 
-  async start (): Promise<void> {
-    this.#unsubscribe = await this.engine.subscribe({
-      message: (frame) => this.#onMessage(frame),
-      gap: () => this.#onBusGap()
-    })
+  start (): void {
     this.#heartbeat = setInterval(() => this.#broadcast(HEARTBEAT), this.options.heartbeatMs)
     this.#heartbeat.unref()
   }
 
-  /** Other features (the background-task view) see every decoded event too. */
-  onEvent (listener: (event: BusEvent) => void): () => void {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
+  /**
+   * Makes sure the hub hears the channel; called before a stream is attached. The hub
+   * subscribes only while streams are open (and `lingerMs` after the last one closed, for
+   * reconnects): a gateway nobody watches does not take in every message of the bus.
+   */
+  async watch (): Promise<void> {
+    clearTimeout(this.#linger)
+    this.#linger = undefined
+    if (this.#subscription === undefined && !this.#closing) {
+      if (this.#everSubscribed) this.#coveredAfter = this.#seq
+      this.#everSubscribed = true
+      this.#subscription = this.engine.subscribe({
+        message: (frame) => this.#onMessage(frame),
+        gap: () => this.#onBusGap()
+      })
+    }
+    await this.#subscription
+  }
+
+  async #unwatch (): Promise<void> {
+    const subscription = this.#subscription
+    this.#subscription = undefined
+    if (subscription !== undefined) await (await subscription)()
   }
 
   get full (): boolean {
@@ -177,8 +200,9 @@ export class SseHub {
     } else if (!Number.isSafeInteger(seq) || seq > this.#seq) {
       reason = 'unknown_id'
     } else {
+      // Resumable from the oldest event held, and only from within the current subscription.
       const oldest = this.#history.at(0)?.seq ?? this.#seq + 1
-      if (seq < oldest - 1) reason = 'too_old'
+      if (seq < oldest - 1 || seq <= this.#coveredAfter) reason = 'too_old'
     }
     if (reason !== undefined) {
       this.metrics.resume(reason)
@@ -207,11 +231,15 @@ export class SseHub {
     this.#clientCount--
     this.metrics.clients(this.#clientCount)
     if (group.clients.size === 0) this.#groups.delete(group.filter.key)
+    if (this.#clientCount === 0 && !this.#closing) {
+      this.#linger = setTimeout(() => { this.#unwatch().catch(() => undefined) }, this.options.lingerMs)
+      this.#linger.unref()
+    }
   }
 
   #onMessage (raw: Buffer): void {
     const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bad: false, bytes: raw.byteLength }
-    if (this.#clientCount === 0 && this.#listeners.size === 0) {
+    if (this.#clientCount === 0) {
       // The subscriber's buffer may be shared with other messages: keep a copy of our own.
       entry.raw = Buffer.from(raw)
       this.#remember(entry)
@@ -231,7 +259,6 @@ export class SseHub {
       }
     }
     if (delivered > 0) this.metrics.delivered(delivered)
-    for (const listener of this.#listeners) listener(event)
   }
 
   /**
@@ -278,6 +305,8 @@ export class SseHub {
   }
 
   #onBusGap (): void {
+    // What was published while the subscription was down is not in the history either.
+    this.#coveredAfter = this.#seq
     this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
     for (const group of this.#groups.values()) {
       for (const client of group.clients) this.#write(client, this.#gapFrame('bus_reconnected', undefined))
@@ -325,12 +354,13 @@ export class SseHub {
     if (this.#closing) return
     this.#closing = true
     clearInterval(this.#heartbeat)
+    clearTimeout(this.#linger)
     const bye = Buffer.from(`retry: ${this.options.retryMs}\n\n`)
     for (const group of [...this.#groups.values()]) {
       for (const client of [...group.clients]) {
         if (!client.socket.destroyed) client.socket.end(bye)
       }
     }
-    await this.#unsubscribe?.()
+    await this.#unwatch()
   }
 }

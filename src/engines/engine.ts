@@ -48,7 +48,10 @@ export interface Engine {
   connect (): Promise<void>
   /** Writes every frame (1 to MAX_FRAMES_PER_PRODUCE) to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
   produce (frames: readonly Uint8Array[]): Promise<ProduceResult>
-  /** Receives every message of the broadcast channel, in publish order, until the returned function is called. */
+  /**
+   * Receives every message of the broadcast channel, in publish order, until the returned
+   * function is called. The bus subscription exists while at least one handler does.
+   */
   subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>>
   queueLength (): Promise<number>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */

@@ -164,30 +164,39 @@ export class RedisEngine implements Engine {
   }
 
   async subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>> {
-    if (this.#subscriber === undefined) {
-      // One connection for the whole process, whatever the number of handlers. ioredis
-      // resubscribes by itself after a reconnect; what was published meanwhile is gone.
-      const subscriber = new Redis({ ...this.#baseOptions('subscriber'), maxRetriesPerRequest: null })
-      this.#subscriber = subscriber
-      this.#subscriberState = 'connecting'
-      let lost = false
-      this.#watch(subscriber, 'subscriber', (state) => {
-        this.#subscriberState = state
-        if (state === 'down') lost = true
-        if (state === 'ready' && lost) {
-          lost = false
-          for (const h of this.#handlers) h.gap?.()
-        }
-      })
-      subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => {
-        for (const h of this.#handlers) h.message(message)
-      })
-      // Queued until the connection is up: a Redis that is down at start must not hold the start.
+    const subscriber = this.#subscriber ?? this.#createSubscriber()
+    this.#handlers.add(handlers)
+    if (this.#handlers.size === 1) {
+      // Queued until the connection is up: a Redis that is down must not hold the caller.
       const subscribed = subscriber.subscribe(this.options.pubsubChannel).then(() => undefined, () => undefined)
       await Promise.race([subscribed, sleep(this.options.redisTimeoutMs)])
     }
-    this.#handlers.add(handlers)
-    return async () => { this.#handlers.delete(handlers) }
+    return async () => {
+      if (!this.#handlers.delete(handlers) || this.#handlers.size > 0) return
+      // Nobody listens: stop Redis sending every message to this process. The connection stays.
+      await subscriber.unsubscribe(this.options.pubsubChannel).catch(() => undefined)
+    }
+  }
+
+  // One connection for the whole process, whatever the number of handlers. ioredis
+  // resubscribes by itself after a reconnect; what was published meanwhile is gone.
+  #createSubscriber (): Redis {
+    const subscriber = new Redis({ ...this.#baseOptions('subscriber'), maxRetriesPerRequest: null })
+    this.#subscriber = subscriber
+    this.#subscriberState = 'connecting'
+    let lost = false
+    this.#watch(subscriber, 'subscriber', (state) => {
+      this.#subscriberState = state
+      if (state === 'down') lost = true
+      if (state === 'ready' && lost) {
+        lost = false
+        for (const h of this.#handlers) h.gap?.()
+      }
+    })
+    subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => {
+      for (const h of this.#handlers) h.message(message)
+    })
+    return subscriber
   }
 
   async queueLength (): Promise<number> {

@@ -19,6 +19,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   await app.register(fastifySSE, { heartbeatInterval: 0 })
   const { metrics } = app
   const hub = new SseHub(app.engine, {
+    lingerMs: config.sseLingerMs,
     historySize: config.sseHistory,
     historyBytes: config.sseHistoryBytes,
     maxBufferBytes: config.sseMaxBufferBytes,
@@ -33,7 +34,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     resume: (result) => metrics.sseResumes.inc({ result }),
     malformed: (reason) => metrics.malformed.inc({ source: 'pubsub', reason })
   }, app.log)
-  await hub.start()
+  hub.start()
   app.decorate('hub', hub)
   app.addHook('preClose', async () => { await hub.close() })
 }, { name: 'busgate-sse-hub', fastify: '5.x', dependencies: ['busgate-engine', 'busgate-metrics'] })

@@ -32,7 +32,7 @@ t.test('POST /events with JSON writes one copy to each key', async (t) => {
     payload: { event_name: 'kernel_started', agent_id: 'i-ag01', args: ['sess', 1, { $base64: 'AP8=' }, { k: [true, null, 1.5] }] }
   })
   t.equal(res.statusCode, 202)
-  t.same(res.json(), { accepted: 1, subscribers: 2, queue_length: 1 }, 'two subscribers: the watcher of this test and the gateway\'s stream hub')
+  t.same(res.json(), { accepted: 1, subscribers: 1, queue_length: 1 }, 'one subscriber: the watcher of this test (no stream is open, so the gateway is not subscribed)')
   const expected = { event_name: 'kernel_started', agent_id: 'i-ag01', args: ['sess', 1, new Uint8Array([0, 255]), { k: [true, null, 1.5] }] }
   const published = await bus.waitPublished(1)
   const queued = await bus.queued()
@@ -65,7 +65,7 @@ t.test('POST /events/batch writes all, in order, on both keys', async (t) => {
   const events = Array.from({ length: 20 }, (_, i) => ({ event_name: `step_${i}`, args: [i] }))
   const res = await app.inject({ method: 'POST', url: '/events/batch', headers: JSON_CT, payload: events })
   t.equal(res.statusCode, 202)
-  t.same(res.json(), { accepted: 20, subscribers: 2, queue_length: 20 })
+  t.same(res.json(), { accepted: 20, subscribers: 1, queue_length: 20 })
   const expected = events.map((e) => ({ event_name: e.event_name, agent_id: 'manager', args: e.args }))
   t.same(decodeAll(await bus.queued()), expected)
   t.same(decodeAll(await bus.waitPublished(20)), expected)
@@ -183,6 +183,6 @@ t.test('Redis down: 503 at once, nothing half-written; back up: 202', async (t) 
 t.test('the memory engine serves the same routes', async (t) => {
   const app = await testApp(t, undefined)
   const res = await app.inject({ method: 'POST', url: '/events/batch', headers: JSON_CT, payload: [{ event_name: 'a' }, { event_name: 'b' }] })
-  t.same(res.json(), { accepted: 2, subscribers: 1, queue_length: 2 }, 'the stream hub subscribes')
+  t.same(res.json(), { accepted: 2, subscribers: 0, queue_length: 2 })
   t.same((await app.inject({ method: 'GET', url: '/readyz' })).json(), { status: 'ready', engine: 'memory', bus: 'up' })
 })
