@@ -178,7 +178,11 @@ export class SseHub {
    */
   attach (res: ServerResponse, filter: Filter, lastEventId: string | undefined): void {
     const socket = res.socket
-    if (socket === null || socket.destroyed) return
+    if (socket === null || socket.destroyed) {
+      // Gone while watch() was subscribing: the subscription must still end in time.
+      this.#lingerIfIdle()
+      return
+    }
     const group = this.#groups.get(filter.key) ?? { filter, clients: new Set<Client>() }
     this.#groups.set(filter.key, group)
     const client: Client = { socket, group }
@@ -231,10 +235,16 @@ export class SseHub {
     this.#clientCount--
     this.metrics.clients(this.#clientCount)
     if (group.clients.size === 0) this.#groups.delete(group.filter.key)
-    if (this.#clientCount === 0 && !this.#closing) {
-      this.#linger = setTimeout(() => { this.#unwatch().catch(() => undefined) }, this.options.lingerMs)
-      this.#linger.unref()
-    }
+    this.#lingerIfIdle()
+  }
+
+  #lingerIfIdle (): void {
+    if (this.#clientCount > 0 || this.#closing || this.#linger !== undefined) return
+    this.#linger = setTimeout(() => {
+      this.#linger = undefined
+      this.#unwatch().catch(() => undefined)
+    }, this.options.lingerMs)
+    this.#linger.unref()
   }
 
   #onMessage (raw: Buffer): void {
