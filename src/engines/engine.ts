@@ -37,6 +37,26 @@ export interface Consumer {
 }
 
 /**
+ * busgate's own state (webhook registry, dead letters, attempt logs, counters): a few Redis
+ * primitives, on keys under BUSGATE_KEY_PREFIX, that both engines provide.
+ */
+export interface Store {
+  hashGet (key: string, field: string): Promise<string | null>
+  hashGetAll (key: string): Promise<Record<string, string>>
+  hashSet (key: string, field: string, value: string): Promise<void>
+  /** true when the field existed */
+  hashDelete (key: string, field: string): Promise<boolean>
+  /** Adds at the head and keeps the newest `max`; returns the length before trimming. */
+  listPushCapped (key: string, value: string, max: number): Promise<number>
+  /** Newest first, as LRANGE after LPUSH. */
+  listRange (key: string, start: number, stop: number): Promise<string[]>
+  /** Removes every copy of the value; returns how many. */
+  listRemove (key: string, value: string): Promise<number>
+  listLength (key: string): Promise<number>
+  increment (key: string): Promise<number>
+}
+
+/**
  * The event bus busgate bridges. Both engines keep the seed's semantics: `produce` writes one
  * copy per event to the broadcast channel and one to the consumer list, all or nothing.
  */
@@ -57,6 +77,7 @@ export interface Engine {
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
   ping (): Promise<void>
   consumer (processingKey: string): Consumer
+  readonly store: Store
   close (): Promise<void>
 }
 

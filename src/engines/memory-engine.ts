@@ -1,5 +1,5 @@
 import { Errors } from '../errors.js'
-import { checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type MessageHandler, type ProduceResult, type SubscriptionHandlers } from './engine.js'
+import { checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type MessageHandler, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
 
 /** A FIFO with O(1) push and shift: an array that is compacted once half of it is consumed. */
 class Fifo<T> {
@@ -88,6 +88,44 @@ export class MemoryEngine implements Engine {
 
   async queueLength (): Promise<number> {
     return this.#queue.length
+  }
+
+  readonly #hashes = new Map<string, Map<string, string>>()
+  readonly #lists = new Map<string, string[]>()
+  readonly #counters = new Map<string, number>()
+
+  readonly store: Store = {
+    hashGet: async (key, field) => this.#hashes.get(key)?.get(field) ?? null,
+    hashGetAll: async (key) => Object.fromEntries(this.#hashes.get(key) ?? []),
+    hashSet: async (key, field, value) => {
+      const hash = this.#hashes.get(key) ?? new Map<string, string>()
+      this.#hashes.set(key, hash.set(field, value))
+    },
+    hashDelete: async (key, field) => this.#hashes.get(key)?.delete(field) ?? false,
+    listPushCapped: async (key, value, max) => {
+      const list = this.#lists.get(key) ?? []
+      this.#lists.set(key, list)
+      list.unshift(value)
+      const length = list.length
+      list.length = Math.min(list.length, max)
+      return length
+    },
+    listRange: async (key, start, stop) => {
+      const list = this.#lists.get(key) ?? []
+      return list.slice(start, stop < 0 ? list.length + stop + 1 : stop + 1)
+    },
+    listRemove: async (key, value) => {
+      const list = this.#lists.get(key) ?? []
+      const kept = list.filter((v) => v !== value)
+      this.#lists.set(key, kept)
+      return list.length - kept.length
+    },
+    listLength: async (key) => this.#lists.get(key)?.length ?? 0,
+    increment: async (key) => {
+      const next = (this.#counters.get(key) ?? 0) + 1
+      this.#counters.set(key, next)
+      return next
+    }
   }
 
   async ping (): Promise<void> {

@@ -4,7 +4,7 @@ import { Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { describeRedis, type RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
-import { MAX_FRAMES_PER_PRODUCE, checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type SubscriptionHandlers } from './engine.js'
+import { MAX_FRAMES_PER_PRODUCE, checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
 
 // RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
 // failed produce leaves nothing behind. A script is atomic, and one command pipelines well.
@@ -202,6 +202,31 @@ export class RedisEngine implements Engine {
   async queueLength (): Promise<number> {
     try {
       return await this.#commands.llen(this.options.prodconsKey)
+    } catch (err) {
+      throw this.#translate(err)
+    }
+  }
+
+  readonly store: Store = {
+    hashGet: async (key, field) => await this.#call(() => this.#commands.hget(key, field)),
+    hashGetAll: async (key) => await this.#call(() => this.#commands.hgetall(key)),
+    hashSet: async (key, field, value) => { await this.#call(() => this.#commands.hset(key, field, value)) },
+    hashDelete: async (key, field) => (await this.#call(() => this.#commands.hdel(key, field))) > 0,
+    listPushCapped: async (key, value, max) => {
+      const [[pushErr, length], [trimErr]] = await this.#call(() => this.#commands.multi().lpush(key, value).ltrim(key, 0, max - 1).exec()) as
+        [[Error | null, number], [Error | null, unknown]]
+      if (pushErr !== null || trimErr !== null) throw this.#translate(pushErr ?? trimErr)
+      return length
+    },
+    listRange: async (key, start, stop) => await this.#call(() => this.#commands.lrange(key, start, stop)),
+    listRemove: async (key, value) => await this.#call(() => this.#commands.lrem(key, 0, value)),
+    listLength: async (key) => await this.#call(() => this.#commands.llen(key)),
+    increment: async (key) => await this.#call(() => this.#commands.incr(key))
+  }
+
+  async #call<T> (command: () => Promise<T>): Promise<T> {
+    try {
+      return await command()
     } catch (err) {
       throw this.#translate(err)
     }

@@ -159,6 +159,35 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.same(one.got.map(String), ['before'])
   })
 
+  t.test('the store: hashes, capped lists, counters', async (t) => {
+    const engine = await fresh(t)
+    const { store } = engine
+    const h = `test.hash.${randomUUID()}`
+    const l = `test.list.${randomUUID()}`
+    const c = `test.counter.${randomUUID()}`
+    t.equal(await store.hashGet(h, 'a'), null)
+    await store.hashSet(h, 'a', '1')
+    await store.hashSet(h, 'b', '2')
+    await store.hashSet(h, 'a', '3')
+    t.equal(await store.hashGet(h, 'a'), '3')
+    t.same(await store.hashGetAll(h), { a: '3', b: '2' })
+    t.equal(await store.hashDelete(h, 'a'), true)
+    t.equal(await store.hashDelete(h, 'a'), false)
+    t.same(await store.hashGetAll(h), { b: '2' })
+    t.same(await store.hashGetAll(`${h}.none`), {})
+
+    for (const v of ['1', '2', '3', '4']) await store.listPushCapped(l, v, 3)
+    t.equal(await store.listPushCapped(l, '5', 3), 4, 'the length before trimming')
+    t.same(await store.listRange(l, 0, -1), ['5', '4', '3'], 'newest first, the oldest trimmed')
+    t.same(await store.listRange(l, 1, 1), ['4'])
+    t.equal(await store.listLength(l), 3)
+    t.equal(await store.listRemove(l, '4'), 1)
+    t.same(await store.listRange(l, 0, -1), ['5', '3'])
+
+    t.equal(await store.increment(c), 1)
+    t.equal(await store.increment(c), 2)
+  })
+
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
     const engine = await fresh(t)
     await t.resolves(engine.ping())
