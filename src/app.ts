@@ -8,13 +8,16 @@ import enginePlugin from './plugins/engine.js'
 import errorHandler from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import ssePlugin from './plugins/sse-hub.js'
+import webhooksPlugin from './plugins/webhooks.js'
 import { buildValidator } from './validation.js'
 import docsRoutes from '../routes/docs.js'
 import eventRoutes from '../routes/events.js'
 import healthRoutes from '../routes/health.js'
+import webhookRoutes from '../routes/webhooks.js'
 import { ErrorResponse } from '../schemas/error.js'
 import { EventInput, ProduceAccepted, WireEvent } from '../schemas/event.js'
 import { Readiness } from '../schemas/health.js'
+import { SecretRotated, Webhook, WebhookCreated, WebhookInput, WebhookList, WebhookPatch } from '../schemas/webhook.js'
 
 /** Tokens travel in `?access_token=` for EventSource clients: keep them out of every log line. */
 export function redactUrl (url: string): string {
@@ -59,7 +62,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   // Only JSON, and msgpack where a route adds it: a text/plain body must get 415, not reach a handler.
   app.removeContentTypeParser('text/plain')
-  for (const schema of [ErrorResponse, EventInput, WireEvent, ProduceAccepted, Readiness]) app.addSchema(schema)
+  for (const schema of [ErrorResponse, EventInput, WireEvent, ProduceAccepted, Readiness,
+    WebhookInput, WebhookPatch, Webhook, WebhookCreated, WebhookList, SecretRotated]) app.addSchema(schema)
 
   await app.register(metricsPlugin)
   await app.register(errorHandler, { bodyLimit: config.bodyLimit })
@@ -75,6 +79,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(authPlugin, { tokens: config.tokens })
   await app.register(enginePlugin, { config })
   await app.register(ssePlugin, { config })
+  await app.register(webhooksPlugin, { config })
   await registerOpenApi(app)
 
   // Once shutdown starts, answers to in-flight requests close their connection: a keep-alive
@@ -88,6 +93,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   await app.register(healthRoutes)
   await app.register(eventRoutes, { config })
+  await app.register(webhookRoutes, { config })
   await app.register(docsRoutes)
   return app
 }

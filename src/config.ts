@@ -47,6 +47,8 @@ export interface Config {
   sseHistoryBytes: number
   sseMaxBufferBytes: number
   sseMaxClients: number
+  webhookAllowPrivate: boolean
+  webhookSecretOverlapMs: number
 }
 
 /** A setting that cannot be used: the message names it and says what is expected. */
@@ -100,6 +102,10 @@ export const SETTINGS = [
     (raw) => integer(raw, 0, 2 ** 40)),
   setting('sseMaxBufferBytes', 'BUSGATE_SSE_MAX_BUFFER_BYTES', '1048576',
     'unsent bytes a stream client may fall behind by before it is disconnected', (raw) => integer(raw, 1024, 1024 * 1024 * 1024)),
+  setting('webhookAllowPrivate', 'BUSGATE_WEBHOOK_ALLOW_PRIVATE', 'false',
+    'let webhook URLs reach loopback, private and link-local addresses (tests, trusted networks)', parseBoolean),
+  setting('webhookSecretOverlapMs', 'BUSGATE_WEBHOOK_SECRET_OVERLAP_MS', '86400000',
+    'after a secret rotation, how long deliveries are also signed with the previous secret', (raw) => integer(raw, 0, 30 * 86_400_000)),
   setting('sseMaxClients', 'BUSGATE_SSE_MAX_CLIENTS', '20000', 'most open streams per process; past it a new stream gets 503', (raw) => integer(raw, 1, 1_000_000))
 ] as const
 
@@ -196,6 +202,13 @@ function integer (raw: string, min: number, max: number): number {
   const n = Number(raw.trim())
   if (n < min || n > max) throw new Error(`must be an integer from ${min} to ${max}, got ${n}`)
   return n
+}
+
+function parseBoolean (raw: string): boolean {
+  const value = raw.trim().toLowerCase()
+  if (['true', '1', 'yes', 'on'].includes(value)) return true
+  if (['false', '0', 'no', 'off'].includes(value)) return false
+  throw new Error(`must be true or false, got "${raw}"`)
 }
 
 function oneOf<T extends string> (raw: string, allowed: readonly T[]): T {

@@ -18,6 +18,7 @@ export async function registerOpenApi (app: FastifyInstance): Promise<void> {
       },
       tags: [
         { name: 'events', description: 'Produce to the bus' },
+        { name: 'webhooks', description: 'Consumers of the consumer list' },
         { name: 'operations', description: 'Health, readiness and metrics' }
       ],
       components: {

@@ -45,7 +45,8 @@ t.test('every setting has a flag named after its variable', async (t) => {
   t.same(SETTINGS.map((s) => s.flag), [
     'host', 'port', 'redis-url', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
     'cors-origins', 'body-limit', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
-    'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-max-buffer-bytes', 'sse-max-clients'
+    'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-max-buffer-bytes',
+    'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients'
   ])
   for (const s of SETTINGS) t.match(HELP, `--${s.flag}`)
   t.same(loadConfig({}, ['--help']), { kind: 'help' })

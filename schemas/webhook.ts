@@ -1,0 +1,63 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+const EventGlob = Type.String({
+  pattern: '^[A-Za-z0-9_.:*-]{1,128}$',
+  description: 'an event name, `*` matching any run of characters',
+  examples: ['kernel_*']
+})
+
+const EventNames = Type.Array(EventGlob, {
+  minItems: 1,
+  maxItems: 50,
+  description: 'the events this webhook consumes; `["*"]` for all',
+  examples: [['kernel_*', 'session_started']]
+})
+
+const Url = Type.String({ format: 'uri', maxLength: 2048, description: 'where events are POSTed (http or https)', examples: ['https://receiver.example/hooks/busgate'] })
+const Description = Type.String({ maxLength: 500, description: 'free text for people' })
+const Enabled = Type.Boolean({ description: 'a disabled webhook receives nothing' })
+
+export const WebhookInput = Type.Object({
+  url: Url,
+  event_names: Type.Optional(EventNames),
+  description: Type.Optional(Description),
+  enabled: Type.Optional(Enabled)
+}, { $id: 'WebhookInput', title: 'WebhookInput', additionalProperties: false, description: 'A new consumer. `event_names` defaults to `["*"]`, `enabled` to true.' })
+export type WebhookInput = Static<typeof WebhookInput>
+
+export const WebhookPatch = Type.Object({
+  url: Type.Optional(Url),
+  event_names: Type.Optional(EventNames),
+  description: Type.Optional(Description),
+  enabled: Type.Optional(Enabled)
+}, { $id: 'WebhookPatch', title: 'WebhookPatch', additionalProperties: false, minProperties: 1, description: 'The fields to change' })
+export type WebhookPatch = Static<typeof WebhookPatch>
+
+export const Webhook = Type.Object({
+  id: Type.String({ examples: ['wh_3q2XkLZb9v1tY0aB'] }),
+  url: Type.String(),
+  event_names: Type.Array(Type.String()),
+  description: Type.String(),
+  enabled: Type.Boolean(),
+  created_at: Type.String({ format: 'date-time' }),
+  updated_at: Type.String({ format: 'date-time' })
+}, { $id: 'Webhook', title: 'Webhook', additionalProperties: false, description: 'A registered consumer; its secret is never shown here' })
+export type Webhook = Static<typeof Webhook>
+
+export const WebhookCreated = Type.Object({
+  ...Webhook.properties,
+  secret: Type.String({ description: 'the signing secret (Standard Webhooks, `whsec_…`); shown this once', examples: ['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'] })
+}, { $id: 'WebhookCreated', title: 'WebhookCreated', additionalProperties: false, description: 'The new webhook, with its secret: keep it, it is not shown again' })
+
+export const WebhookList = Type.Object({
+  webhooks: Type.Array(Type.Ref('Webhook'))
+}, { $id: 'WebhookList', title: 'WebhookList', additionalProperties: false, description: 'Every registered webhook, oldest first' })
+
+export const SecretRotated = Type.Object({
+  secret: Type.String({ description: 'the new signing secret; shown this once' }),
+  previous_secret_expires_at: Type.String({ format: 'date-time', description: 'until then deliveries are signed with both secrets' })
+}, { $id: 'SecretRotated', title: 'SecretRotated', additionalProperties: false, description: 'The new secret' })
+
+export const WebhookParams = Type.Object({
+  id: Type.String({ pattern: '^wh_[A-Za-z0-9_-]{16}$', description: 'the webhook id' })
+})
