@@ -98,6 +98,8 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
   })
 
   app.get('/events/stream', {
+    // A HEAD copy of this route would write stream bytes after a bodiless answer.
+    exposeHeadRoute: false,
     sse: { kind: 'manual', heartbeat: false },
     schema: {
       operationId: 'streamEvents',
@@ -114,7 +116,6 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     config: { scope: 'subscribe', queryToken: true, stream: true }
   }, async (request, reply) => {
     if (app.hub.full) throw new Errors.TooManyStreams(config.sseMaxClients)
-    await app.hub.watch()
     const { event_name: eventNames, agent_id: agentIds, last_event_id: queryLastId } = request.query
     const header = request.headers['last-event-id']
     reply.header('cache-control', 'no-cache, no-transform')
@@ -123,10 +124,11 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     reply.header('connection', 'close')
     reply.raw.useChunkedEncodingByDefault = false
     reply.sse.keepAlive()
-    reply.sse.sendHeaders(200)
-    reply.raw.flushHeaders()
     request.log.debug({ req: request, clients: app.hub.clientCount + 1 }, 'stream opened')
-    app.hub.attach(reply.raw, makeFilter(eventNames, agentIds), typeof header === 'string' ? header : queryLastId)
+    await app.hub.open(reply.raw, makeFilter(eventNames, agentIds), typeof header === 'string' ? header : queryLastId, () => {
+      reply.sse.sendHeaders(200)
+      reply.raw.flushHeaders()
+    })
   })
 }
 

@@ -51,14 +51,14 @@ interface HistoryEntry extends Partial<Filterable> {
   seq: number
   raw: Buffer | undefined
   frame: Buffer | undefined
-  /** set once framing found the message malformed */
-  bad: boolean
   bytes: number
 }
 
 interface Client {
   socket: Socket
   group: FilterGroup
+  /** unsent bytes allowed before the cut-off: the bound, plus what a replay queued at once */
+  allowance: number
 }
 
 interface FilterGroup {
@@ -68,10 +68,30 @@ interface FilterGroup {
 
 const HEARTBEAT = Buffer.from(':\n\n')
 
-/** A `*` glob list (`kernel_*,session_started`) as one anchored RegExp. */
-export function globList (list: string): RegExp {
-  const alternatives = list.split(',').map((glob) => glob.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replaceAll('*', '.*'))
-  return new RegExp(`^(?:${alternatives.join('|')})$`)
+/**
+ * A `*` glob list (`kernel_*,session_started`) as a matcher. No regular expression: a glob
+ * with many stars would make a backtracking one take exponential time on a long name. Each
+ * glob is matched in linear time: the fixed head and tail, then each middle part leftmost.
+ */
+export function globList (list: string): (value: string) => boolean {
+  const globs = list.split(',').map((glob) => glob.split('*'))
+  return (value) => globs.some((parts) => globMatches(parts, value))
+}
+
+function globMatches (parts: string[], value: string): boolean {
+  const head = parts[0] as string
+  if (parts.length === 1) return value === head
+  const tail = parts[parts.length - 1] as string
+  if (value.length < head.length + tail.length || !value.startsWith(head) || !value.endsWith(tail)) return false
+  let at = head.length
+  const end = value.length - tail.length
+  for (let i = 1; i < parts.length - 1; i++) {
+    const part = parts[i] as string
+    const found = value.indexOf(part, at)
+    if (found < 0 || found + part.length > end) return false
+    at = found + part.length
+  }
+  return true
 }
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
@@ -79,7 +99,7 @@ export function makeFilter (eventNames: string | undefined, agentIds: string | u
   const agents = agentIds === undefined || agentIds === '*' ? undefined : globList(agentIds)
   return {
     key: `${eventNames ?? '*'}\u0000${agentIds ?? '*'}`,
-    matches: (e) => (names === undefined || names.test(e.event_name)) && (agents === undefined || agents.test(e.agent_id))
+    matches: (e) => (names === undefined || names(e.event_name)) && (agents === undefined || agents(e.agent_id))
   }
 }
 
@@ -114,6 +134,8 @@ export class SseHub {
    */
   #coveredAfter = -1
   #everSubscribed = false
+  /** streams between their request and their attach: they count as users of the subscription */
+  #opening = 0
   #closing = false
   #malformedLogged = 0
 
@@ -140,15 +162,55 @@ export class SseHub {
   }
 
   /**
-   * Makes sure the hub hears the channel; called before a stream is attached. The hub
-   * subscribes only while streams are open (and `lingerMs` after the last one closed, for
-   * reconnects): a gateway nobody watches does not take in every message of the bus.
+   * Opens a stream: once the hub is subscribed, `writeHead` sends the response head
+   * (close-delimited, not chunked), so a client that sees the head sees every event after it.
+   * The hub subscribes to the channel when the first stream opens and stays
+   * subscribed until the last one has been gone `lingerMs` (so reconnects can resume): a
+   * gateway nobody watches does not take in every message of the bus.
+   * From here on frames go straight to the socket, which spares each delivery the chunk
+   * framing and the response object's bookkeeping. What the client missed is replayed when
+   * `lastEventId` is one of ours and still in the history; otherwise a gap event says so
+   * before live events flow. Replay and attach happen in one turn of the event loop, so
+   * nothing slips between them.
    */
-  async watch (): Promise<void> {
+  async open (res: ServerResponse, filter: Filter, lastEventId: string | undefined, writeHead: () => void): Promise<void> {
+    this.#opening++
+    try {
+      await this.#watch()
+    } finally {
+      this.#opening--
+    }
+    writeHead()
+    const socket = res.socket
+    if (socket === null || socket.destroyed) {
+      this.#lingerIfIdle()
+      return
+    }
+    if (this.#closing) {
+      socket.end(this.#retryFrame)
+      return
+    }
+    const group = this.#groups.get(filter.key) ?? { filter, clients: new Set<Client>() }
+    this.#groups.set(filter.key, group)
+    const client: Client = { socket, group, allowance: this.options.maxBufferBytes }
+    group.clients.add(client)
+    this.#clientCount++
+    this.metrics.clients(this.#clientCount)
+    res.once('close', () => this.#detach(client))
+
+    this.#write(client, this.#retryFrame)
+    if (lastEventId !== undefined) this.#resume(client, lastEventId)
+  }
+
+  get #retryFrame (): Buffer {
+    return Buffer.from(`retry: ${this.options.retryMs}\n\n`)
+  }
+
+  async #watch (): Promise<void> {
     clearTimeout(this.#linger)
     this.#linger = undefined
     if (this.#subscription === undefined && !this.#closing) {
-      if (this.#everSubscribed) this.#coveredAfter = this.#seq
+      if (this.#everSubscribed) this.#markBreak()
       this.#everSubscribed = true
       this.#subscription = this.engine.subscribe({
         message: (frame) => this.#onMessage(frame),
@@ -164,47 +226,32 @@ export class SseHub {
     if (subscription !== undefined) await (await subscription)()
   }
 
-  get full (): boolean {
-    return this.#clientCount >= this.options.maxClients
+  /**
+   * The hub stopped hearing the channel for a while (unsubscribed, or the subscription was
+   * lost). The break takes a seq of its own, holding nothing: a resume from before it is a
+   * gap, and the gap event's id (the break's seq or later) resumes cleanly.
+   */
+  #markBreak (): void {
+    this.#coveredAfter = this.#seq
+    this.#remember({ seq: ++this.#seq, raw: undefined, frame: undefined, bytes: 0 })
   }
 
-  /**
-   * Adds a client whose response head (close-delimited, not chunked) is written: from here on
-   * the hub writes frames straight to its socket, which spares each delivery the chunk framing
-   * and the response object's bookkeeping. Replays what the client missed when `lastEventId`
-   * is one of ours and still in the history; otherwise tells it, with a gap event, before live
-   * events flow. Everything happens in one turn of the event loop, so nothing slips between
-   * the replay and the live stream.
-   */
-  attach (res: ServerResponse, filter: Filter, lastEventId: string | undefined): void {
-    const socket = res.socket
-    if (socket === null || socket.destroyed) {
-      // Gone while watch() was subscribing: the subscription must still end in time.
-      this.#lingerIfIdle()
-      return
-    }
-    const group = this.#groups.get(filter.key) ?? { filter, clients: new Set<Client>() }
-    this.#groups.set(filter.key, group)
-    const client: Client = { socket, group }
-    group.clients.add(client)
-    this.#clientCount++
-    this.metrics.clients(this.#clientCount)
-    res.once('close', () => this.#detach(client))
-
-    this.#write(client, Buffer.from(`retry: ${this.options.retryMs}\n\n`))
-    if (lastEventId !== undefined) this.#resume(client, lastEventId)
+  get full (): boolean {
+    return this.#clientCount + this.#opening >= this.options.maxClients
   }
 
   #resume (client: Client, lastEventId: string): void {
-    const [instance, seqText] = lastEventId.split(':')
-    const seq = Number(seqText)
+    const match = /^([0-9a-f]{8}):(\d{1,15})$/.exec(lastEventId)
+    const seq = Number(match?.[2])
     let reason: GapReason | undefined
-    if (instance !== this.instance) {
-      reason = /^[0-9a-f]{8}:\d+$/.test(lastEventId) ? 'other_instance' : 'unknown_id'
-    } else if (!Number.isSafeInteger(seq) || seq > this.#seq) {
+    if (match === null) {
+      reason = 'unknown_id'
+    } else if (match[1] !== this.instance) {
+      reason = 'other_instance'
+    } else if (seq > this.#seq) {
       reason = 'unknown_id'
     } else {
-      // Resumable from the oldest event held, and only from within the current subscription.
+      // Resumable from the oldest event held, and only from after the last break.
       const oldest = this.#history.at(0)?.seq ?? this.#seq + 1
       if (seq < oldest - 1 || seq <= this.#coveredAfter) reason = 'too_old'
     }
@@ -215,12 +262,17 @@ export class SseHub {
     }
     this.metrics.resume('hit')
     // The history is ordered by seq: skip what the client has, send the rest that matches.
+    // Written without the cut-off: the backlog the client asked for is not slowness; it
+    // raises this client's allowance instead, so it has to drain before more counts against it.
+    const { socket } = client
     const start = this.#history.length - (this.#seq - seq)
     for (let i = Math.max(start, 0); i < this.#history.length; i++) {
       const entry = this.#history.at(i) as HistoryEntry
       this.#frame(entry)
-      if (entry.frame !== undefined && client.group.filter.matches(entry as Filterable)) this.#write(client, entry.frame)
+      if (entry.frame !== undefined && client.group.filter.matches(entry as Filterable) && !socket.destroyed) socket.write(entry.frame)
     }
+    client.allowance = this.options.maxBufferBytes + socket.writableLength
+    this.#trim()
   }
 
   #gapFrame (reason: GapReason, lastEventId: string | undefined): Buffer {
@@ -239,16 +291,17 @@ export class SseHub {
   }
 
   #lingerIfIdle (): void {
-    if (this.#clientCount > 0 || this.#closing || this.#linger !== undefined) return
+    if (this.#clientCount > 0 || this.#opening > 0 || this.#closing || this.#linger !== undefined) return
     this.#linger = setTimeout(() => {
       this.#linger = undefined
-      this.#unwatch().catch(() => undefined)
+      // A stream may have opened since: only an idle hub lets go.
+      if (this.#clientCount === 0 && this.#opening === 0) this.#unwatch().catch(() => undefined)
     }, this.options.lingerMs)
     this.#linger.unref()
   }
 
   #onMessage (raw: Buffer): void {
-    const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bad: false, bytes: raw.byteLength }
+    const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bytes: raw.byteLength }
     if (this.#clientCount === 0) {
       // The subscriber's buffer may be shared with other messages: keep a copy of our own.
       entry.raw = Buffer.from(raw)
@@ -257,6 +310,7 @@ export class SseHub {
     }
     this.#remember(entry)
     const event = this.#frame(entry)
+    this.#trim()
     if (event === undefined) return
     const frame = entry.frame as Buffer
 
@@ -285,7 +339,6 @@ export class SseHub {
       const unsafe = unsafeName(event.event_name)
       if (unsafe !== undefined) throw new CodecError('wrong_shape', unsafe)
     } catch (err) {
-      entry.bad = true
       this.#resize(entry, 0)
       this.#malformed(raw, err)
       return undefined
@@ -303,6 +356,11 @@ export class SseHub {
     this.#historyBytes += entry.bytes
     const dropped = this.#history.push(entry)
     if (dropped !== undefined) this.#historyBytes -= dropped.bytes
+    this.#trim()
+  }
+
+  /** Drops the oldest entries past the byte bound; framing can grow an entry several times over. */
+  #trim (): void {
     while (this.#historyBytes > this.options.historyBytes && this.#history.length > 0) {
       this.#historyBytes -= (this.#history.shift() as HistoryEntry).bytes
     }
@@ -316,11 +374,9 @@ export class SseHub {
 
   #onBusGap (): void {
     // What was published while the subscription was down is not in the history either.
-    this.#coveredAfter = this.#seq
+    this.#markBreak()
     this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
-    for (const group of this.#groups.values()) {
-      for (const client of group.clients) this.#write(client, this.#gapFrame('bus_reconnected', undefined))
-    }
+    this.#broadcast(this.#gapFrame('bus_reconnected', undefined))
   }
 
   // Counted every time; logged the first time and then once per thousand, so a broken
@@ -340,7 +396,7 @@ export class SseHub {
   #write (client: Client, frame: Buffer): void {
     const { socket } = client
     if (socket.destroyed) return
-    if (socket.writableLength > this.options.maxBufferBytes) {
+    if (socket.writableLength > client.allowance) {
       this.metrics.slowDisconnect()
       this.log.info({ buffered: socket.writableLength }, 'stream client too slow: disconnected')
       socket.destroy()
@@ -365,10 +421,12 @@ export class SseHub {
     this.#closing = true
     clearInterval(this.#heartbeat)
     clearTimeout(this.#linger)
-    const bye = Buffer.from(`retry: ${this.options.retryMs}\n\n`)
+    const bye = this.#retryFrame
     for (const group of [...this.#groups.values()]) {
-      for (const client of [...group.clients]) {
-        if (!client.socket.destroyed) client.socket.end(bye)
+      for (const { socket } of [...group.clients]) {
+        // A client with a backlog would hold the close until it drained: it is cut off.
+        if (socket.writableLength > 0) socket.destroy()
+        else if (!socket.destroyed) socket.end(bye)
       }
     }
     await this.#unwatch()

@@ -11,7 +11,7 @@ export interface Stream {
   /** every byte received, as text */
   raw: () => string
   ended: Promise<void>
-  /** resolves with the events once there are at least n (fails the wait after the timeout) */
+  /** resolves with the events once there are at least n, or with what came by the timeout: the caller asserts */
   waitFor: (n: number, timeoutMs?: number) => Promise<EventSourceMessage[]>
   close: () => void
 }

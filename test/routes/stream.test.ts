@@ -90,6 +90,34 @@ t.test('the gateway subscribes only while streams are open, and a while after', 
   const got = await resumed.waitFor(1)
   t.equal(got[0]!.event, 'busgate.gap', 'what came while unsubscribed is said to be missing')
   t.match(dataOf(got[0]!), { reason: 'too_old' })
+  resumed.close()
+  const again = await openStream(`${base}/events/stream`, { 'last-event-id': got[0]!.id! })
+  t.teardown(() => again.close())
+  await post({ event_name: 'after_the_gap' })
+  t.same((await again.waitFor(1)).map((e) => e.event), ['after_the_gap'], 'resuming from the gap\'s own id is clean, not another gap')
+})
+
+t.test('a long replay is not mistaken for a slow client', async (t) => {
+  const { base, post } = await gateway(t, { sseMaxBufferBytes: 4096 })
+  const first = await openStream(`${base}/events/stream`)
+  await post({ event_name: 'start' })
+  const lastId = (await first.waitFor(1))[0]!.id!
+  first.close()
+  for (let b = 0; b < 4; b++) {
+    await post(Array.from({ length: 50 }, (_, i) => ({ event_name: 'backlog', args: [b * 50 + i, 'z'.repeat(20_000)] })), '/events/batch')
+  }
+  const resumed = await openStream(`${base}/events/stream`, { 'last-event-id': lastId })
+  t.teardown(() => resumed.close())
+  t.equal((await resumed.waitFor(200, 10_000)).length, 200, 'about 4 MB replayed, with a 4 KB bound for live lag')
+  await post({ event_name: 'live_after_replay' })
+  t.equal((await resumed.waitFor(201))[200]?.event, 'live_after_replay')
+})
+
+t.test('HEAD is not a way into a stream', async (t) => {
+  const { app } = await gateway(t)
+  const res = await app.inject({ method: 'HEAD', url: '/events/stream' })
+  t.equal(res.statusCode, 404)
+  t.equal(app.hub.clientCount, 0)
 })
 
 t.test('filters: event_name globs and agent_id', async (t) => {
@@ -298,7 +326,6 @@ t.test('closed streams are cleaned up at once', async (t) => {
   for (const s of streams) s.close()
   for (let i = 0; i < 100 && app.hub.clientCount > 0; i++) await sleep(10)
   t.equal(app.hub.clientCount, 0)
-  t.equal(app.server.listenerCount('connection') <= 2, true, 'no listeners piled on the server')
   t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /busgate_sse_clients 0\n/)
 })
 
@@ -314,9 +341,12 @@ t.test('the subscribe scope, by header or access_token; the token is not logged'
   t.teardown(() => app.close())
   await app.listen({ host: '127.0.0.1', port: 0 })
   const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
-  t.equal((await openStream(`${base}/events/stream`)).status, 401)
+  const noToken = await openStream(`${base}/events/stream`)
+  t.equal(noToken.status, 401)
+  noToken.close()
   const wrongScope = await openStream(`${base}/events/stream`, { authorization: 'Bearer pub-token-123456' })
   t.equal(wrongScope.status, 403)
+  wrongScope.close()
   const byHeader = await openStream(`${base}/events/stream`, { authorization: 'Bearer sub-token-123456' })
   const byQuery = await openStream(`${base}/events/stream?access_token=sub-token-123456`)
   t.equal(byHeader.status, 200)
