@@ -27,10 +27,15 @@ export interface SubscriptionHandlers {
  * there until acknowledged, so a crash of its holder loses nothing.
  */
 export interface Consumer {
-  /** Moves the oldest queued message to the processing list; null when none came within timeoutMs. */
+  /**
+   * Moves a message to the processing list: first one put back for retry (see `reclaim`),
+   * else the oldest queued one; null when none came within timeoutMs.
+   */
   claim (timeoutMs: number): Promise<Buffer | null>
   /** Removes one claimed message from the processing list. */
   ack (frame: Buffer): Promise<void>
+  /** Swaps a claimed message for another value (its envelope, with retry state) in the processing list. */
+  replace (frame: Buffer, next: Buffer): Promise<void>
   /** How many claimed messages wait in the processing list. */
   pending (): Promise<number>
   close (): Promise<void>
@@ -46,6 +51,11 @@ export interface Store {
   hashSet (key: string, field: string, value: string): Promise<void>
   /** true when the field existed */
   hashDelete (key: string, field: string): Promise<boolean>
+  /** SET with an expiry: liveness keys. */
+  setExpiring (key: string, value: string, ttlMs: number): Promise<void>
+  exists (key: string): Promise<boolean>
+  /** Every key matching a glob pattern (SCAN). */
+  keys (pattern: string): Promise<string[]>
   /** Adds at the head and keeps the newest `max`; returns the length before trimming. */
   listPushCapped (key: string, value: string, max: number): Promise<number>
   /** Newest first, as LRANGE after LPUSH. */
@@ -76,7 +86,14 @@ export interface Engine {
   queueLength (): Promise<number>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
   ping (): Promise<void>
-  consumer (processingKey: string): Consumer
+  /** A consumer with its own processing list; `retryKey` is the list it takes put-back messages from first. */
+  consumer (processingKey: string, retryKey?: string): Consumer
+  /**
+   * Empties the processing list of a consumer that is gone (its process died): values that
+   * start with `envelopePrefix` go to the head of the retry list, bare messages back to the
+   * head of the consumer list, in their order. Atomic. Returns how many moved.
+   */
+  reclaim (processingKey: string, retryKey: string, envelopePrefix: string): Promise<number>
   readonly store: Store
   close (): Promise<void>
 }

@@ -14,6 +14,12 @@ class Fifo<T> {
     this.#items.push(...items)
   }
 
+  /** Puts an item back at the front. */
+  unshiftOne (item: T): void {
+    if (this.#head > 0) this.#items[--this.#head] = item
+    else this.#items.unshift(item)
+  }
+
   shift (): T | undefined {
     if (this.#head >= this.#items.length) return undefined
     const item = this.#items[this.#head]
@@ -42,6 +48,8 @@ export class MemoryEngine implements Engine {
   #state: EngineState = 'ready'
   readonly #queue = new Fifo<Buffer>()
   readonly #processing = new Map<string, Buffer[]>()
+  readonly #retries = new Map<string, Buffer[]>()
+  readonly #expiring = new Map<string, number>()
   readonly #handlers = new Set<MessageHandler>()
   // Insertion-ordered, so the first is the longest waiting; a waiter that times out leaves at once.
   readonly #waiters = new Set<Waiter>()
@@ -102,6 +110,14 @@ export class MemoryEngine implements Engine {
       this.#hashes.set(key, hash.set(field, value))
     },
     hashDelete: async (key, field) => this.#hashes.get(key)?.delete(field) ?? false,
+    setExpiring: async (key, _value, ttlMs) => { this.#expiring.set(key, Date.now() + ttlMs) },
+    exists: async (key) => (this.#expiring.get(key) ?? 0) > Date.now() || this.#hashes.has(key) || this.#lists.has(key),
+    // Patterns are a literal or `prefix*`: what busgate asks for.
+    keys: async (pattern) => {
+      const prefix = pattern.endsWith('*') ? pattern.slice(0, -1) : pattern
+      const all = [...this.#processing.keys(), ...this.#hashes.keys(), ...this.#lists.keys(), ...this.#retries.keys(), ...this.#expiring.keys()]
+      return [...new Set(all)].filter((k) => (pattern.endsWith('*') ? k.startsWith(prefix) : k === pattern))
+    },
     listPushCapped: async (key, value, max) => {
       const list = this.#lists.get(key) ?? []
       this.#lists.set(key, list)
@@ -132,12 +148,38 @@ export class MemoryEngine implements Engine {
     this.#assertOpen()
   }
 
-  consumer (processingKey: string): Consumer {
+  async reclaim (processingKey: string, retryKey: string, envelopePrefix: string): Promise<number> {
+    const processing = this.#processing.get(processingKey) ?? []
+    const retry = this.#retryList(retryKey)
+    const moved = processing.splice(0)
+    const prefix = Buffer.from(envelopePrefix)
+    const back = moved.filter((v) => !v.subarray(0, prefix.length).equals(prefix))
+    retry.unshift(...moved.filter((v) => v.subarray(0, prefix.length).equals(prefix)))
+    for (let i = back.length - 1; i >= 0; i--) {
+      this.#queue.unshiftOne(back[i] as Buffer)
+      this.#queuedBytes += (back[i] as Buffer).byteLength
+    }
+    this.#serveWaiters()
+    return moved.length
+  }
+
+  #retryList (key: string): Buffer[] {
+    const list = this.#retries.get(key) ?? []
+    this.#retries.set(key, list)
+    return list
+  }
+
+  consumer (processingKey: string, retryKey?: string): Consumer {
     const processing = this.#processing.get(processingKey) ?? []
     this.#processing.set(processingKey, processing)
     return {
       claim: async (timeoutMs) => {
         this.#assertOpen()
+        const retried = retryKey === undefined ? undefined : this.#retryList(retryKey).shift()
+        if (retried !== undefined) {
+          processing.push(retried)
+          return retried
+        }
         // produce() hands messages to blocked consumers at once, so a queued message means none waits.
         const frame = this.#take()
         if (frame !== undefined) {
@@ -159,6 +201,13 @@ export class MemoryEngine implements Engine {
       ack: async (frame) => {
         const i = processing.findIndex((f) => f.equals(frame))
         if (i >= 0) processing.splice(i, 1)
+      },
+      replace: async (frame, next) => {
+        const i = processing.findIndex((f) => f.equals(frame))
+        if (i >= 0) {
+          processing.splice(i, 1)
+          processing.push(Buffer.from(next))
+        }
       },
       pending: async () => processing.length,
       close: async () => {}

@@ -26,6 +26,31 @@ interface PendingProduce {
   reject: (err: Error) => void
 }
 
+// Tail first, each to the head of its list: what comes back keeps its order, ahead of the rest.
+const RECLAIM_LUA = `
+local n = 0
+while true do
+  local v = redis.call('RPOP', KEYS[1])
+  if not v then return n end
+  if string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
+    redis.call('LPUSH', KEYS[2], v)
+  else
+    redis.call('LPUSH', KEYS[3], v)
+  end
+  n = n + 1
+end
+`
+
+const REPLACE_LUA = `
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[2]) return 1 end
+return 0
+`
+
+interface ScriptCommands {
+  busgateReclaim: (processing: string, retry: string, prodcons: string, prefix: string) => Promise<number>
+  busgateReplace: (processing: string, old: Buffer, next: Buffer) => Promise<number>
+}
+
 interface ProduceCommand {
   busgateProduce: (key: string, channel: string, ...frames: Buffer[]) => Promise<[number, number]>
 }
@@ -57,6 +82,8 @@ export class RedisEngine implements Engine {
       // No auto-pipelining: produce() already sends one command per event-loop turn.
     })
     this.#commands.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
+    this.#commands.defineCommand('busgateReclaim', { numberOfKeys: 3, lua: RECLAIM_LUA })
+    this.#commands.defineCommand('busgateReplace', { numberOfKeys: 1, lua: REPLACE_LUA })
     this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
   }
 
@@ -212,6 +239,18 @@ export class RedisEngine implements Engine {
     hashGetAll: async (key) => await this.#call(() => this.#commands.hgetall(key)),
     hashSet: async (key, field, value) => { await this.#call(() => this.#commands.hset(key, field, value)) },
     hashDelete: async (key, field) => (await this.#call(() => this.#commands.hdel(key, field))) > 0,
+    setExpiring: async (key, value, ttlMs) => { await this.#call(() => this.#commands.set(key, value, 'PX', ttlMs)) },
+    exists: async (key) => (await this.#call(() => this.#commands.exists(key))) > 0,
+    keys: async (pattern) => {
+      const found = new Set<string>()
+      let cursor = '0'
+      do {
+        const [next, batch] = await this.#call(() => this.#commands.scan(cursor, 'MATCH', pattern, 'COUNT', 500))
+        cursor = next
+        for (const key of batch) found.add(key)
+      } while (cursor !== '0')
+      return [...found]
+    },
     listPushCapped: async (key, value, max) => {
       const [[pushErr, length], [trimErr]] = await this.#call(() => this.#commands.multi().lpush(key, value).ltrim(key, 0, max - 1).exec()) as
         [[Error | null, number], [Error | null, unknown]]
@@ -240,7 +279,15 @@ export class RedisEngine implements Engine {
     }
   }
 
-  consumer (processingKey: string): Consumer {
+  get #scripts (): ScriptCommands {
+    return this.#commands as unknown as ScriptCommands
+  }
+
+  async reclaim (processingKey: string, retryKey: string, envelopePrefix: string): Promise<number> {
+    return await this.#call(() => this.#scripts.busgateReclaim(processingKey, retryKey, this.options.prodconsKey, envelopePrefix))
+  }
+
+  consumer (processingKey: string, retryKey?: string): Consumer {
     // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design),
     // and wait through reconnects instead of failing.
     const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false })
@@ -250,10 +297,14 @@ export class RedisEngine implements Engine {
     return {
       claim: async (timeoutMs) => {
         try {
-          return await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
+          const retried = retryKey === undefined ? null : await conn.lmoveBuffer(retryKey, processingKey, 'LEFT', 'RIGHT')
+          return retried ?? await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
         } catch (err) {
           throw this.#translate(err)
         }
+      },
+      replace: async (frame, next) => {
+        await this.#call(() => this.#scripts.busgateReplace(processingKey, frame, next))
       },
       ack: async (frame) => {
         try {

@@ -188,6 +188,41 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await store.increment(c), 2)
   })
 
+  t.test('a dead consumer\'s processing list is reclaimed: bare messages to the list head, envelopes to retry', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    const processing = `test.processing.${id}`
+    const retry = `test.retry.${id}`
+    await engine.produce([frame('a'), frame('b'), frame('c')])
+    const dead = engine.consumer(processing, retry)
+    t.teardown(() => dead.close())
+    const a = await dead.claim(1000) as Buffer
+    const b = await dead.claim(1000) as Buffer
+    await dead.replace(b, frame('ENV:b'))
+    t.equal(await dead.pending(), 2)
+    t.equal(await engine.reclaim(processing, retry, 'ENV:'), 2)
+    t.equal(await dead.pending(), 0)
+    t.equal(await engine.queueLength(), 2, 'a is back in the list, ahead of c')
+    const next = engine.consumer(`test.processing.next.${id}`, retry)
+    t.teardown(() => next.close())
+    const order: string[] = []
+    for (let i = 0; i < 3; i++) order.push(String(await next.claim(1000)))
+    t.same(order, ['ENV:b', 'a', 'c'], 'retries first, then the list in its order')
+    t.equal(String(a), 'a')
+    t.equal(await engine.reclaim(`test.processing.none.${id}`, retry, 'ENV:'), 0)
+  })
+
+  t.test('the store: expiring keys and key listing', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    await engine.store.setExpiring(`test.live.${id}.1`, 'x', 10_000)
+    await engine.store.setExpiring(`test.live.${id}.2`, 'x', 50)
+    t.equal(await engine.store.exists(`test.live.${id}.1`), true)
+    await sleep(120)
+    t.equal(await engine.store.exists(`test.live.${id}.2`), false, 'expired')
+    t.same((await engine.store.keys(`test.live.${id}.*`)).sort().filter((k) => k.endsWith('.1')), [`test.live.${id}.1`])
+  })
+
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
     const engine = await fresh(t)
     await t.resolves(engine.ping())
