@@ -6,6 +6,7 @@ import { toPublic, type StoredWebhook } from '../src/webhooks/registry.js'
 import { Ref } from '../schemas/common.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
 import { SecretRotated, Webhook, WebhookCreated, WebhookInput, WebhookList, WebhookParams, WebhookPatch } from '../schemas/webhook.js'
+import { AttemptList } from '../schemas/dead-letter.js'
 
 const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
   const adminOnly = { scope: 'admin' as const }
@@ -91,6 +92,21 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
   }, async (request, reply) => {
     if (!(await app.webhooks.delete(request.params.id))) throw new Errors.NotFound(`No webhook ${request.params.id}`)
     return reply.code(204).send()
+  })
+
+  app.get('/webhooks/:id/attempts', {
+    schema: {
+      operationId: 'listWebhookAttempts',
+      tags,
+      summary: 'The latest delivery attempts of a webhook',
+      params: WebhookParams,
+      response: { 200: Ref(AttemptList), ...authErrors, ...errorResponses(400, 404, 503) }
+    },
+    config: adminOnly
+  }, async (request) => {
+    found(await app.webhooks.get(request.params.id), request.params.id)
+    const raw = await app.engine.store.listRange(`${config.keyPrefix}attempts:${request.params.id}`, 0, 99)
+    return { attempts: raw.map((json) => JSON.parse(json) as never) }
   })
 
   app.post('/webhooks/:id/rotate-secret', {

@@ -14,6 +14,8 @@ import docsRoutes from '../routes/docs.js'
 import eventRoutes from '../routes/events.js'
 import healthRoutes from '../routes/health.js'
 import webhookRoutes from '../routes/webhooks.js'
+import deadLetterRoutes from '../routes/dead-letters.js'
+import { AttemptList, DeadLetter, DeadLetterList, Redelivered } from '../schemas/dead-letter.js'
 import { ErrorResponse } from '../schemas/error.js'
 import { EventInput, ProduceAccepted, WireEvent } from '../schemas/event.js'
 import { Readiness } from '../schemas/health.js'
@@ -63,7 +65,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   // Only JSON, and msgpack where a route adds it: a text/plain body must get 415, not reach a handler.
   app.removeContentTypeParser('text/plain')
   for (const schema of [ErrorResponse, EventInput, WireEvent, ProduceAccepted, Readiness,
-    WebhookInput, WebhookPatch, Webhook, WebhookCreated, WebhookList, SecretRotated]) app.addSchema(schema)
+    WebhookInput, WebhookPatch, Webhook, WebhookCreated, WebhookList, SecretRotated, DeadLetter, DeadLetterList, Redelivered, AttemptList]) app.addSchema(schema)
 
   await app.register(metricsPlugin)
   await app.register(errorHandler, { bodyLimit: config.bodyLimit })
@@ -94,6 +96,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(healthRoutes)
   await app.register(eventRoutes, { config })
   await app.register(webhookRoutes, { config })
+  await app.register(deadLetterRoutes)
   await app.register(docsRoutes)
   return app
 }

@@ -49,6 +49,16 @@ export interface Config {
   sseMaxClients: number
   webhookAllowPrivate: boolean
   webhookSecretOverlapMs: number
+  webhookConcurrency: number
+  webhookTimeoutMs: number
+  webhookMaxAttempts: number
+  webhookMaxAgeMs: number
+  webhookBackoffMs: number
+  webhookBackoffMaxMs: number
+  webhookCircuitFailures: number
+  webhookCircuitCooldownMs: number
+  deadLetterMax: number
+  instanceTtlMs: number
 }
 
 /** A setting that cannot be used: the message names it and says what is expected. */
@@ -106,7 +116,18 @@ export const SETTINGS = [
     'let webhook URLs reach loopback, private and link-local addresses (tests, trusted networks)', parseBoolean),
   setting('webhookSecretOverlapMs', 'BUSGATE_WEBHOOK_SECRET_OVERLAP_MS', '86400000',
     'after a secret rotation, how long deliveries are also signed with the previous secret', (raw) => integer(raw, 0, 30 * 86_400_000)),
-  setting('sseMaxClients', 'BUSGATE_SSE_MAX_CLIENTS', '20000', 'most open streams per process; past it a new stream gets 503', (raw) => integer(raw, 1, 1_000_000))
+  setting('sseMaxClients', 'BUSGATE_SSE_MAX_CLIENTS', '20000', 'most open streams per process; past it a new stream gets 503', (raw) => integer(raw, 1, 1_000_000)),
+  setting('webhookConcurrency', 'BUSGATE_WEBHOOK_CONCURRENCY', '8', 'deliveries in progress at once per process (each holds one message)', (raw) => integer(raw, 1, 256)),
+  setting('webhookTimeoutMs', 'BUSGATE_WEBHOOK_TIMEOUT_MS', '10000', 'how long a receiver may take to answer one delivery', (raw) => integer(raw, 100, 600_000)),
+  setting('webhookMaxAttempts', 'BUSGATE_WEBHOOK_MAX_ATTEMPTS', '12', 'deliveries tried for one message, over all webhooks, before it is dead-lettered', (raw) => integer(raw, 1, 1000)),
+  setting('webhookMaxAgeMs', 'BUSGATE_WEBHOOK_MAX_AGE_MS', '86400000', 'how long a message may be retried before it is dead-lettered', (raw) => integer(raw, 1000, 30 * 86_400_000)),
+  setting('webhookBackoffMs', 'BUSGATE_WEBHOOK_BACKOFF_MS', '1000', 'wait after the first failed round; doubles each round, with jitter', (raw) => integer(raw, 1, 3_600_000)),
+  setting('webhookBackoffMaxMs', 'BUSGATE_WEBHOOK_BACKOFF_MAX_MS', '300000', 'longest wait between rounds', (raw) => integer(raw, 1, 86_400_000)),
+  setting('webhookCircuitFailures', 'BUSGATE_WEBHOOK_CIRCUIT_FAILURES', '5', 'failures in a row that set a webhook aside', (raw) => integer(raw, 1, 1000)),
+  setting('webhookCircuitCooldownMs', 'BUSGATE_WEBHOOK_CIRCUIT_COOLDOWN_MS', '30000', 'how long a set-aside webhook rests before it is probed again', (raw) => integer(raw, 100, 86_400_000)),
+  setting('deadLetterMax', 'BUSGATE_DEAD_LETTER_MAX', '10000', 'dead letters kept; past it the oldest go (counted in busgate_dead_letters_dropped_total)', (raw) => integer(raw, 1, 1_000_000)),
+  setting('instanceTtlMs', 'BUSGATE_INSTANCE_TTL_MS', '15000',
+    'how long after an instance stops beating its held messages are put back for others', (raw) => integer(raw, 300, 3_600_000))
 ] as const
 
 function setting<K extends keyof Config> (key: K, env: string, dflt: string | undefined, help: string,

@@ -4,6 +4,7 @@ import type { Socket } from 'node:net'
 import type { FastifyBaseLogger } from 'fastify'
 import { CodecError, decodeEvent, hexPreview, toJsonEvent, type BusEvent } from './codec.js'
 import type { Engine } from './engines/engine.js'
+import { globList } from './glob.js'
 import { RingBuffer } from './ring-buffer.js'
 
 /** Control events the gateway itself sends; bus events may not use this prefix. */
@@ -67,32 +68,6 @@ interface FilterGroup {
 }
 
 const HEARTBEAT = Buffer.from(':\n\n')
-
-/**
- * A `*` glob list (`kernel_*,session_started`) as a matcher. No regular expression: a glob
- * with many stars would make a backtracking one take exponential time on a long name. Each
- * glob is matched in linear time: the fixed head and tail, then each middle part leftmost.
- */
-export function globList (list: string): (value: string) => boolean {
-  const globs = list.split(',').map((glob) => glob.split('*'))
-  return (value) => globs.some((parts) => globMatches(parts, value))
-}
-
-function globMatches (parts: string[], value: string): boolean {
-  const head = parts[0] as string
-  if (parts.length === 1) return value === head
-  const tail = parts[parts.length - 1] as string
-  if (value.length < head.length + tail.length || !value.startsWith(head) || !value.endsWith(tail)) return false
-  let at = head.length
-  const end = value.length - tail.length
-  for (let i = 1; i < parts.length - 1; i++) {
-    const part = parts[i] as string
-    const found = value.indexOf(part, at)
-    if (found < 0 || found + part.length > end) return false
-    at = found + part.length
-  }
-  return true
-}
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
   const names = eventNames === undefined || eventNames === '*' ? undefined : globList(eventNames)

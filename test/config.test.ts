@@ -46,7 +46,9 @@ t.test('every setting has a flag named after its variable', async (t) => {
     'host', 'port', 'redis-url', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
     'cors-origins', 'body-limit', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
     'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-max-buffer-bytes',
-    'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients'
+    'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients', 'webhook-concurrency', 'webhook-timeout-ms',
+    'webhook-max-attempts', 'webhook-max-age-ms', 'webhook-backoff-ms', 'webhook-backoff-max-ms', 'webhook-circuit-failures',
+    'webhook-circuit-cooldown-ms', 'dead-letter-max', 'instance-ttl-ms'
   ])
   for (const s of SETTINGS) t.match(HELP, `--${s.flag}`)
   t.same(loadConfig({}, ['--help']), { kind: 'help' })

@@ -4,7 +4,8 @@ import pino from 'pino'
 import t from 'tap'
 import { encodeEvent } from '../src/codec.js'
 import { MemoryEngine } from '../src/engines/memory-engine.js'
-import { SseHub, globList, makeFilter } from '../src/sse-hub.js'
+import { globList } from '../src/glob.js'
+import { SseHub, makeFilter } from '../src/sse-hub.js'
 
 t.test('globs match in linear time', async (t) => {
   const cases: Array<[string, string, boolean]> = [

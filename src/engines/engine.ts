@@ -78,6 +78,8 @@ export interface Engine {
   connect (): Promise<void>
   /** Writes every frame (1 to MAX_FRAMES_PER_PRODUCE) to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
   produce (frames: readonly Uint8Array[]): Promise<ProduceResult>
+  /** Appends frames to the consumer list only (no broadcast): a redelivery. Returns the list's length. */
+  enqueue (frames: readonly Uint8Array[]): Promise<number>
   /**
    * Receives every message of the broadcast channel, in publish order, until the returned
    * function is called. The bus subscription exists while at least one handler does.

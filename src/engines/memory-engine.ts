@@ -88,6 +88,18 @@ export class MemoryEngine implements Engine {
   }
 
   // In one process nothing is ever missed, so there is no gap to report.
+  async enqueue (frames: readonly Uint8Array[]): Promise<number> {
+    this.#assertOpen()
+    checkFrameCount(frames)
+    for (const f of frames) {
+      this.#queue.push(Buffer.from(f))
+      this.#queuedBytes += f.byteLength
+    }
+    const length = this.#queue.length
+    this.#serveWaiters()
+    return length
+  }
+
   async subscribe ({ message }: SubscriptionHandlers): Promise<() => Promise<void>> {
     this.#assertOpen()
     this.#handlers.add(message)

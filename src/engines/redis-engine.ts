@@ -279,6 +279,11 @@ export class RedisEngine implements Engine {
     }
   }
 
+  async enqueue (frames: readonly Uint8Array[]): Promise<number> {
+    checkFrameCount(frames)
+    return await this.#call(() => this.#commands.rpush(this.options.prodconsKey, ...frames.map((f) => Buffer.from(f))))
+  }
+
   get #scripts (): ScriptCommands {
     return this.#commands as unknown as ScriptCommands
   }
@@ -290,7 +295,7 @@ export class RedisEngine implements Engine {
   consumer (processingKey: string, retryKey?: string): Consumer {
     // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design),
     // and wait through reconnects instead of failing.
-    const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false })
+    const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
     this.#watch(conn, 'consumer')
     this.#others.add(conn)
     const { prodconsKey } = this.options

@@ -12,6 +12,12 @@ export interface Metrics {
   sseDeliveries: Counter
   sseSlowDisconnects: Counter
   sseResumes: Counter<'result'>
+  webhookDeliveries: Counter<'outcome'>
+  webhookSeconds: Histogram
+  webhookInFlight: Gauge
+  deadLettered: Counter<'reason'>
+  deadLettersDropped: Counter
+  webhookCircuitOpen: Gauge<'webhook'>
 }
 
 declare module 'fastify' {
@@ -67,6 +73,31 @@ export default fp(async (app) => {
       name: 'busgate_sse_resumes_total',
       help: 'Reconnects with Last-Event-ID: hit (replayed from history) or the reason of the gap',
       labelNames: ['result'],
+      registers: [registry]
+    }),
+    webhookDeliveries: new Counter({
+      name: 'busgate_webhook_deliveries_total',
+      help: 'Webhook delivery attempts by outcome: delivered (2xx), failed, gone (410), throttled (429/503 with Retry-After)',
+      labelNames: ['outcome'],
+      registers: [registry]
+    }),
+    webhookSeconds: new Histogram({
+      name: 'busgate_webhook_delivery_seconds',
+      help: 'Time from sending a delivery to its answer',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry]
+    }),
+    webhookInFlight: new Gauge({ name: 'busgate_webhook_in_flight', help: 'Messages held by this process for delivery', registers: [registry] }),
+    deadLettered: new Counter({ name: 'busgate_dead_lettered_total', help: 'Messages moved to the dead-letter list, by reason', labelNames: ['reason'], registers: [registry] }),
+    deadLettersDropped: new Counter({
+      name: 'busgate_dead_letters_dropped_total',
+      help: 'Oldest dead letters dropped because the list was full (BUSGATE_DEAD_LETTER_MAX)',
+      registers: [registry]
+    }),
+    webhookCircuitOpen: new Gauge({
+      name: 'busgate_webhook_circuit_open',
+      help: '1 while this process has set a failing webhook aside',
+      labelNames: ['webhook'],
       registers: [registry]
     })
   }

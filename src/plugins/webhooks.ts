@@ -1,14 +1,61 @@
 import fp from 'fastify-plugin'
-import { WebhookRegistry } from '../webhooks/registry.js'
+import { Gauge } from 'prom-client'
 import type { Config } from '../config.js'
+import { DeadLetters } from '../webhooks/dead-letters.js'
+import { WebhookDispatcher } from '../webhooks/dispatcher.js'
+import { WebhookRegistry } from '../webhooks/registry.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     webhooks: WebhookRegistry
+    deadLetters: DeadLetters
+    dispatcher: WebhookDispatcher
   }
 }
 
-/** Owns the webhook registry: kept in the engine's store, so every instance sees the same set. */
+/**
+ * Owns the webhook registry, the dead letters and the dispatcher that consumes the consumer
+ * list for the webhooks; the dispatcher stops, and hands back what it holds, on close.
+ */
 export default fp<{ config: Config }>(async (app, { config }) => {
-  app.decorate('webhooks', new WebhookRegistry(app.engine.store, config.keyPrefix))
-}, { name: 'busgate-webhooks', fastify: '5.x', dependencies: ['busgate-engine'] })
+  const registry = new WebhookRegistry(app.engine.store, config.keyPrefix)
+  const deadLetters = new DeadLetters(app.engine.store, config.keyPrefix, config.deadLetterMax)
+  const { metrics } = app
+  const dispatcher = new WebhookDispatcher(app.engine, registry, deadLetters, {
+    keyPrefix: config.keyPrefix,
+    concurrency: config.webhookConcurrency,
+    timeoutMs: config.webhookTimeoutMs,
+    maxAttempts: config.webhookMaxAttempts,
+    maxAgeMs: config.webhookMaxAgeMs,
+    backoffMs: config.webhookBackoffMs,
+    backoffMaxMs: config.webhookBackoffMaxMs,
+    circuitFailures: config.webhookCircuitFailures,
+    circuitCooldownMs: config.webhookCircuitCooldownMs,
+    instanceTtlMs: config.instanceTtlMs,
+    allowPrivate: config.webhookAllowPrivate
+  }, {
+    delivery: (outcome, seconds) => {
+      metrics.webhookDeliveries.inc({ outcome })
+      metrics.webhookSeconds.observe(seconds)
+    },
+    inFlight: (delta) => metrics.webhookInFlight.inc(delta),
+    deadLettered: (reason, dropped) => {
+      metrics.deadLettered.inc({ reason })
+      if (dropped) metrics.deadLettersDropped.inc()
+    },
+    circuit: (webhook, open) => metrics.webhookCircuitOpen.set({ webhook }, open ? 1 : 0)
+  }, app.log)
+  app.decorate('webhooks', registry)
+  app.decorate('deadLetters', deadLetters)
+  app.decorate('dispatcher', dispatcher)
+  new Gauge({ // eslint-disable-line no-new
+    name: 'busgate_dead_letters',
+    help: 'Messages in the dead-letter list (NaN while the bus is unreachable)',
+    registers: [metrics.registry],
+    async collect () {
+      this.set(await deadLetters.count().catch(() => Number.NaN))
+    }
+  })
+  app.addHook('onReady', async () => { await dispatcher.start() })
+  app.addHook('preClose', async () => { await dispatcher.stop() })
+}, { name: 'busgate-webhooks', fastify: '5.x', dependencies: ['busgate-engine', 'busgate-metrics'] })

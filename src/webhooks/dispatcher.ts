@@ -1,0 +1,370 @@
+import { randomBytes } from 'node:crypto'
+import { isIP } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyBaseLogger } from 'fastify'
+import { Agent, request } from 'undici'
+import { CodecError, decodeEvent, toJsonEvent, type BusEvent } from '../codec.js'
+import type { Consumer, Engine } from '../engines/engine.js'
+import { globList } from '../glob.js'
+import type { DeadLetter, DeadLetters } from './dead-letters.js'
+import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './registry.js'
+import { signatureHeader } from './signing.js'
+import { guardedLookup, isPrivateAddress } from './ssrf.js'
+
+/** Marks a processing-list value that is an envelope (a message with its retry state), not a bare message. */
+export const ENVELOPE_PREFIX = 'busgate-envelope:v1:'
+
+export interface DispatcherOptions {
+  keyPrefix: string
+  concurrency: number
+  timeoutMs: number
+  maxAttempts: number
+  maxAgeMs: number
+  backoffMs: number
+  backoffMaxMs: number
+  circuitFailures: number
+  circuitCooldownMs: number
+  instanceTtlMs: number
+  allowPrivate: boolean
+}
+
+export interface DispatcherMetrics {
+  delivery: (outcome: 'delivered' | 'failed' | 'gone' | 'throttled', seconds: number) => void
+  inFlight: (delta: number) => void
+  deadLettered: (reason: DeadLetter['reason'], dropped: boolean) => void
+  circuit: (webhookId: string, open: boolean) => void
+}
+
+interface Envelope {
+  id: string
+  first_seen: number
+  attempts: number
+  frame: string
+}
+
+interface Circuit {
+  failures: number
+  openUntil: number
+  /** a 429/503 Retry-After: no delivery before then */
+  notBefore: number
+}
+
+interface Attempt {
+  ok: boolean
+  status: number | null
+  error: string | null
+  retryAfterMs: number | null
+}
+
+/**
+ * Consumes the consumer list for the registered webhooks. Each of `concurrency` loops holds at
+ * most one message, in a processing list of this instance, until a receiver answered 2xx or
+ * the message was dead-lettered; an instance that dies leaves its lists to be reclaimed by any
+ * other (or by itself restarted) once its liveness key expires. With no enabled, available
+ * webhook the loops take nothing, so messages wait in Redis.
+ */
+export class WebhookDispatcher {
+  readonly instance = randomBytes(6).toString('hex')
+  #stopping = false
+  readonly #stop = new AbortController()
+  readonly #loops: Array<Promise<void>> = []
+  readonly #consumers: Consumer[] = []
+  #timers: NodeJS.Timeout[] = []
+  #webhooks: StoredWebhook[] = []
+  #webhooksAt = 0
+  readonly #matchers = new Map<string, (name: string) => boolean>()
+  readonly #circuits = new Map<string, Circuit>()
+  #sequence = 0
+  readonly #agent: Agent
+
+  constructor (
+    private readonly engine: Engine,
+    private readonly registry: WebhookRegistry,
+    private readonly deadLetters: DeadLetters,
+    private readonly options: DispatcherOptions,
+    private readonly metrics: DispatcherMetrics,
+    private readonly log: FastifyBaseLogger
+  ) {
+    // Keep-alive pools per origin; every connection's addresses pass the SSRF check again,
+    // so a name that later resolves somewhere private (rebinding) is refused at connect time.
+    this.#agent = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: Math.max(4, options.concurrency),
+      ...(options.allowPrivate ? {} : { connect: { lookup: guardedLookup } })
+    })
+  }
+
+  get #retryKey (): string {
+    return `${this.options.keyPrefix}retry`
+  }
+
+  #processingKey (n: number, instance = this.instance): string {
+    return `${this.options.keyPrefix}processing:${instance}:${n}`
+  }
+
+  #liveKey (instance: string): string {
+    return `${this.options.keyPrefix}instance:${instance}`
+  }
+
+  async start (): Promise<void> {
+    // A bus that is down at start must not stop the gateway: the timers below retry.
+    await this.#heartbeat().catch(() => undefined)
+    await this.#reclaimOrphans().catch(() => undefined)
+    const beat = setInterval(() => { this.#heartbeat().catch(() => undefined) }, Math.max(100, Math.floor(this.options.instanceTtlMs / 3)))
+    const sweep = setInterval(() => { this.#reclaimOrphans().catch(() => undefined) }, Math.max(200, Math.floor(this.options.instanceTtlMs / 2)))
+    beat.unref()
+    sweep.unref()
+    this.#timers = [beat, sweep]
+    for (let n = 0; n < this.options.concurrency; n++) {
+      const consumer = this.engine.consumer(this.#processingKey(n), this.#retryKey)
+      this.#consumers.push(consumer)
+      this.#loops.push(this.#loop(consumer))
+    }
+  }
+
+  /** Stops taking messages, lets deliveries in progress end, and hands back what it holds. */
+  async stop (): Promise<void> {
+    if (this.#stopping) return
+    this.#stopping = true
+    this.#stop.abort()
+    for (const timer of this.#timers) clearInterval(timer)
+    await Promise.all(this.#loops)
+    await Promise.all(this.#consumers.map((c) => c.close()))
+    for (let n = 0; n < this.options.concurrency; n++) {
+      await this.engine.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
+    }
+    await this.#agent.close()
+  }
+
+  async #heartbeat (): Promise<void> {
+    await this.engine.store.setExpiring(this.#liveKey(this.instance), '1', this.options.instanceTtlMs)
+  }
+
+  /** Puts back what instances that stopped beating were holding. */
+  async #reclaimOrphans (): Promise<void> {
+    const prefix = `${this.options.keyPrefix}processing:`
+    for (const key of await this.engine.store.keys(`${prefix}*`)) {
+      const instance = key.slice(prefix.length).split(':')[0] ?? ''
+      if (instance === this.instance || await this.engine.store.exists(this.#liveKey(instance))) continue
+      const moved = await this.engine.reclaim(key, this.#retryKey, ENVELOPE_PREFIX)
+      if (moved > 0) this.log.warn({ instance, moved }, 'reclaimed messages held by a gateway instance that stopped')
+    }
+  }
+
+  /** The registry, read at most once a second: every loop asks before each message. */
+  async #available (): Promise<StoredWebhook[]> {
+    const now = Date.now()
+    if (now - this.#webhooksAt > 1000) {
+      this.#webhooks = (await this.registry.list()).sort((a, b) => a.id.localeCompare(b.id))
+      this.#webhooksAt = now
+    }
+    return this.#webhooks.filter((w) => w.enabled && this.#allows(w.id, now))
+  }
+
+  #allows (id: string, now: number): boolean {
+    const c = this.#circuits.get(id)
+    return c === undefined || (c.openUntil <= now && c.notBefore <= now)
+  }
+
+  #matches (webhook: StoredWebhook, eventName: string): boolean {
+    const key = webhook.event_names.join(',')
+    let matcher = this.#matchers.get(key)
+    if (matcher === undefined) {
+      matcher = globList(key)
+      this.#matchers.set(key, matcher)
+    }
+    return matcher(eventName)
+  }
+
+  async #loop (consumer: Consumer): Promise<void> {
+    while (!this.#stopping) {
+      try {
+        if ((await this.#available()).length === 0) {
+          await this.#pause(500)
+          continue
+        }
+        const claimed = await consumer.claim(1000)
+        if (claimed === null || this.#stopping) continue
+        this.metrics.inFlight(1)
+        try {
+          await this.#handle(consumer, claimed)
+        } finally {
+          this.metrics.inFlight(-1)
+        }
+      } catch (err) {
+        if (this.#stopping) return
+        this.log.warn({ err: { message: (err as Error).message } }, 'webhook dispatch loop: retrying in a second')
+        await this.#pause(1000)
+      }
+    }
+  }
+
+  async #pause (ms: number): Promise<void> {
+    await sleep(ms, undefined, { signal: this.#stop.signal }).catch(() => undefined)
+  }
+
+  async #handle (consumer: Consumer, claimed: Buffer): Promise<void> {
+    const envelope = this.#open(claimed)
+    let current = claimed
+    const frame = Buffer.from(envelope.frame, 'base64')
+    let event: BusEvent
+    try {
+      event = decodeEvent(frame)
+    } catch (err) {
+      const reason = err instanceof CodecError ? err.message : 'undecodable'
+      await this.#bury(consumer, current, envelope, 'malformed', reason, undefined)
+      return
+    }
+    const body = JSON.stringify(toJsonEvent(event))
+    let round = 0
+    let lastError = ''
+    while (!this.#stopping) {
+      const all = this.#webhooks.filter((w) => w.enabled && this.#matches(w, event.event_name))
+      if (all.length === 0) {
+        await this.#bury(consumer, current, envelope, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
+        return
+      }
+      const now = Date.now()
+      const candidates = all.filter((w) => this.#allows(w.id, now))
+      if (candidates.length > 0) {
+        // Round-robin across every instance: one shared counter picks where each message starts.
+        const start = (await this.engine.store.increment(`${this.options.keyPrefix}rr`)) % candidates.length
+        for (let k = 0; k < candidates.length && !this.#stopping; k++) {
+          const webhook = candidates[(start + k) % candidates.length] as StoredWebhook
+          envelope.attempts++
+          const result = await this.#deliver(webhook, envelope.id, body, event)
+          if (result.ok) {
+            await consumer.ack(current)
+            return
+          }
+          lastError = `${webhook.id}: ${result.error ?? `HTTP ${result.status ?? '?'}`}`
+        }
+      }
+      if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {
+        await this.#bury(consumer, current, envelope, 'delivery_failed', lastError || 'no webhook was available', event)
+        return
+      }
+      // Keep the retry state with the message, so a crash now loses neither it nor its id.
+      const next = this.#seal(envelope)
+      await consumer.replace(current, next)
+      current = next
+      const backoff = Math.min(this.options.backoffMaxMs, this.options.backoffMs * 2 ** round++)
+      await this.#pause(backoff / 2 + Math.random() * backoff / 2)
+      await this.#available()
+    }
+  }
+
+  async #deliver (webhook: StoredWebhook, id: string, body: string, event: BusEvent): Promise<Attempt> {
+    const started = performance.now()
+    const timestamp = Math.floor(Date.now() / 1000)
+    let attempt: Attempt
+    try {
+      const url = new URL(webhook.url)
+      const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
+      if (!this.options.allowPrivate && isIP(host) !== 0 && isPrivateAddress(host)) throw new Error(`${host} is a private address; refused`)
+      const res = await request(url, {
+        method: 'POST',
+        dispatcher: this.#agent,
+        headers: {
+          'content-type': 'application/json',
+          'user-agent': 'busgate',
+          'webhook-id': id,
+          'webhook-timestamp': String(timestamp),
+          'webhook-signature': signatureHeader(id, timestamp, body, activeSecrets(webhook))
+        },
+        body,
+        headersTimeout: this.options.timeoutMs,
+        bodyTimeout: this.options.timeoutMs,
+        signal: AbortSignal.timeout(this.options.timeoutMs)
+      })
+      await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined)
+      const ok = res.statusCode >= 200 && res.statusCode < 300
+      attempt = { ok, status: res.statusCode, error: ok ? null : `HTTP ${res.statusCode}`, retryAfterMs: retryAfter(res.headers['retry-after']) }
+    } catch (err) {
+      attempt = { ok: false, status: null, error: (err as Error).message, retryAfterMs: null }
+    }
+    const seconds = (performance.now() - started) / 1000
+    this.#after(webhook, attempt, seconds)
+    // Not awaited: the log is for people; a delivery does not wait on it.
+    this.engine.store.listPushCapped(`${this.options.keyPrefix}attempts:${webhook.id}`, JSON.stringify({
+      at: new Date().toISOString(),
+      message_id: id,
+      event_name: event.event_name,
+      status: attempt.status,
+      latency_ms: Math.round(seconds * 10_000) / 10,
+      error: attempt.error
+    }), 100).catch(() => undefined)
+    return attempt
+  }
+
+  /** The circuit breaker, 410 and Retry-After: what one answer means for the next ones. */
+  #after (webhook: StoredWebhook, attempt: Attempt, seconds: number): void {
+    const circuit = this.#circuits.get(webhook.id) ?? { failures: 0, openUntil: 0, notBefore: 0 }
+    this.#circuits.set(webhook.id, circuit)
+    if (attempt.ok) {
+      if (circuit.failures >= this.options.circuitFailures) this.metrics.circuit(webhook.id, false)
+      circuit.failures = 0
+      this.metrics.delivery('delivered', seconds)
+      return
+    }
+    if (attempt.status === 410) {
+      this.metrics.delivery('gone', seconds)
+      this.log.warn({ webhook: webhook.id }, 'webhook answered 410 Gone: disabled')
+      this.registry.update(webhook.id, { enabled: false }).catch(() => undefined)
+      webhook.enabled = false
+      return
+    }
+    if (attempt.retryAfterMs !== null && (attempt.status === 429 || attempt.status === 503)) {
+      circuit.notBefore = Date.now() + attempt.retryAfterMs
+      this.metrics.delivery('throttled', seconds)
+      return
+    }
+    this.metrics.delivery('failed', seconds)
+    circuit.failures++
+    if (circuit.failures >= this.options.circuitFailures) {
+      // Set aside, then probed again: after the cooldown one delivery may try it.
+      circuit.openUntil = Date.now() + this.options.circuitCooldownMs
+      if (circuit.failures === this.options.circuitFailures) {
+        this.metrics.circuit(webhook.id, true)
+        this.log.warn({ webhook: webhook.id }, 'webhook keeps failing: set aside for a while')
+      }
+    }
+  }
+
+  async #bury (consumer: Consumer, current: Buffer, envelope: Envelope, reason: DeadLetter['reason'], error: string,
+    event: BusEvent | undefined): Promise<void> {
+    const kept = await this.deadLetters.add({
+      message_id: envelope.id,
+      reason,
+      error,
+      event_name: event?.event_name ?? null,
+      agent_id: event?.agent_id ?? null,
+      frame: envelope.frame,
+      attempts: envelope.attempts,
+      first_seen: new Date(envelope.first_seen).toISOString()
+    })
+    this.metrics.deadLettered(reason, !kept)
+    if (!kept) this.log.warn('the dead-letter list is full: its oldest letter was dropped')
+    await consumer.ack(current)
+  }
+
+  #open (claimed: Buffer): Envelope {
+    if (claimed.subarray(0, ENVELOPE_PREFIX.length).toString('latin1') === ENVELOPE_PREFIX) {
+      return JSON.parse(claimed.subarray(ENVELOPE_PREFIX.length).toString('utf8')) as Envelope
+    }
+    // Stable across every retry of this message: kept in its envelope once the first round fails.
+    return { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, frame: claimed.toString('base64') }
+  }
+
+  #seal (envelope: Envelope): Buffer {
+    return Buffer.from(ENVELOPE_PREFIX + JSON.stringify(envelope))
+  }
+}
+
+function retryAfter (value: string | string[] | undefined): number | null {
+  const text = Array.isArray(value) ? value[0] : value
+  if (text === undefined) return null
+  if (/^\d+$/.test(text.trim())) return Math.min(Number(text.trim()) * 1000, 3_600_000)
+  const at = Date.parse(text)
+  return Number.isNaN(at) ? null : Math.min(Math.max(0, at - Date.now()), 3_600_000)
+}
