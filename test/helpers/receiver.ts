@@ -9,7 +9,7 @@ export interface Received {
   at: number
 }
 
-export type Responder = (req: Received, n: number) => { status: number, headers?: Record<string, string> } | 'hang'
+export type Responder = (req: Received, n: number) => { status: number, headers?: Record<string, string>, delayMs?: number } | 'hang'
 
 /** A webhook receiver on a real HTTP listener; `respond` decides each answer (200 by default). */
 export async function startReceiver (t: { teardown: (fn: () => unknown) => void }, respond: Responder = () => ({ status: 200 })) {
@@ -23,8 +23,10 @@ export async function startReceiver (t: { teardown: (fn: () => unknown) => void 
       received.push(r)
       const answer = respond(r, received.length)
       if (answer === 'hang') return
-      res.writeHead(answer.status, answer.headers ?? {})
-      res.end()
+      setTimeout(() => {
+        res.writeHead(answer.status, answer.headers ?? {})
+        res.end()
+      }, answer.delayMs ?? 0)
     })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))

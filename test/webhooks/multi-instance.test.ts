@@ -1,0 +1,80 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { startReceiver } from '../helpers/receiver.js'
+import { freePort, startRedis } from '../helpers/redis.js'
+import { until } from '../helpers/wait.js'
+
+const SERVER = new URL('../../src/server.ts', import.meta.url).pathname
+
+async function gateway (t: { teardown: (fn: () => unknown) => void }, redisUrl: string): Promise<{ proc: ChildProcess, base: string }> {
+  const port = await freePort()
+  const proc = spawn(process.execPath, ['--import', 'tsx', SERVER], {
+    env: {
+      ...process.env,
+      PORT: String(port),
+      REDIS_URL: redisUrl,
+      BUSGATE_WEBHOOK_ALLOW_PRIVATE: 'true',
+      BUSGATE_INSTANCE_TTL_MS: '1000',
+      BUSGATE_WEBHOOK_CONCURRENCY: '4',
+      BUSGATE_WEBHOOK_BACKOFF_MS: '50',
+      LOG_LEVEL: 'warn'
+    },
+    stdio: ['ignore', 'ignore', 'inherit']
+  })
+  t.teardown(() => { if (proc.exitCode === null) proc.kill('SIGKILL') })
+  const base = `http://127.0.0.1:${port}`
+  for (let i = 0; i < 200; i++) {
+    try {
+      if ((await fetch(`${base}/healthz`)).ok) return { proc, base }
+    } catch {}
+    await sleep(50)
+  }
+  throw new Error('gateway did not start')
+}
+
+t.test('two instances on one Redis: every message delivered, spread round-robin; kill -9 of one loses nothing', async (t) => {
+  const redis = await startRedis(t)
+  // Slow enough answers that the killed instance is holding messages when it dies.
+  const slow = () => ({ status: 200, delayMs: 20 })
+  const one = await startReceiver(t, slow)
+  const two = await startReceiver(t, slow)
+  const a = await gateway(t, redis.url)
+  const b = await gateway(t, redis.url)
+  for (const url of [one.url, two.url]) {
+    const res = await fetch(`${a.base}/webhooks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url }) })
+    t.equal(res.status, 201)
+  }
+  await sleep(1200) // both instances have read the registry
+
+  const total = 600
+  for (let i = 0; i < total; i += 100) {
+    const events = Array.from({ length: 100 }, (_, k) => ({ event_name: 'numbered', args: [i + k] }))
+    const res = await fetch(`${a.base}/events/batch`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(events) })
+    t.equal(res.status, 202)
+  }
+  const all = () => [...one.received, ...two.received]
+  await until(() => all().length >= total / 4)
+  const instancesSeen = new Set(all().map((r) => String(r.headers['webhook-id']).slice(4, 16)))
+  t.equal(instancesSeen.size, 2, 'both instances were delivering')
+  const held = async (): Promise<number> => {
+    let n = 0
+    for (const key of await redis.client.keys('busgate:processing:*')) n += await redis.client.llen(key)
+    return n
+  }
+  let holding = 0
+  for (let i = 0; i < 100 && holding === 0; i++) holding = await held()
+  t.ok(holding > 0, `messages were held in processing lists when the kill came (${holding})`)
+  b.proc.kill('SIGKILL')
+
+  const seqs = () => new Set(all().map((r) => r.json.args[0] as number))
+  await until(() => seqs().size >= total, 30_000)
+  t.equal(seqs().size, total, 'every message delivered at least once')
+  const duplicates = all().length - seqs().size
+  t.ok(duplicates <= 4, `duplicates only where the crash forced them (${duplicates}, at most the killed instance's 4 in flight)`)
+  t.ok(one.received.length > total * 0.3 && two.received.length > total * 0.3, `spread: ${one.received.length} / ${two.received.length}`)
+  t.equal(await redis.client.llen('events.prodcons'), 0, 'the list is empty')
+  await until(() => false, 500)
+  for (const key of await redis.client.keys('busgate:processing:*')) t.equal(await redis.client.llen(key), 0, `${key} empty`)
+  a.proc.kill('SIGTERM')
+})
