@@ -56,14 +56,15 @@ export interface Store {
   exists (key: string): Promise<boolean>
   /** Every key matching a glob pattern (SCAN). */
   keys (pattern: string): Promise<string[]>
-  /** Adds at the head and keeps the newest `max`; returns the length before trimming. */
-  listPushCapped (key: string, value: string, max: number): Promise<number>
+  /** Adds at the head (several: the last ends first, as LPUSH) and keeps the newest `max`; returns the length before trimming. */
+  listPushCapped (key: string, value: string | readonly string[], max: number): Promise<number>
   /** Newest first, as LRANGE after LPUSH. */
   listRange (key: string, start: number, stop: number): Promise<string[]>
   /** Removes every copy of the value; returns how many. */
   listRemove (key: string, value: string): Promise<number>
   listLength (key: string): Promise<number>
-  increment (key: string): Promise<number>
+  /** INCRBY: returns the new value */
+  increment (key: string, by?: number): Promise<number>
 }
 
 /**

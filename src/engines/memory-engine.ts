@@ -133,7 +133,7 @@ export class MemoryEngine implements Engine {
     listPushCapped: async (key, value, max) => {
       const list = this.#lists.get(key) ?? []
       this.#lists.set(key, list)
-      list.unshift(value)
+      for (const v of typeof value === 'string' ? [value] : value) list.unshift(v)
       const length = list.length
       list.length = Math.min(list.length, max)
       return length
@@ -149,8 +149,8 @@ export class MemoryEngine implements Engine {
       return list.length - kept.length
     },
     listLength: async (key) => this.#lists.get(key)?.length ?? 0,
-    increment: async (key) => {
-      const next = (this.#counters.get(key) ?? 0) + 1
+    increment: async (key, by = 1) => {
+      const next = (this.#counters.get(key) ?? 0) + by
       this.#counters.set(key, next)
       return next
     }

@@ -17,6 +17,8 @@ end
 return {s, n}
 `
 
+const RETRY_CHECK_MS = 1000
+
 /** A produce that would take a waiting group past this sends that group first, and starts the next. */
 const GROUP_BYTES = 4 * 1024 * 1024
 
@@ -252,7 +254,7 @@ export class RedisEngine implements Engine {
       return [...found]
     },
     listPushCapped: async (key, value, max) => {
-      const [[pushErr, length], [trimErr]] = await this.#call(() => this.#commands.multi().lpush(key, value).ltrim(key, 0, max - 1).exec()) as
+      const [[pushErr, length], [trimErr]] = await this.#call(() => this.#commands.multi().lpush(key, ...(typeof value === 'string' ? [value] : value)).ltrim(key, 0, max - 1).exec()) as
         [[Error | null, number], [Error | null, unknown]]
       if (pushErr !== null || trimErr !== null) throw this.#translate(pushErr ?? trimErr)
       return length
@@ -260,7 +262,7 @@ export class RedisEngine implements Engine {
     listRange: async (key, start, stop) => await this.#call(() => this.#commands.lrange(key, start, stop)),
     listRemove: async (key, value) => await this.#call(() => this.#commands.lrem(key, 0, value)),
     listLength: async (key) => await this.#call(() => this.#commands.llen(key)),
-    increment: async (key) => await this.#call(() => this.#commands.incr(key))
+    increment: async (key, by = 1) => await this.#call(() => this.#commands.incrby(key, by))
   }
 
   async #call<T> (command: () => Promise<T>): Promise<T> {
@@ -299,11 +301,19 @@ export class RedisEngine implements Engine {
     this.#watch(conn, 'consumer')
     this.#others.add(conn)
     const { prodconsKey } = this.options
+    // The retry list fills only when a dead instance's messages are put back: looking at it
+    // before every claim would cost a round trip per message, so it is looked at once a
+    // second, and again at once while it keeps yielding.
+    let retryCheckedAt = 0
     return {
       claim: async (timeoutMs) => {
         try {
-          const retried = retryKey === undefined ? null : await conn.lmoveBuffer(retryKey, processingKey, 'LEFT', 'RIGHT')
-          return retried ?? await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
+          if (retryKey !== undefined && Date.now() - retryCheckedAt >= RETRY_CHECK_MS) {
+            const retried = await conn.lmoveBuffer(retryKey, processingKey, 'LEFT', 'RIGHT')
+            if (retried !== null) return retried
+            retryCheckedAt = Date.now()
+          }
+          return await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
         } catch (err) {
           throw this.#translate(err)
         }

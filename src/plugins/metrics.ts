@@ -14,7 +14,6 @@ export interface Metrics {
   sseResumes: Counter<'result'>
   webhookDeliveries: Counter<'outcome'>
   webhookSeconds: Histogram
-  webhookInFlight: Gauge
   deadLettered: Counter<'reason'>
   deadLettersDropped: Counter
   webhookCircuitOpen: Gauge<'webhook'>
@@ -87,7 +86,6 @@ export default fp(async (app) => {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry]
     }),
-    webhookInFlight: new Gauge({ name: 'busgate_webhook_in_flight', help: 'Messages held by this process for delivery', registers: [registry] }),
     deadLettered: new Counter({ name: 'busgate_dead_lettered_total', help: 'Messages moved to the dead-letter list, by reason', labelNames: ['reason'], registers: [registry] }),
     deadLettersDropped: new Counter({
       name: 'busgate_dead_letters_dropped_total',

@@ -21,6 +21,12 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   const registry = new WebhookRegistry(app.engine.store, config.keyPrefix)
   const deadLetters = new DeadLetters(app.engine.store, config.keyPrefix, config.deadLetterMax)
   const { metrics } = app
+  const outcomes = {
+    delivered: metrics.webhookDeliveries.labels({ outcome: 'delivered' }),
+    failed: metrics.webhookDeliveries.labels({ outcome: 'failed' }),
+    gone: metrics.webhookDeliveries.labels({ outcome: 'gone' }),
+    throttled: metrics.webhookDeliveries.labels({ outcome: 'throttled' })
+  }
   const dispatcher = new WebhookDispatcher(app.engine, registry, deadLetters, {
     keyPrefix: config.keyPrefix,
     concurrency: config.webhookConcurrency,
@@ -35,10 +41,9 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     allowPrivate: config.webhookAllowPrivate
   }, {
     delivery: (outcome, seconds) => {
-      metrics.webhookDeliveries.inc({ outcome })
+      outcomes[outcome].inc()
       metrics.webhookSeconds.observe(seconds)
     },
-    inFlight: (delta) => metrics.webhookInFlight.inc(delta),
     deadLettered: (reason, dropped) => {
       metrics.deadLettered.inc({ reason })
       if (dropped) metrics.deadLettersDropped.inc()
@@ -48,6 +53,12 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   app.decorate('webhooks', registry)
   app.decorate('deadLetters', deadLetters)
   app.decorate('dispatcher', dispatcher)
+  new Gauge({ // eslint-disable-line no-new
+    name: 'busgate_webhook_in_flight',
+    help: 'Messages held by this process for delivery',
+    registers: [metrics.registry],
+    collect () { this.set(dispatcher.inFlight) }
+  })
   new Gauge({ // eslint-disable-line no-new
     name: 'busgate_dead_letters',
     help: 'Messages in the dead-letter list (NaN while the bus is unreachable)',

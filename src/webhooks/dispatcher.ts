@@ -11,6 +11,10 @@ import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './regis
 import { signatureHeader } from './signing.js'
 import { guardedLookup, isPrivateAddress } from './ssrf.js'
 
+const RR_BLOCK = 64
+const ATTEMPT_LOG_MAX = 100
+const ATTEMPT_FLUSH_MS = 250
+
 /** Marks a processing-list value that is an envelope (a message with its retry state), not a bare message. */
 export const ENVELOPE_PREFIX = 'busgate-envelope:v1:'
 
@@ -30,7 +34,6 @@ export interface DispatcherOptions {
 
 export interface DispatcherMetrics {
   delivery: (outcome: 'delivered' | 'failed' | 'gone' | 'throttled', seconds: number) => void
-  inFlight: (delta: number) => void
   deadLettered: (reason: DeadLetter['reason'], dropped: boolean) => void
   circuit: (webhookId: string, open: boolean) => void
 }
@@ -66,6 +69,8 @@ interface Attempt {
 export class WebhookDispatcher {
   readonly instance = randomBytes(6).toString('hex')
   #stopping = false
+  /** messages held for delivery right now */
+  inFlight = 0
   readonly #stop = new AbortController()
   readonly #loops: Array<Promise<void>> = []
   readonly #consumers: Consumer[] = []
@@ -73,9 +78,18 @@ export class WebhookDispatcher {
   #webhooks: StoredWebhook[] = []
   #webhooksAt = 0
   readonly #matchers = new Map<string, (name: string) => boolean>()
+  /** parsed URLs, and whether each is a private IP literal, by URL string */
+  readonly #targets = new Map<string, { url: URL, privateLiteral: boolean }>()
   readonly #circuits = new Map<string, Circuit>()
   #sequence = 0
+  /** positions of the shared round-robin sequence reserved by this instance, not yet used */
+  #rrNext = 0
+  #rrEnd = 0
+  #rrRefill: Promise<void> | undefined
   readonly #agent: Agent
+  /** attempt-log lines waiting to be written, by webhook: one write per webhook per flush */
+  #attempts = new Map<string, string[]>()
+  readonly #acks = new Set<Promise<void>>()
 
   constructor (
     private readonly engine: Engine,
@@ -90,7 +104,7 @@ export class WebhookDispatcher {
     this.#agent = new Agent({
       keepAliveTimeout: 30_000,
       connections: Math.max(4, options.concurrency),
-      ...(options.allowPrivate ? {} : { connect: { lookup: guardedLookup } })
+      connect: { timeout: options.timeoutMs, ...(options.allowPrivate ? {} : { lookup: guardedLookup }) }
     })
   }
 
@@ -112,9 +126,9 @@ export class WebhookDispatcher {
     await this.#reclaimOrphans().catch(() => undefined)
     const beat = setInterval(() => { this.#heartbeat().catch(() => undefined) }, Math.max(100, Math.floor(this.options.instanceTtlMs / 3)))
     const sweep = setInterval(() => { this.#reclaimOrphans().catch(() => undefined) }, Math.max(200, Math.floor(this.options.instanceTtlMs / 2)))
-    beat.unref()
-    sweep.unref()
-    this.#timers = [beat, sweep]
+    const log = setInterval(() => { this.#flushAttempts().catch(() => undefined) }, ATTEMPT_FLUSH_MS)
+    for (const timer of [beat, sweep, log]) timer.unref()
+    this.#timers = [beat, sweep, log]
     for (let n = 0; n < this.options.concurrency; n++) {
       const consumer = this.engine.consumer(this.#processingKey(n), this.#retryKey)
       this.#consumers.push(consumer)
@@ -129,11 +143,21 @@ export class WebhookDispatcher {
     this.#stop.abort()
     for (const timer of this.#timers) clearInterval(timer)
     await Promise.all(this.#loops)
+    await Promise.all(this.#acks)
     await Promise.all(this.#consumers.map((c) => c.close()))
     for (let n = 0; n < this.options.concurrency; n++) {
       await this.engine.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
     }
+    await this.#flushAttempts().catch(() => undefined)
     await this.#agent.close()
+  }
+
+  async #flushAttempts (): Promise<void> {
+    const pending = this.#attempts
+    this.#attempts = new Map()
+    await Promise.all([...pending].map(async ([webhookId, lines]) => {
+      await this.engine.store.listPushCapped(`${this.options.keyPrefix}attempts:${webhookId}`, lines, ATTEMPT_LOG_MAX)
+    }))
   }
 
   async #heartbeat (): Promise<void> {
@@ -185,11 +209,11 @@ export class WebhookDispatcher {
         }
         const claimed = await consumer.claim(1000)
         if (claimed === null || this.#stopping) continue
-        this.metrics.inFlight(1)
+        this.inFlight++
         try {
           await this.#handle(consumer, claimed)
         } finally {
-          this.metrics.inFlight(-1)
+          this.inFlight--
         }
       } catch (err) {
         if (this.#stopping) return
@@ -227,14 +251,13 @@ export class WebhookDispatcher {
       const now = Date.now()
       const candidates = all.filter((w) => this.#allows(w.id, now))
       if (candidates.length > 0) {
-        // Round-robin across every instance: one shared counter picks where each message starts.
-        const start = (await this.engine.store.increment(`${this.options.keyPrefix}rr`)) % candidates.length
+        const start = (await this.#position()) % candidates.length
         for (let k = 0; k < candidates.length && !this.#stopping; k++) {
           const webhook = candidates[(start + k) % candidates.length] as StoredWebhook
           envelope.attempts++
           const result = await this.#deliver(webhook, envelope.id, body, event)
           if (result.ok) {
-            await consumer.ack(current)
+            this.#ack(consumer, current)
             return
           }
           lastError = `${webhook.id}: ${result.error ?? `HTTP ${result.status ?? '?'}`}`
@@ -254,14 +277,45 @@ export class WebhookDispatcher {
     }
   }
 
+  /**
+   * Acknowledges without waiting: the loop goes on to the next message while the LREM travels
+   * (a round trip saved per message). An ack that fails is retried until it lands; a crash
+   * before it lands means one redelivery, never a loss.
+   */
+  #ack (consumer: Consumer, value: Buffer): void {
+    const pending = consumer.ack(value).catch(async () => {
+      while (!this.#stopping) {
+        await this.#pause(1000)
+        if (await consumer.ack(value).then(() => true, () => false)) return
+      }
+    }).finally(() => this.#acks.delete(pending))
+    this.#acks.add(pending)
+  }
+
+  /**
+   * The next position in the round-robin sequence all instances share. Positions are reserved
+   * in blocks, so choosing a webhook costs no round trip; each block is used in order, so every
+   * instance still spreads its messages evenly, and so do all of them together.
+   */
+  async #position (): Promise<number> {
+    while (this.#rrNext >= this.#rrEnd) {
+      this.#rrRefill ??= this.engine.store.increment(`${this.options.keyPrefix}rr`, RR_BLOCK).then((end) => {
+        this.#rrNext = end - RR_BLOCK
+        this.#rrEnd = end
+      }).finally(() => { this.#rrRefill = undefined })
+      await this.#rrRefill
+    }
+    return this.#rrNext++
+  }
+
   async #deliver (webhook: StoredWebhook, id: string, body: string, event: BusEvent): Promise<Attempt> {
     const started = performance.now()
     const timestamp = Math.floor(Date.now() / 1000)
     let attempt: Attempt
     try {
-      const url = new URL(webhook.url)
-      const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
-      if (!this.options.allowPrivate && isIP(host) !== 0 && isPrivateAddress(host)) throw new Error(`${host} is a private address; refused`)
+      const { url, privateLiteral } = this.#target(webhook.url)
+      // An IP literal never goes through the connect-time lookup: checked here instead.
+      if (!this.options.allowPrivate && privateLiteral) throw new Error(`${url.hostname} is a private address; refused`)
       const res = await request(url, {
         method: 'POST',
         dispatcher: this.#agent,
@@ -275,7 +329,6 @@ export class WebhookDispatcher {
         body,
         headersTimeout: this.options.timeoutMs,
         bodyTimeout: this.options.timeoutMs,
-        signal: AbortSignal.timeout(this.options.timeoutMs)
       })
       await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined)
       const ok = res.statusCode >= 200 && res.statusCode < 300
@@ -285,16 +338,31 @@ export class WebhookDispatcher {
     }
     const seconds = (performance.now() - started) / 1000
     this.#after(webhook, attempt, seconds)
-    // Not awaited: the log is for people; a delivery does not wait on it.
-    this.engine.store.listPushCapped(`${this.options.keyPrefix}attempts:${webhook.id}`, JSON.stringify({
+    // The log is for people: written in batches, a delivery never waits on it.
+    const lines = this.#attempts.get(webhook.id) ?? []
+    this.#attempts.set(webhook.id, lines)
+    lines.push(JSON.stringify({
       at: new Date().toISOString(),
       message_id: id,
       event_name: event.event_name,
       status: attempt.status,
       latency_ms: Math.round(seconds * 10_000) / 10,
       error: attempt.error
-    }), 100).catch(() => undefined)
+    }))
+    if (lines.length > ATTEMPT_LOG_MAX) lines.splice(0, lines.length - ATTEMPT_LOG_MAX)
     return attempt
+  }
+
+  #target (raw: string): { url: URL, privateLiteral: boolean } {
+    let target = this.#targets.get(raw)
+    if (target === undefined) {
+      const url = new URL(raw)
+      const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
+      target = { url, privateLiteral: isIP(host) !== 0 && isPrivateAddress(host) }
+      if (this.#targets.size > 1000) this.#targets.clear()
+      this.#targets.set(raw, target)
+    }
+    return target
   }
 
   /** The circuit breaker, 410 and Retry-After: what one answer means for the next ones. */
