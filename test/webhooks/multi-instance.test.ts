@@ -71,7 +71,9 @@ t.test('two instances on one Redis: every message delivered, spread round-robin;
   await until(() => seqs().size >= total, 30_000)
   t.equal(seqs().size, total, 'every message delivered at least once')
   const duplicates = all().length - seqs().size
-  t.ok(duplicates <= 4, `duplicates only where the crash forced them (${duplicates}, at most the killed instance's 4 in flight)`)
+  // Each of the killed instance's 4 loops can hold one message being delivered and one
+  // delivered whose ack was still on its way: at most 8 are sent again.
+  t.ok(duplicates <= 8, `duplicates only where the crash forced them (${duplicates}, at most 2 per loop of the killed instance)`)
   t.ok(one.received.length > total * 0.3 && two.received.length > total * 0.3, `spread: ${one.received.length} / ${two.received.length}`)
   t.equal(await redis.client.llen('events.prodcons'), 0, 'the list is empty')
   await until(() => false, 500)
