@@ -117,7 +117,7 @@ export const SETTINGS = [
   setting('webhookSecretOverlapMs', 'BUSGATE_WEBHOOK_SECRET_OVERLAP_MS', '86400000',
     'after a secret rotation, how long deliveries are also signed with the previous secret', (raw) => integer(raw, 0, 30 * 86_400_000)),
   setting('sseMaxClients', 'BUSGATE_SSE_MAX_CLIENTS', '20000', 'most open streams per process; past it a new stream gets 503', (raw) => integer(raw, 1, 1_000_000)),
-  setting('webhookConcurrency', 'BUSGATE_WEBHOOK_CONCURRENCY', '8', 'deliveries in progress at once per process (each holds one message)', (raw) => integer(raw, 1, 256)),
+  setting('webhookConcurrency', 'BUSGATE_WEBHOOK_CONCURRENCY', '8', 'delivery loops per process: each delivers one message at a time and holds at most 8 claimed', (raw) => integer(raw, 1, 256)),
   setting('webhookTimeoutMs', 'BUSGATE_WEBHOOK_TIMEOUT_MS', '10000', 'how long a receiver may take to answer one delivery', (raw) => integer(raw, 100, 600_000)),
   setting('webhookMaxAttempts', 'BUSGATE_WEBHOOK_MAX_ATTEMPTS', '12', 'deliveries tried for one message, over all webhooks, before it is dead-lettered', (raw) => integer(raw, 1, 1000)),
   setting('webhookMaxAgeMs', 'BUSGATE_WEBHOOK_MAX_AGE_MS', '86400000', 'how long a message may be retried before it is dead-lettered', (raw) => integer(raw, 1000, 30 * 86_400_000)),

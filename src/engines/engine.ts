@@ -22,18 +22,32 @@ export interface SubscriptionHandlers {
   gap?: () => void
 }
 
+export interface ClaimOptions {
+  max?: number
+  sharers?: number
+  done?: readonly Buffer[]
+}
+
 /**
  * One consumer of the consumer list, with its own processing list: a claimed message stays
  * there until acknowledged, so a crash of its holder loses nothing.
  */
 export interface Consumer {
   /**
-   * Moves a message to the processing list: first one put back for retry (see `reclaim`),
-   * else the oldest queued one; null when none came within timeoutMs.
+   * Moves messages to the processing list: first ones put back for retry (see `reclaim`), else
+   * the oldest queued ones; waits up to timeoutMs for one when none is there, and returns none
+   * when none came. Takes up to `max` (default 1), but no more than a fair share of what is
+   * queued (`sharers` taking from it), so one taker does not hold what idle ones could deliver.
+   * `done`, messages this consumer finished with, are acknowledged first, in the same round trip.
    */
-  claim (timeoutMs: number): Promise<Buffer | null>
-  /** Removes one claimed message from the processing list. */
-  ack (frame: Buffer): Promise<void>
+  claim (timeoutMs: number, options?: ClaimOptions): Promise<Buffer[]>
+  /** Removes claimed messages from the processing list. */
+  ack (...frames: Buffer[]): Promise<void>
+  /**
+   * Hands claimed messages back untouched, in their order, ahead of everything queued: values
+   * starting with `envelopePrefix` to the retry list, the others to the consumer list.
+   */
+  release (frames: readonly Buffer[], envelopePrefix: string): Promise<void>
   /** Swaps a claimed message for another value (its envelope, with retry state) in the processing list. */
   replace (frame: Buffer, next: Buffer): Promise<void>
   /** How many claimed messages wait in the processing list. */

@@ -162,17 +162,22 @@ export class MemoryEngine implements Engine {
 
   async reclaim (processingKey: string, retryKey: string, envelopePrefix: string): Promise<number> {
     const processing = this.#processing.get(processingKey) ?? []
-    const retry = this.#retryList(retryKey)
     const moved = processing.splice(0)
+    this.#putBack(moved, envelopePrefix, this.#retryList(retryKey))
+    return moved.length
+  }
+
+  /** Back ahead of everything queued, in their order: envelopes to the retry list, the rest to the queue. */
+  #putBack (values: readonly Buffer[], envelopePrefix: string, retry: Buffer[]): void {
     const prefix = Buffer.from(envelopePrefix)
-    const back = moved.filter((v) => !v.subarray(0, prefix.length).equals(prefix))
-    retry.unshift(...moved.filter((v) => v.subarray(0, prefix.length).equals(prefix)))
+    const isEnvelope = (v: Buffer): boolean => v.subarray(0, prefix.length).equals(prefix)
+    retry.unshift(...values.filter(isEnvelope))
+    const back = values.filter((v) => !isEnvelope(v))
     for (let i = back.length - 1; i >= 0; i--) {
       this.#queue.unshiftOne(back[i] as Buffer)
       this.#queuedBytes += (back[i] as Buffer).byteLength
     }
     this.#serveWaiters()
-    return moved.length
   }
 
   #retryList (key: string): Buffer[] {
@@ -184,36 +189,42 @@ export class MemoryEngine implements Engine {
   consumer (processingKey: string, retryKey?: string): Consumer {
     const processing = this.#processing.get(processingKey) ?? []
     this.#processing.set(processingKey, processing)
+    const remove = (frame: Buffer): void => {
+      const i = processing.findIndex((f) => f.equals(frame))
+      if (i >= 0) processing.splice(i, 1)
+    }
     return {
-      claim: async (timeoutMs) => {
+      claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
         this.#assertOpen()
-        const retried = retryKey === undefined ? undefined : this.#retryList(retryKey).shift()
-        if (retried !== undefined) {
-          processing.push(retried)
-          return retried
+        for (const frame of done) remove(frame)
+        const retry = retryKey === undefined ? [] : this.#retryList(retryKey)
+        let taken = retry.splice(0, max)
+        if (taken.length === 0 && max > 0) {
+          taken = []
+          const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
+          for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
         }
+        processing.push(...taken)
         // produce() hands messages to blocked consumers at once, so a queued message means none waits.
-        const frame = this.#take()
-        if (frame !== undefined) {
-          processing.push(frame)
-          return frame
-        }
-        return await new Promise<Buffer | null>((resolve) => {
+        if (taken.length > 0 || max === 0) return taken
+        return await new Promise<Buffer[]>((resolve) => {
           const waiter: Waiter = {
             processing,
-            resolve,
+            resolve: (frame) => resolve(frame === null ? [] : [frame]),
             timer: setTimeout(() => {
               this.#waiters.delete(waiter)
-              resolve(null)
+              resolve([])
             }, timeoutMs)
           }
           this.#waiters.add(waiter)
         })
       },
-      ack: async (frame) => {
-        const i = processing.findIndex((f) => f.equals(frame))
-        if (i >= 0) processing.splice(i, 1)
+      release: async (frames, envelopePrefix) => {
+        const held = frames.filter((frame) => processing.some((f) => f.equals(frame)))
+        for (const frame of held) remove(frame)
+        this.#putBack(held, envelopePrefix, retryKey === undefined ? [] : this.#retryList(retryKey))
       },
+      ack: async (...frames) => { for (const frame of frames) remove(frame) },
       replace: async (frame, next) => {
         const i = processing.findIndex((f) => f.equals(frame))
         if (i >= 0) {

@@ -17,8 +17,6 @@ end
 return {s, n}
 `
 
-const RETRY_CHECK_MS = 1000
-
 /** A produce that would take a waiting group past this sends that group first, and starts the next. */
 const GROUP_BYTES = 4 * 1024 * 1024
 
@@ -43,10 +41,51 @@ while true do
 end
 `
 
+// Acknowledges what the caller finished with, then takes up to ARGV[1] messages: put-back
+// ones first, else a fair share (1/ARGV[2], at least one) of what is queued.
+const CLAIM_LUA = `
+for i = 3, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+local max = tonumber(ARGV[1])
+local out = {}
+while #out < max do
+  local v = redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT')
+  if not v then break end
+  out[#out + 1] = v
+end
+if #out == 0 and max > 0 then
+  local n = math.min(max, math.max(1, math.floor(redis.call('LLEN', KEYS[3]) / tonumber(ARGV[2]))))
+  for i = 1, n do
+    local v = redis.call('LMOVE', KEYS[3], KEYS[1], 'LEFT', 'RIGHT')
+    if not v then break end
+    out[#out + 1] = v
+  end
+end
+return out
+`
+
+// Last first, each to the head of its list, so the given values come back in their order.
+const RELEASE_LUA = `
+for i = #ARGV, 2, -1 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    if string.sub(ARGV[i], 1, string.len(ARGV[1])) == ARGV[1] then
+      redis.call('LPUSH', KEYS[2], ARGV[i])
+    else
+      redis.call('LPUSH', KEYS[3], ARGV[i])
+    end
+  end
+end
+return 0
+`
+
 const REPLACE_LUA = `
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[2]) return 1 end
 return 0
 `
+
+interface ConsumerScripts {
+  busgateClaimBuffer: (processing: string, retry: string, prodcons: string, max: number, sharers: number, ...done: Buffer[]) => Promise<Buffer[]>
+  busgateRelease: (processing: string, retry: string, prodcons: string, prefix: string, ...frames: Buffer[]) => Promise<number>
+}
 
 interface ScriptCommands {
   busgateReclaim: (processing: string, retry: string, prodcons: string, prefix: string) => Promise<number>
@@ -300,20 +339,28 @@ export class RedisEngine implements Engine {
     const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
     this.#watch(conn, 'consumer')
     this.#others.add(conn)
+    conn.defineCommand('busgateClaim', { numberOfKeys: 3, lua: CLAIM_LUA })
+    conn.defineCommand('busgateRelease', { numberOfKeys: 3, lua: RELEASE_LUA })
+    const scripts = conn as unknown as ConsumerScripts
     const { prodconsKey } = this.options
-    // The retry list fills only when a dead instance's messages are put back: looking at it
-    // before every claim would cost a round trip per message, so it is looked at once a
-    // second, and again at once while it keeps yielding.
-    let retryCheckedAt = 0
+    // A consumer without a retry list looks at one that nothing fills.
+    const retry = retryKey ?? `${processingKey}:retry`
     return {
-      claim: async (timeoutMs) => {
+      claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
         try {
-          if (retryKey !== undefined && Date.now() - retryCheckedAt >= RETRY_CHECK_MS) {
-            const retried = await conn.lmoveBuffer(retryKey, processingKey, 'LEFT', 'RIGHT')
-            if (retried !== null) return retried
-            retryCheckedAt = Date.now()
-          }
-          return await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
+          // Acks and the non-blocking take in one script; the blocking wait only when it found nothing.
+          const taken = await scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, max, sharers, ...done)
+          if (taken.length > 0) return taken
+          const frame = await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
+          return frame === null ? [] : [frame]
+        } catch (err) {
+          throw this.#translate(err)
+        }
+      },
+      release: async (frames, envelopePrefix) => {
+        if (frames.length === 0) return
+        try {
+          await scripts.busgateRelease(processingKey, retry, prodconsKey, envelopePrefix, ...frames)
         } catch (err) {
           throw this.#translate(err)
         }
@@ -321,9 +368,10 @@ export class RedisEngine implements Engine {
       replace: async (frame, next) => {
         await this.#call(() => this.#scripts.busgateReplace(processingKey, frame, next))
       },
-      ack: async (frame) => {
+      ack: async (...frames) => {
         try {
-          await this.#commands.lrem(processingKey, 1, frame)
+          if (frames.length === 1) await this.#commands.lrem(processingKey, 1, frames[0] as Buffer)
+          else if (frames.length > 1) await scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, 0, 1, ...frames)
         } catch (err) {
           throw this.#translate(err)
         }

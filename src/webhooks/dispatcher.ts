@@ -12,6 +12,8 @@ import { signatureHeader } from './signing.js'
 import { guardedLookup, isPrivateAddress } from './ssrf.js'
 
 const RR_BLOCK = 64
+/** most messages one delivery loop claims at a time */
+export const CLAIM_MAX = 8
 const ATTEMPT_LOG_MAX = 100
 const ATTEMPT_FLUSH_MS = 250
 
@@ -38,10 +40,15 @@ export interface DispatcherMetrics {
   circuit: (webhookId: string, open: boolean) => void
 }
 
+/** A message's retry state: its id for receivers, when it was first taken, attempts so far. */
 interface Envelope {
   id: string
   first_seen: number
   attempts: number
+}
+
+/** An envelope as kept in a processing list: the state and the message frame, base64. */
+interface StoredEnvelope extends Envelope {
   frame: string
 }
 
@@ -89,7 +96,6 @@ export class WebhookDispatcher {
   readonly #agent: Agent
   /** attempt-log lines waiting to be written, by webhook: one write per webhook per flush */
   #attempts = new Map<string, string[]>()
-  readonly #acks = new Set<Promise<void>>()
 
   constructor (
     private readonly engine: Engine,
@@ -143,7 +149,6 @@ export class WebhookDispatcher {
     this.#stop.abort()
     for (const timer of this.#timers) clearInterval(timer)
     await Promise.all(this.#loops)
-    await Promise.all(this.#acks)
     await Promise.all(this.#consumers.map((c) => c.close()))
     for (let n = 0; n < this.options.concurrency; n++) {
       await this.engine.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
@@ -200,44 +205,68 @@ export class WebhookDispatcher {
     return matcher(eventName)
   }
 
+  /**
+   * One delivery loop. While the list is long it claims several messages at a time (its fair
+   * share, up to CLAIM_MAX) and acknowledges those it finished with in the same round trip as
+   * the next claim: two Redis commands per message would cost more than the delivery itself.
+   * Claimed messages wait in this instance's processing list, so a crash loses none of them; it
+   * means a redelivery of those done but not yet acknowledged.
+   */
   async #loop (consumer: Consumer): Promise<void> {
+    let done: Buffer[] = []
+    let batch: Buffer[] = []
+    // A message that has to wait for a retry must not hold up the ones claimed with it.
+    const releaseRest = async (): Promise<void> => {
+      const rest = batch
+      batch = []
+      await consumer.release(rest, ENVELOPE_PREFIX)
+    }
     while (!this.#stopping) {
       try {
         if ((await this.#available()).length === 0) {
+          await releaseRest()
+          await consumer.ack(...done)
+          done = []
           await this.#pause(500)
           continue
         }
-        const claimed = await consumer.claim(1000)
-        if (claimed === null || this.#stopping) continue
+        if (batch.length === 0) {
+          batch = await consumer.claim(1000, { max: CLAIM_MAX, sharers: this.options.concurrency, done })
+          done = []
+          continue
+        }
+        const claimed = batch.shift() as Buffer
         this.inFlight++
         try {
-          await this.#handle(consumer, claimed)
+          const handled = await this.#handle(claimed, consumer, releaseRest)
+          if (handled !== undefined) done.push(handled)
         } finally {
           this.inFlight--
         }
       } catch (err) {
-        if (this.#stopping) return
+        if (this.#stopping) break
         this.log.warn({ err: { message: (err as Error).message } }, 'webhook dispatch loop: retrying in a second')
         await this.#pause(1000)
       }
     }
+    // What was claimed but not started stays in the processing list, which stop() hands back.
+    await consumer.ack(...done).catch(() => undefined)
   }
 
   async #pause (ms: number): Promise<void> {
     await sleep(ms, undefined, { signal: this.#stop.signal }).catch(() => undefined)
   }
 
-  async #handle (consumer: Consumer, claimed: Buffer): Promise<void> {
-    const envelope = this.#open(claimed)
+  /** Delivers or dead-letters one message; returns what to acknowledge (undefined when stopping). */
+  async #handle (claimed: Buffer, consumer: Consumer, beforeRetry: () => Promise<void>): Promise<Buffer | undefined> {
+    const { envelope, frame } = this.#open(claimed)
     let current = claimed
-    const frame = Buffer.from(envelope.frame, 'base64')
     let event: BusEvent
     try {
       event = decodeEvent(frame)
     } catch (err) {
       const reason = err instanceof CodecError ? err.message : 'undecodable'
-      await this.#bury(consumer, current, envelope, 'malformed', reason, undefined)
-      return
+      return await this.#bury(current, envelope, frame, 'malformed', reason, undefined)
     }
     const body = JSON.stringify(toJsonEvent(event))
     let round = 0
@@ -245,8 +274,7 @@ export class WebhookDispatcher {
     while (!this.#stopping) {
       const all = this.#webhooks.filter((w) => w.enabled && this.#matches(w, event.event_name))
       if (all.length === 0) {
-        await this.#bury(consumer, current, envelope, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
-        return
+        return await this.#bury(current, envelope, frame, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
       }
       const now = Date.now()
       const candidates = all.filter((w) => this.#allows(w.id, now))
@@ -256,40 +284,22 @@ export class WebhookDispatcher {
           const webhook = candidates[(start + k) % candidates.length] as StoredWebhook
           envelope.attempts++
           const result = await this.#deliver(webhook, envelope.id, body, event)
-          if (result.ok) {
-            this.#ack(consumer, current)
-            return
-          }
+          if (result.ok) return current
           lastError = `${webhook.id}: ${result.error ?? `HTTP ${result.status ?? '?'}`}`
         }
       }
       if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {
-        await this.#bury(consumer, current, envelope, 'delivery_failed', lastError || 'no webhook was available', event)
-        return
+        return await this.#bury(current, envelope, frame, 'delivery_failed', lastError || 'no webhook was available', event)
       }
+      if (round === 0) await beforeRetry()
       // Keep the retry state with the message, so a crash now loses neither it nor its id.
-      const next = this.#seal(envelope)
+      const next = this.#seal(envelope, frame)
       await consumer.replace(current, next)
       current = next
       const backoff = Math.min(this.options.backoffMaxMs, this.options.backoffMs * 2 ** round++)
       await this.#pause(backoff / 2 + Math.random() * backoff / 2)
       await this.#available()
     }
-  }
-
-  /**
-   * Acknowledges without waiting: the loop goes on to the next message while the LREM travels
-   * (a round trip saved per message). An ack that fails is retried until it lands; a crash
-   * before it lands means one redelivery, never a loss.
-   */
-  #ack (consumer: Consumer, value: Buffer): void {
-    const pending = consumer.ack(value).catch(async () => {
-      while (!this.#stopping) {
-        await this.#pause(1000)
-        if (await consumer.ack(value).then(() => true, () => false)) return
-      }
-    }).finally(() => this.#acks.delete(pending))
-    this.#acks.add(pending)
   }
 
   /**
@@ -399,33 +409,37 @@ export class WebhookDispatcher {
     }
   }
 
-  async #bury (consumer: Consumer, current: Buffer, envelope: Envelope, reason: DeadLetter['reason'], error: string,
-    event: BusEvent | undefined): Promise<void> {
+  /** Moves a message to the dead letters; returns it, to be acknowledged. */
+  async #bury (current: Buffer, envelope: Envelope, frame: Buffer, reason: DeadLetter['reason'], error: string,
+    event: BusEvent | undefined): Promise<Buffer> {
     const kept = await this.deadLetters.add({
       message_id: envelope.id,
       reason,
       error,
       event_name: event?.event_name ?? null,
       agent_id: event?.agent_id ?? null,
-      frame: envelope.frame,
+      frame: frame.toString('base64'),
       attempts: envelope.attempts,
       first_seen: new Date(envelope.first_seen).toISOString()
     })
     this.metrics.deadLettered(reason, !kept)
     if (!kept) this.log.warn('the dead-letter list is full: its oldest letter was dropped')
-    await consumer.ack(current)
+    return current
   }
 
-  #open (claimed: Buffer): Envelope {
+  /** The retry state of a claimed value, and the message frame it carries. */
+  #open (claimed: Buffer): { envelope: Envelope, frame: Buffer } {
     if (claimed.subarray(0, ENVELOPE_PREFIX.length).toString('latin1') === ENVELOPE_PREFIX) {
-      return JSON.parse(claimed.subarray(ENVELOPE_PREFIX.length).toString('utf8')) as Envelope
+      const { frame, ...envelope } = JSON.parse(claimed.subarray(ENVELOPE_PREFIX.length).toString('utf8')) as StoredEnvelope
+      return { envelope, frame: Buffer.from(frame, 'base64') }
     }
     // Stable across every retry of this message: kept in its envelope once the first round fails.
-    return { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, frame: claimed.toString('base64') }
+    return { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0 }, frame: claimed }
   }
 
-  #seal (envelope: Envelope): Buffer {
-    return Buffer.from(ENVELOPE_PREFIX + JSON.stringify(envelope))
+  #seal (envelope: Envelope, frame: Buffer): Buffer {
+    const stored: StoredEnvelope = { ...envelope, frame: frame.toString('base64') }
+    return Buffer.from(ENVELOPE_PREFIX + JSON.stringify(stored))
   }
 }
 

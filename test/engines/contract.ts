@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Test } from 'tap'
 import type { Engine } from '../../src/engines/engine.js'
 import { isUnavailable } from '../../src/errors.js'
+import { claimOne } from '../helpers/bus.js'
 
 /** Builds a fresh engine on its own channel and list names; the suite closes it. */
 export type EngineFactory = (names: { pubsubChannel: string, prodconsKey: string }) => Promise<Engine>
@@ -39,7 +40,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await engine.queueLength(), 1)
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
-    t.equal(String(await consumer.claim(1000)), 'one')
+    t.equal(String(await claimOne(consumer, 1000)), 'one')
     t.equal(await engine.queueLength(), 0)
   })
 
@@ -51,7 +52,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.same((await sub.until(1))[0], raw)
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
-    t.same(await consumer.claim(1000), raw)
+    t.same(await claimOne(consumer, 1000), raw)
   })
 
   t.test('a batch keeps its order on both keys', async (t) => {
@@ -64,7 +65,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
     const claimed: string[] = []
-    for (let i = 0; i < 50; i++) claimed.push(String(await consumer.claim(1000)))
+    for (let i = 0; i < 50; i++) claimed.push(String(await claimOne(consumer, 1000)))
     t.same(claimed, frames.map(String))
   })
 
@@ -78,7 +79,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
     const claimed: string[] = []
-    for (let i = 0; i < 200; i++) claimed.push(String(await consumer.claim(1000)))
+    for (let i = 0; i < 200; i++) claimed.push(String(await claimOne(consumer, 1000)))
     t.same(claimed, byLength)
   })
 
@@ -87,9 +88,9 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
     const started = Date.now()
-    t.equal(await consumer.claim(200), null)
+    t.equal(await claimOne(consumer, 200), null)
     t.ok(Date.now() - started >= 150, 'waited about the timeout')
-    const pending = consumer.claim(5000)
+    const pending = claimOne(consumer, 5000)
     await sleep(100)
     await engine.produce([frame('late')])
     t.equal(String(await pending), 'late')
@@ -100,9 +101,9 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const a = engine.consumer(`test.processing.a.${randomUUID()}`)
     const b = engine.consumer(`test.processing.b.${randomUUID()}`)
     t.teardown(async () => { await a.close(); await b.close() })
-    const first = a.claim(5000)
+    const first = claimOne(a, 5000)
     await sleep(100)
-    const second = b.claim(5000)
+    const second = claimOne(b, 5000)
     await sleep(100)
     await engine.produce([frame('x')])
     await engine.produce([frame('y')])
@@ -116,8 +117,8 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
     await engine.produce([frame('a'), frame('b')])
-    const a = await consumer.claim(1000)
-    const b = await consumer.claim(1000)
+    const a = await claimOne(consumer, 1000)
+    const b = await claimOne(consumer, 1000)
     t.equal(await consumer.pending(), 2)
     await consumer.ack(a as Buffer)
     t.equal(await consumer.pending(), 1)
@@ -130,8 +131,8 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const engine = await fresh(t)
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
     t.teardown(() => consumer.close())
-    await Promise.all(Array.from({ length: 20 }, () => consumer.claim(20)))
-    const live = consumer.claim(2000)
+    await Promise.all(Array.from({ length: 20 }, () => claimOne(consumer, 20)))
+    const live = claimOne(consumer, 2000)
     await sleep(50)
     await engine.produce([frame('for the live one')])
     t.equal(String(await live), 'for the live one')
@@ -196,8 +197,8 @@ export function engineContract (t: Test, make: EngineFactory): void {
     await engine.produce([frame('a'), frame('b'), frame('c')])
     const dead = engine.consumer(processing, retry)
     t.teardown(() => dead.close())
-    const a = await dead.claim(1000) as Buffer
-    const b = await dead.claim(1000) as Buffer
+    const a = await claimOne(dead, 1000) as Buffer
+    const b = await claimOne(dead, 1000) as Buffer
     await dead.replace(b, frame('ENV:b'))
     t.equal(await dead.pending(), 2)
     t.equal(await engine.reclaim(processing, retry, 'ENV:'), 2)
@@ -206,10 +207,50 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const next = engine.consumer(`test.processing.next.${id}`, retry)
     t.teardown(() => next.close())
     const order: string[] = []
-    for (let i = 0; i < 3; i++) order.push(String(await next.claim(1000)))
+    for (let i = 0; i < 3; i++) order.push(String(await claimOne(next, 1000)))
     t.same(order, ['ENV:b', 'a', 'c'], 'retries first, then the list in its order')
     t.equal(String(a), 'a')
     t.equal(await engine.reclaim(`test.processing.none.${id}`, retry, 'ENV:'), 0)
+  })
+
+  t.test('a claim takes a fair share of a long list, and acknowledges what it is given as done', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    const consumer = engine.consumer(`test.processing.${id}`, `test.retry.${id}`)
+    t.teardown(() => consumer.close())
+    await engine.produce(Array.from({ length: 40 }, (_, i) => frame(`m${i}`)))
+    const first = await consumer.claim(1000, { max: 16, sharers: 4 })
+    t.same(first.map(String), Array.from({ length: 10 }, (_, i) => `m${i}`), 'a quarter of 40, in order')
+    const second = await consumer.claim(1000, { max: 16, sharers: 4, done: first })
+    t.same(second.map(String), Array.from({ length: 7 }, (_, i) => `m${i + 10}`), 'a quarter of the 30 left')
+    t.equal(await consumer.pending(), 7, 'the first ten were acknowledged with the second claim')
+    const capped = await consumer.claim(1000, { max: 3, sharers: 1, done: second })
+    t.same(capped.map(String), ['m17', 'm18', 'm19'], 'never more than max')
+    await consumer.ack(...capped)
+    t.equal(await consumer.pending(), 0)
+    await engine.produce([frame('last')])
+    t.same((await consumer.claim(1000, { max: 16, sharers: 100 })).map(String), ['m20'], 'at least one, however many share')
+  })
+
+  t.test('released messages go back ahead of the list in their order, envelopes to the retry list', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    const retry = `test.retry.${id}`
+    const consumer = engine.consumer(`test.processing.${id}`, retry)
+    t.teardown(() => consumer.close())
+    await engine.produce([frame('a'), frame('b'), frame('c'), frame('d')])
+    const [a, b, c] = await consumer.claim(1000, { max: 3 }) as [Buffer, Buffer, Buffer]
+    await consumer.replace(c, frame('ENV:c'))
+    await consumer.release([b, frame('ENV:c'), frame('never claimed')], 'ENV:')
+    t.equal(await consumer.pending(), 1, 'only a is still held')
+    t.equal(await engine.queueLength(), 2, 'b is back ahead of d; nothing unclaimed was added')
+    const other = engine.consumer(`test.processing.other.${id}`, retry)
+    t.teardown(() => other.close())
+    const order: string[] = []
+    for (let i = 0; i < 3; i++) order.push(String(await claimOne(other, 1000)))
+    t.same(order, ['ENV:c', 'b', 'd'])
+    await consumer.ack(a)
+    t.equal(await consumer.pending(), 0)
   })
 
   t.test('the store: expiring keys and key listing', async (t) => {

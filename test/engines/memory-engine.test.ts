@@ -1,6 +1,7 @@
 import t from 'tap'
 import { MemoryEngine } from '../../src/engines/memory-engine.js'
 import { engineContract } from './contract.js'
+import { claimOne } from '../helpers/bus.js'
 
 const options = { redis: undefined, redisTimeoutMs: 1000, memoryQueueMax: 100_000, memoryQueueMaxBytes: 2 ** 30 }
 
@@ -26,7 +27,7 @@ t.test('the queue is bounded in bytes too', async (t) => {
   await engine.produce([Buffer.alloc(1000)])
   await t.rejects(engine.produce([Buffer.alloc(100)]), { code: 'BUSGATE_QUEUE_FULL', message: /1024 bytes/ })
   const consumer = engine.consumer('proc')
-  await consumer.claim(10)
+  await claimOne(consumer, 10)
   await t.resolves(engine.produce([Buffer.alloc(1000)]), 'room again once consumed')
 })
 
@@ -37,5 +38,5 @@ t.test('the caller may reuse its buffer after produce', async (t) => {
   await engine.produce([buf])
   buf.fill(0)
   const consumer = engine.consumer('proc')
-  t.equal(String(await consumer.claim(10)), 'abc')
+  t.equal(String(await claimOne(consumer, 10)), 'abc')
 })

@@ -6,6 +6,7 @@ import { RedisEngine } from '../../src/engines/redis-engine.js'
 import { isUnavailable } from '../../src/errors.js'
 import { startRedis } from '../helpers/redis.js'
 import { engineContract } from './contract.js'
+import { claimOne } from '../helpers/bus.js'
 import { silentLogger } from '../helpers/logger.js'
 
 const server = await startRedis(t)
@@ -108,7 +109,7 @@ t.test('claim keeps the message in the processing list until ack', async (t) => 
   const consumer = engine.consumer(processing)
   t.teardown(() => consumer.close())
   await engine.produce([Buffer.from('held')])
-  const claimed = await consumer.claim(1000)
+  const claimed = await claimOne(consumer, 1000)
   t.same(await server.client.lrange(processing, 0, -1), ['held'])
   await consumer.ack(claimed as Buffer)
   t.same(await server.client.lrange(processing, 0, -1), [])

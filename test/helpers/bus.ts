@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
+import type { Consumer } from '../../src/engines/engine.js'
 import type { RedisServer } from './redis.js'
 
 export interface BusNames {
@@ -34,4 +35,9 @@ export async function watchBus (redis: RedisServer, names: BusNames, db = 0): Pr
       return published
     }
   }
+}
+
+/** One message claimed the way most tests want it: the message, or null when none came in time. */
+export async function claimOne (consumer: Consumer, timeoutMs: number): Promise<Buffer | null> {
+  return (await consumer.claim(timeoutMs))[0] ?? null
 }
