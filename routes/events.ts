@@ -6,6 +6,7 @@ import { Ref } from '../schemas/common.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
 import { Type } from '@sinclair/typebox'
 import { makeFilter } from '../src/sse-hub.js'
+import { streamHead } from '../src/sse-response.js'
 import { EventInput, ProduceAccepted, STREAM_DESCRIPTION, StreamQuery, WireEvent, eventBatch } from '../schemas/event.js'
 
 export const MSGPACK = 'application/msgpack'
@@ -72,6 +73,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
       }
       const raw = wireBytes.get(body)
       const frame = raw ?? encodeInput(body, config.agentId, 'body/')
+      await app.tasks.recordProduced([body])
       const result = await app.engine.produce([frame])
       const counter = raw === undefined ? produced.json : produced.msgpack
       counter.inc()
@@ -92,6 +94,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
   }, async (request, reply) => {
     const inputs = request.body as EventInput[]
     const frames = inputs.map((input, i) => encodeInput(input, config.agentId, `body/${i}/`))
+    await app.tasks.recordProduced(inputs)
     const result = await app.engine.produce(frames)
     produced.batch.inc(frames.length)
     return reply.code(202).send({ accepted: frames.length, subscribers: result.subscribers, queue_length: result.queueLength })
@@ -118,17 +121,9 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     if (app.hub.full) throw new Errors.TooManyStreams(config.sseMaxClients)
     const { event_name: eventNames, agent_id: agentIds, last_event_id: queryLastId } = request.query
     const header = request.headers['last-event-id']
-    reply.header('cache-control', 'no-cache, no-transform')
-    // The body runs until the connection closes (no chunked framing; the hub writes frames to
-    // the socket as they are), and the connection is not reused: shutdown can end it at once.
-    reply.header('connection', 'close')
-    reply.raw.useChunkedEncodingByDefault = false
-    reply.sse.keepAlive()
+    const writeHead = streamHead(reply)
     request.log.debug({ req: request, clients: app.hub.clientCount + 1 }, 'stream opened')
-    await app.hub.open(reply.raw, makeFilter(eventNames, agentIds), typeof header === 'string' ? header : queryLastId, () => {
-      reply.sse.sendHeaders(200)
-      reply.raw.flushHeaders()
-    })
+    await app.hub.open(reply.raw, makeFilter(eventNames, agentIds), typeof header === 'string' ? header : queryLastId, writeHead)
   })
 }
 

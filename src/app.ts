@@ -8,10 +8,13 @@ import enginePlugin from './plugins/engine.js'
 import errorHandler from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import ssePlugin from './plugins/sse-hub.js'
+import tasksPlugin from './plugins/tasks.js'
 import webhooksPlugin from './plugins/webhooks.js'
 import { buildValidator } from './validation.js'
 import docsRoutes from '../routes/docs.js'
 import eventRoutes from '../routes/events.js'
+import taskRoutes from '../routes/tasks.js'
+import uiRoutes from '../routes/ui.js'
 import healthRoutes from '../routes/health.js'
 import webhookRoutes from '../routes/webhooks.js'
 import deadLetterRoutes from '../routes/dead-letters.js'
@@ -81,6 +84,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(authPlugin, { tokens: config.tokens })
   await app.register(enginePlugin, { config })
   await app.register(ssePlugin, { config })
+  await app.register(tasksPlugin, { config })
   await app.register(webhooksPlugin, { config })
   await registerOpenApi(app)
 
@@ -95,9 +99,11 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   await app.register(healthRoutes)
   await app.register(eventRoutes, { config })
+  await app.register(taskRoutes, { config })
   await app.register(webhookRoutes, { config })
   await app.register(deadLetterRoutes)
   await app.register(docsRoutes)
+  await app.register(uiRoutes)
   return app
 }
 

@@ -59,7 +59,11 @@ export interface Config {
   webhookCircuitCooldownMs: number
   deadLetterMax: number
   instanceTtlMs: number
+  taskKeyPrefix: string
+  taskTracking: TaskTracking
 }
+
+export type TaskTracking = 'watched' | 'always'
 
 /** A setting that cannot be used: the message names it and says what is expected. */
 export class ConfigError extends Error {
@@ -127,7 +131,11 @@ export const SETTINGS = [
   setting('webhookCircuitCooldownMs', 'BUSGATE_WEBHOOK_CIRCUIT_COOLDOWN_MS', '30000', 'how long a set-aside webhook rests before it is probed again', (raw) => integer(raw, 100, 86_400_000)),
   setting('deadLetterMax', 'BUSGATE_DEAD_LETTER_MAX', '10000', 'dead letters kept; past it the oldest go (counted in busgate_dead_letters_dropped_total)', (raw) => integer(raw, 1, 1_000_000)),
   setting('instanceTtlMs', 'BUSGATE_INSTANCE_TTL_MS', '15000',
-    'how long after an instance stops beating its held messages are put back for others', (raw) => integer(raw, 300, 3_600_000))
+    'how long after an instance stops beating its held messages are put back for others', (raw) => integer(raw, 300, 3_600_000)),
+  setting('taskKeyPrefix', 'BUSGATE_TASK_KEY_PREFIX', 'bgtask.', "prefix of the background-task hashes (Backend.AI's `bgtask.<task_id>`)", redisName),
+  setting('taskTracking', 'BUSGATE_TASK_TRACKING', 'watched',
+    '`watched`: task hashes are written from task events produced here, and from those heard on the bus while any stream is open; `always`: stay subscribed to hear every task event',
+    (raw) => oneOf(raw, ['watched', 'always'] as const))
 ] as const
 
 function setting<K extends keyof Config> (key: K, env: string, dflt: string | undefined, help: string,

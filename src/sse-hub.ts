@@ -67,6 +67,19 @@ interface FilterGroup {
   clients: Set<Client>
 }
 
+/** A stream the caller writes to itself (a view other than the bus events), after `open`. */
+export interface StreamHandle {
+  /** Writes unless the client is too slow (then it is cut off, as every stream is). */
+  write: (frame: Buffer) => void
+  /** Writes a last frame and closes the stream. */
+  end: (frame: Buffer) => void
+}
+
+/** The filter of streams that take no bus events: the caller writes to them through their handle. */
+export const NO_EVENTS: Filter = { key: '\u0000none', matches: () => false }
+
+export type EventListener = (event: BusEvent) => void
+
 const HEARTBEAT = Buffer.from(':\n\n')
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
@@ -111,6 +124,9 @@ export class SseHub {
   #everSubscribed = false
   /** streams between their request and their attach: they count as users of the subscription */
   #opening = 0
+  /** users of the subscription other than streams (see `hold`) */
+  #holds = 0
+  readonly #listeners = new Set<EventListener>()
   #closing = false
   #malformedLogged = 0
 
@@ -148,7 +164,7 @@ export class SseHub {
    * before live events flow. Replay and attach happen in one turn of the event loop, so
    * nothing slips between them.
    */
-  async open (res: ServerResponse, filter: Filter, lastEventId: string | undefined, writeHead: () => void): Promise<void> {
+  async open (res: ServerResponse, filter: Filter, lastEventId: string | undefined, writeHead: () => void): Promise<StreamHandle | undefined> {
     this.#opening++
     try {
       await this.#watch()
@@ -159,11 +175,11 @@ export class SseHub {
     const socket = res.socket
     if (socket === null || socket.destroyed) {
       this.#lingerIfIdle()
-      return
+      return undefined
     }
     if (this.#closing) {
       socket.end(this.#retryFrame)
-      return
+      return undefined
     }
     const group = this.#groups.get(filter.key) ?? { filter, clients: new Set<Client>() }
     this.#groups.set(filter.key, group)
@@ -175,6 +191,42 @@ export class SseHub {
 
     this.#write(client, this.#retryFrame)
     if (lastEventId !== undefined) this.#resume(client, lastEventId)
+    return {
+      write: (frame) => this.#write(client, frame),
+      end: (frame) => { if (!socket.destroyed) socket.end(frame) }
+    }
+  }
+
+  /**
+   * Keeps the subscription, as an open stream does, until the returned release is called;
+   * resolves once subscribed, so nothing published after it is missed. For listeners that
+   * must hear the bus while no stream is open.
+   */
+  async hold (): Promise<() => void> {
+    this.#holds++
+    let released = false
+    const release = (): void => {
+      if (released) return
+      released = true
+      this.#holds--
+      this.#lingerIfIdle()
+    }
+    try {
+      await this.#watch()
+    } catch (err) {
+      release()
+      throw err
+    }
+    return release
+  }
+
+  /**
+   * Calls `listener` with every well-formed bus event heard while streams are open or the
+   * subscription is held; returns what removes it.
+   */
+  listen (listener: EventListener): () => void {
+    this.#listeners.add(listener)
+    return () => { this.#listeners.delete(listener) }
   }
 
   get #retryFrame (): Buffer {
@@ -266,18 +318,22 @@ export class SseHub {
   }
 
   #lingerIfIdle (): void {
-    if (this.#clientCount > 0 || this.#opening > 0 || this.#closing || this.#linger !== undefined) return
+    if (!this.#idle || this.#closing || this.#linger !== undefined) return
     this.#linger = setTimeout(() => {
       this.#linger = undefined
       // A stream may have opened since: only an idle hub lets go.
-      if (this.#clientCount === 0 && this.#opening === 0) this.#unwatch().catch(() => undefined)
+      if (this.#idle) this.#unwatch().catch(() => undefined)
     }, this.options.lingerMs)
     this.#linger.unref()
   }
 
+  get #idle (): boolean {
+    return this.#clientCount === 0 && this.#opening === 0 && this.#holds === 0
+  }
+
   #onMessage (raw: Buffer): void {
     const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bytes: raw.byteLength }
-    if (this.#clientCount === 0) {
+    if (this.#clientCount === 0 && this.#holds === 0) {
       // The subscriber's buffer may be shared with other messages: keep a copy of our own.
       entry.raw = Buffer.from(raw)
       this.#remember(entry)
@@ -288,6 +344,13 @@ export class SseHub {
     this.#trim()
     if (event === undefined) return
     const frame = entry.frame as Buffer
+    for (const listener of this.#listeners) {
+      try {
+        listener(event)
+      } catch (err) {
+        this.log.error({ err }, 'a bus event listener failed')
+      }
+    }
 
     let delivered = 0
     for (const group of this.#groups.values()) {

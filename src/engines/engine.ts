@@ -63,6 +63,11 @@ export interface Store {
   hashGet (key: string, field: string): Promise<string | null>
   hashGetAll (key: string): Promise<Record<string, string>>
   hashSet (key: string, field: string, value: string): Promise<void>
+  /**
+   * In one step: sets `fields`, sets each of `defaults` only where the hash has no such field,
+   * and makes the whole hash expire `ttlMs` from now.
+   */
+  hashMerge (key: string, fields: Record<string, string>, defaults: Record<string, string>, ttlMs: number): Promise<void>
   /** true when the field existed */
   hashDelete (key: string, field: string): Promise<boolean>
   /** SET with an expiry: liveness keys. */

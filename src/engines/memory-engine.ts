@@ -114,16 +114,37 @@ export class MemoryEngine implements Engine {
   readonly #lists = new Map<string, string[]>()
   readonly #counters = new Map<string, number>()
 
+  #merges = 0
+
+  /** A hash, unless it has expired: then it is dropped. */
+  #hash (key: string): Map<string, string> | undefined {
+    const at = this.#expiring.get(key)
+    if (at !== undefined && at <= Date.now() && this.#hashes.has(key)) {
+      this.#expiring.delete(key)
+      this.#hashes.delete(key)
+    }
+    return this.#hashes.get(key)
+  }
+
   readonly store: Store = {
-    hashGet: async (key, field) => this.#hashes.get(key)?.get(field) ?? null,
-    hashGetAll: async (key) => Object.fromEntries(this.#hashes.get(key) ?? []),
+    hashGet: async (key, field) => this.#hash(key)?.get(field) ?? null,
+    hashGetAll: async (key) => Object.fromEntries(this.#hash(key) ?? []),
     hashSet: async (key, field, value) => {
-      const hash = this.#hashes.get(key) ?? new Map<string, string>()
+      const hash = this.#hash(key) ?? new Map<string, string>()
       this.#hashes.set(key, hash.set(field, value))
     },
-    hashDelete: async (key, field) => this.#hashes.get(key)?.delete(field) ?? false,
+    hashMerge: async (key, fields, defaults, ttlMs) => {
+      const hash = this.#hash(key) ?? new Map<string, string>()
+      for (const [field, value] of Object.entries(fields)) hash.set(field, value)
+      for (const [field, value] of Object.entries(defaults)) if (!hash.has(field)) hash.set(field, value)
+      this.#hashes.set(key, hash)
+      this.#expiring.set(key, Date.now() + ttlMs)
+      // Expired hashes nobody asks for again are swept now and then, so they cannot pile up.
+      if (++this.#merges % 1000 === 0) for (const k of [...this.#expiring.keys()]) this.#hash(k)
+    },
+    hashDelete: async (key, field) => this.#hash(key)?.delete(field) ?? false,
     setExpiring: async (key, _value, ttlMs) => { this.#expiring.set(key, Date.now() + ttlMs) },
-    exists: async (key) => (this.#expiring.get(key) ?? 0) > Date.now() || this.#hashes.has(key) || this.#lists.has(key),
+    exists: async (key) => (this.#expiring.get(key) ?? 0) > Date.now() || this.#hash(key) !== undefined || this.#lists.has(key),
     // Patterns are a literal or `prefix*`: what busgate asks for.
     keys: async (pattern) => {
       const prefix = pattern.endsWith('*') ? pattern.slice(0, -1) : pattern

@@ -279,6 +279,13 @@ export class RedisEngine implements Engine {
     hashGet: async (key, field) => await this.#call(() => this.#commands.hget(key, field)),
     hashGetAll: async (key) => await this.#call(() => this.#commands.hgetall(key)),
     hashSet: async (key, field, value) => { await this.#call(() => this.#commands.hset(key, field, value)) },
+    hashMerge: async (key, fields, defaults, ttlMs) => {
+      const multi = this.#commands.multi().hset(key, fields)
+      for (const [field, value] of Object.entries(defaults)) multi.hsetnx(key, field, value)
+      const replies = await this.#call(() => multi.pexpire(key, ttlMs).exec())
+      const failed = replies?.find(([err]) => err !== null)
+      if (failed !== undefined) throw this.#translate(failed[0])
+    },
     hashDelete: async (key, field) => (await this.#call(() => this.#commands.hdel(key, field))) > 0,
     setExpiring: async (key, value, ttlMs) => { await this.#call(() => this.#commands.set(key, value, 'PX', ttlMs)) },
     exists: async (key) => (await this.#call(() => this.#commands.exists(key))) > 0,

@@ -1,0 +1,104 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import type { Config } from '../src/config.js'
+import { Errors } from '../src/errors.js'
+import { NO_EVENTS } from '../src/sse-hub.js'
+import { streamHead } from '../src/sse-response.js'
+import { isTerminal, type TaskReport, type TaskState } from '../src/tasks.js'
+import { authErrors, errorResponses } from '../schemas/error.js'
+import { TASK_STREAM_DESCRIPTION, TaskQuery } from '../schemas/task.js'
+
+const SERVER_CLOSE = 'event: server_close\ndata: {}\n\n'
+
+/** Progress as Backend.AI's hash keeps it (a string), as a number where it is one. */
+function progress (value: string): number | string {
+  const n = Number(value)
+  return value.trim() !== '' && Number.isFinite(n) ? n : value
+}
+
+/** The event a task's hash stands for: its end, or its progress so far. */
+function fromState (taskId: string, state: TaskState): TaskReport {
+  const status = isTerminal(state.status) ? state.status as TaskReport['status'] : 'started'
+  return {
+    name: status === 'started' ? 'task_updated' : `task_${status}`,
+    taskId,
+    status,
+    message: state.msg,
+    current: progress(state.current),
+    total: progress(state.total)
+  }
+}
+
+const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
+  app.get('/events/background-task', {
+    exposeHeadRoute: false,
+    sse: { kind: 'manual', heartbeat: false },
+    schema: {
+      operationId: 'streamBackgroundTask',
+      tags: ['events'],
+      summary: 'Follow one background task, as Server-Sent Events (Backend.AI-compatible)',
+      description: TASK_STREAM_DESCRIPTION,
+      querystring: TaskQuery,
+      response: {
+        200: { description: 'The task\'s events, until it ends', content: { 'text/event-stream': { schema: Type.String() } } },
+        ...authErrors,
+        ...errorResponses(400, 404, 503)
+      }
+    },
+    config: { scope: 'subscribe', queryToken: true, stream: true }
+  }, async (request, reply) => {
+    const { task_id: snake, taskId: camel } = request.query
+    if (snake !== undefined && camel !== undefined && snake !== camel) throw new Errors.BadRequest('task_id and taskId name different tasks; give one')
+    const taskId = snake ?? camel
+    if (taskId === undefined) throw new Errors.BadRequest('Which task? Give task_id (or taskId) in the query')
+    if (app.hub.full) throw new Errors.TooManyStreams(config.sseMaxClients)
+
+    // Listening starts before the state is read: an event published in between is not missed.
+    let heard: TaskReport[] | undefined = []
+    let onReport = (report: TaskReport): void => { heard?.push(report) }
+    const unwatch = await app.tasks.watch(taskId, (report) => onReport(report))
+    let state: TaskState | undefined
+    try {
+      state = await app.tasks.state(taskId)
+    } catch (err) {
+      unwatch()
+      throw err
+    }
+    if (state === undefined) {
+      unwatch()
+      throw new Errors.NotFound(`No background task ${taskId}: unknown, or ended more than 24 hours ago`)
+    }
+
+    const stream = await app.hub.open(reply.raw, NO_EVENTS, undefined, streamHead(reply))
+    if (stream === undefined) {
+      unwatch()
+      return
+    }
+    reply.raw.once('close', unwatch)
+    request.log.debug({ req: request, task: taskId }, 'task stream opened')
+    const retry = `retry: ${config.sseRetryMs}\n`
+    let last = fromState(taskId, state)
+    let ended = false
+    const send = (report: TaskReport): void => {
+      if (ended) return
+      // An end without progress (Backend.AI's positional form) keeps the progress last seen.
+      last = { ...report, current: report.current ?? last.current, total: report.total ?? last.total }
+      const data = JSON.stringify({ task_id: taskId, message: last.message, current_progress: last.current, total_progress: last.total })
+      const frame = `event: ${report.name}\n${retry}data: ${data}\n\n`
+      if (report.status === 'started') {
+        stream.write(Buffer.from(frame))
+        return
+      }
+      ended = true
+      unwatch()
+      stream.end(Buffer.from(frame + SERVER_CLOSE))
+    }
+    send(last)
+    const early = heard
+    heard = undefined
+    for (const report of early) send(report)
+    onReport = send
+  })
+}
+
+export default tasks
