@@ -48,7 +48,7 @@ t.test('every setting has a flag named after its variable', async (t) => {
     'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-max-buffer-bytes',
     'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients', 'webhook-concurrency', 'webhook-timeout-ms',
     'webhook-max-attempts', 'webhook-max-age-ms', 'webhook-backoff-ms', 'webhook-backoff-max-ms', 'webhook-circuit-failures',
-    'webhook-circuit-cooldown-ms', 'dead-letter-max', 'instance-ttl-ms'
+    'webhook-circuit-cooldown-ms', 'dead-letter-max', 'instance-ttl-ms', 'task-key-prefix', 'task-tracking'
   ])
   for (const s of SETTINGS) t.match(HELP, `--${s.flag}`)
   t.same(loadConfig({}, ['--help']), { kind: 'help' })
@@ -72,6 +72,7 @@ const BAD: Array<[Record<string, string>, string[], RegExp]> = [
   [{ REDIS_URL: 'redis://:hunter2@h/x' }, [], /^REDIS_URL: "redis:\/\/:\*\*\*@h\/x"/],
   [{ REDIS_URL: 'redis://h?db=4' }, [], /^REDIS_URL: .*query parameters/],
   [{ LOG_LEVEL: 'loud' }, [], /^LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent/],
+  [{ BUSGATE_TASK_TRACKING: 'sometimes' }, [], /^BUSGATE_TASK_TRACKING: must be one of watched, always/],
   [{ BUSGATE_TOKENS: 'abc' }, [], /^BUSGATE_TOKENS: entry 1 must look like TOKEN:SCOPE/],
   [{ BUSGATE_TOKENS: 'secrettoken:publish,othersecret:root' }, [], /^BUSGATE_TOKENS: entry 2: an unknown scope after the last colon/],
   [{ BUSGATE_TOKENS: 'secrettoken:publish,secrettoken:admin' }, [], /^BUSGATE_TOKENS: entry 2 repeats a token/],

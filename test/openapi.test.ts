@@ -15,7 +15,7 @@ t.test('the spec is served, and every route in it is described', async (t) => {
   const spec = res.json()
   t.equal(spec.openapi, '3.1.0')
   t.ok(spec.paths['/events'].post.requestBody.content['application/msgpack'], 'msgpack body documented')
-  t.same(Object.keys(spec.paths).sort(), ['/events', '/events/batch', '/events/stream', '/healthz', '/metrics', '/readyz',
+  t.same(Object.keys(spec.paths).sort(), ['/events', '/events/background-task', '/events/batch', '/events/stream', '/healthz', '/metrics', '/readyz',
     '/webhooks', '/webhooks/{id}', '/webhooks/{id}/rotate-secret', '/webhooks/{id}/attempts', '/dead-letters', '/dead-letters/{id}',
     '/dead-letters/{id}/redeliver', '/dead-letters/redeliver'].sort())
   for (const [path, ops] of Object.entries(spec.paths as Record<string, Record<string, { operationId?: string, responses: object }>>)) {
