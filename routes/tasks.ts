@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import type { Config } from '../src/config.js'
 import { Errors } from '../src/errors.js'
-import { NO_EVENTS } from '../src/sse-hub.js'
+import { NO_EVENTS, type StreamHandle } from '../src/sse-hub.js'
 import { streamHead } from '../src/sse-response.js'
 import { isTerminal, type TaskReport, type TaskState } from '../src/tasks.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
@@ -69,11 +69,13 @@ const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { confi
       throw new Errors.NotFound(`No background task ${taskId}: unknown, or ended more than 24 hours ago`)
     }
 
-    const stream = await app.hub.open(reply.raw, NO_EVENTS, undefined, streamHead(reply))
-    if (stream === undefined) {
-      unwatch()
-      return
+    let stream: StreamHandle | undefined
+    try {
+      stream = await app.hub.open(reply.raw, NO_EVENTS, undefined, streamHead(reply))
+    } finally {
+      if (stream === undefined) unwatch()
     }
+    if (stream === undefined) return
     reply.raw.once('close', unwatch)
     request.log.debug({ req: request, task: taskId }, 'task stream opened')
     const retry = `retry: ${config.sseRetryMs}\n`

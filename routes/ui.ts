@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs'
+import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsync } from 'fastify'
 
 // From routes/ (tsx) or dist/routes/ (built): the page's files stay in src/ui, which needs no build.
@@ -23,10 +24,17 @@ const ui: FastifyPluginAsync = async (app) => {
   if (UI_DIR === undefined) throw new Error('the dashboard files (src/ui) are missing')
   for (const [url, { file, type }] of Object.entries(FILES)) {
     const body = readFileSync(new URL(file, UI_DIR))
-    app.get(url, {
-      schema: { hide: true },
-      config: { scope: 'public' }
-    }, async (_request, reply) => {
+    // The page is a view of the API, so the spec lists it; its two files are not.
+    const schema = url === '/'
+      ? {
+          operationId: 'dashboard',
+          tags: ['dashboard'],
+          summary: 'The dashboard: live events, background tasks, webhooks and dead letters',
+          description: 'An HTML page that uses this API with the token the user gives it (kept for the browser tab only). Public: it holds no data.',
+          response: { 200: { description: 'The page', content: { 'text/html': { schema: Type.String() } } } }
+        }
+      : { hide: true }
+    app.get(url, { schema, config: { scope: 'public' } }, async (_request, reply) => {
       return await reply
         .header('content-type', type)
         .header('cache-control', 'no-cache')

@@ -17,9 +17,10 @@ export async function registerOpenApi (app: FastifyInstance): Promise<void> {
           'NaN/±Infinity → strings; timestamps → ISO-8601 strings; other extensions → `{"$ext": type, "$base64": "…"}`.'
       },
       tags: [
-        { name: 'events', description: 'Produce to the bus' },
+        { name: 'events', description: 'Produce to the bus, and watch it: the event stream and the background-task view' },
         { name: 'webhooks', description: 'Consumers of the consumer list' },
-        { name: 'operations', description: 'Health, readiness and metrics' }
+        { name: 'operations', description: 'Health, readiness and metrics' },
+        { name: 'dashboard', description: 'The page that shows the bus live' }
       ],
       components: {
         securitySchemes: {

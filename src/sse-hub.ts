@@ -129,6 +129,7 @@ export class SseHub {
   readonly #listeners = new Set<EventListener>()
   #closing = false
   #malformedLogged = 0
+  #listenerFailures = 0
 
   constructor (
     private readonly engine: Engine,
@@ -193,7 +194,11 @@ export class SseHub {
     if (lastEventId !== undefined) this.#resume(client, lastEventId)
     return {
       write: (frame) => this.#write(client, frame),
-      end: (frame) => { if (!socket.destroyed) socket.end(frame) }
+      end: (frame) => {
+        // Detached first: nothing of the hub's (a heartbeat, the shutdown) writes after the end.
+        this.#detach(client)
+        if (!socket.destroyed) socket.end(frame)
+      }
     }
   }
 
@@ -348,7 +353,7 @@ export class SseHub {
       try {
         listener(event)
       } catch (err) {
-        this.log.error({ err }, 'a bus event listener failed')
+        if (this.#listenerFailures++ % 1000 === 0) this.log.error({ err, seen: this.#listenerFailures }, 'a bus event listener failed')
       }
     }
 

@@ -6,7 +6,7 @@ import type { SseHub } from './sse-hub.js'
 export type TaskStatus = 'started' | 'done' | 'failed' | 'cancelled'
 
 /** Backend.AI's task events: the names of the seed, and the bgtask_ names of later releases. */
-const TASK_EVENTS: Readonly<Record<string, TaskStatus>> = {
+const TASK_EVENTS: ReadonlyMap<string, TaskStatus> = new Map(Object.entries({
   task_updated: 'started',
   task_done: 'done',
   task_failed: 'failed',
@@ -15,7 +15,9 @@ const TASK_EVENTS: Readonly<Record<string, TaskStatus>> = {
   bgtask_done: 'done',
   bgtask_failed: 'failed',
   bgtask_cancelled: 'cancelled'
-}
+} satisfies Record<string, TaskStatus>))
+
+const ENDED = ['done', 'failed', 'cancelled'] as const
 
 /** What a task event says; progress is null where the event carries none. */
 export interface TaskReport {
@@ -42,7 +44,7 @@ export const TASK_ID = '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'
 const TASK_ID_PATTERN = new RegExp(TASK_ID)
 
 export function isTerminal (status: string): boolean {
-  return status === 'done' || status === 'failed' || status === 'cancelled'
+  return (ENDED as readonly string[]).includes(status)
 }
 
 const asText = (value: JsonValue | undefined): string | null => typeof value === 'string' ? value : null
@@ -55,7 +57,7 @@ const asProgress = (value: JsonValue | undefined): JsonValue => typeof value ===
  * `(task_id, message)` for the end of a task. Anything else is not a task report.
  */
 export function parseTaskEvent (event: Pick<BusEvent, 'event_name' | 'args'>): TaskReport | undefined {
-  const status = TASK_EVENTS[event.event_name]
+  const status = TASK_EVENTS.get(event.event_name)
   if (status === undefined) return undefined
   const args = event.args.map(toJsonValue)
   const first = args[0]
@@ -142,16 +144,17 @@ export class TaskTracker {
     if (report.current !== null) fields.current = String(report.current)
     if (report.total !== null) fields.total = String(report.total)
     if (report.message !== null || report.status !== 'started') fields.msg = report.message ?? ''
-    // An update never turns a finished task back into a running one.
     const defaults: Record<string, string> = { status: 'started', started_at: now, current: '0', total: '0', msg: '' }
-    await this.store.hashMerge(this.key(report.taskId), fields, defaults, this.options.ttlMs)
+    // An ended task stays as it ended: a late update (another instance recording what it heard,
+    // events crossing) neither revives it nor changes its last state.
+    await this.store.hashMerge(this.key(report.taskId), fields, defaults, this.options.ttlMs, { field: 'status', values: ENDED })
   }
 
   /** Records the task events among events about to be produced: before they are, see `record`. */
   async recordProduced (events: ReadonlyArray<{ event_name: string, args?: unknown[] }>): Promise<void> {
     const reports: TaskReport[] = []
     for (const event of events) {
-      if (TASK_EVENTS[event.event_name] === undefined) continue
+      if (!TASK_EVENTS.has(event.event_name)) continue
       const report = parseTaskEvent({ event_name: event.event_name, args: event.args ?? [] })
       if (report !== undefined) reports.push(report)
     }
@@ -177,7 +180,7 @@ export class TaskTracker {
   }
 
   #onEvent (event: BusEvent): void {
-    if (TASK_EVENTS[event.event_name] === undefined) return
+    if (!TASK_EVENTS.has(event.event_name)) return
     const report = parseTaskEvent(event)
     if (report === undefined) return
     // Every instance that hears it writes the same state: whoever produced the event, its

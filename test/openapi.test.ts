@@ -15,7 +15,7 @@ t.test('the spec is served, and every route in it is described', async (t) => {
   const spec = res.json()
   t.equal(spec.openapi, '3.1.0')
   t.ok(spec.paths['/events'].post.requestBody.content['application/msgpack'], 'msgpack body documented')
-  t.same(Object.keys(spec.paths).sort(), ['/events', '/events/background-task', '/events/batch', '/events/stream', '/healthz', '/metrics', '/readyz',
+  t.same(Object.keys(spec.paths).sort(), ['/', '/events', '/events/background-task', '/events/batch', '/events/stream', '/healthz', '/metrics', '/readyz',
     '/webhooks', '/webhooks/{id}', '/webhooks/{id}/rotate-secret', '/webhooks/{id}/attempts', '/dead-letters', '/dead-letters/{id}',
     '/dead-letters/{id}/redeliver', '/dead-letters/redeliver'].sort())
   for (const [path, ops] of Object.entries(spec.paths as Record<string, Record<string, { operationId?: string, responses: object }>>)) {
@@ -26,6 +26,8 @@ t.test('the spec is served, and every route in it is described', async (t) => {
   }
   t.same(spec.paths['/events'].post.security, [{ bearerAuth: [] }])
   t.notOk(spec.paths['/healthz'].get.security, 'health needs no token')
+  t.notOk(spec.paths['/'].get.security, 'the dashboard page needs no token')
+  t.ok(spec.paths['/'].get.responses['200'].content['text/html'], 'the dashboard is a page')
 })
 
 t.test('/docs serves a page to read the spec', async (t) => {

@@ -22,6 +22,11 @@ export interface SubscriptionHandlers {
   gap?: () => void
 }
 
+export interface HashGuard {
+  field: string
+  values: readonly string[]
+}
+
 export interface ClaimOptions {
   max?: number
   sharers?: number
@@ -64,10 +69,11 @@ export interface Store {
   hashGetAll (key: string): Promise<Record<string, string>>
   hashSet (key: string, field: string, value: string): Promise<void>
   /**
-   * In one step: sets `fields`, sets each of `defaults` only where the hash has no such field,
-   * and makes the whole hash expire `ttlMs` from now.
+   * In one step, unless the hash's field `guard.field` holds one of `guard.values` (then nothing
+   * changes and it returns false): sets `fields`, sets each of `defaults` only where the hash has
+   * no such field, and makes the whole hash expire `ttlMs` from now.
    */
-  hashMerge (key: string, fields: Record<string, string>, defaults: Record<string, string>, ttlMs: number): Promise<void>
+  hashMerge (key: string, fields: Record<string, string>, defaults: Record<string, string>, ttlMs: number, guard?: HashGuard): Promise<boolean>
   /** true when the field existed */
   hashDelete (key: string, field: string): Promise<boolean>
   /** SET with an expiry: liveness keys. */

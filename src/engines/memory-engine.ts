@@ -133,14 +133,17 @@ export class MemoryEngine implements Engine {
       const hash = this.#hash(key) ?? new Map<string, string>()
       this.#hashes.set(key, hash.set(field, value))
     },
-    hashMerge: async (key, fields, defaults, ttlMs) => {
-      const hash = this.#hash(key) ?? new Map<string, string>()
+    hashMerge: async (key, fields, defaults, ttlMs, guard) => {
+      const found = this.#hash(key)
+      if (guard !== undefined && guard.values.includes(found?.get(guard.field) as string)) return false
+      const hash = found ?? new Map<string, string>()
       for (const [field, value] of Object.entries(fields)) hash.set(field, value)
       for (const [field, value] of Object.entries(defaults)) if (!hash.has(field)) hash.set(field, value)
       this.#hashes.set(key, hash)
       this.#expiring.set(key, Date.now() + ttlMs)
       // Expired hashes nobody asks for again are swept now and then, so they cannot pile up.
       if (++this.#merges % 1000 === 0) for (const k of [...this.#expiring.keys()]) this.#hash(k)
+      return true
     },
     hashDelete: async (key, field) => this.#hash(key)?.delete(field) ?? false,
     setExpiring: async (key, _value, ttlMs) => { this.#expiring.set(key, Date.now() + ttlMs) },
@@ -210,15 +213,17 @@ export class MemoryEngine implements Engine {
   consumer (processingKey: string, retryKey?: string): Consumer {
     const processing = this.#processing.get(processingKey) ?? []
     this.#processing.set(processingKey, processing)
-    const remove = (frame: Buffer): void => {
+    // A consumer without a retry list looks at one that nothing fills, as in Redis.
+    const retry = this.#retryList(retryKey ?? `${processingKey}:retry`)
+    const remove = (frame: Buffer): boolean => {
       const i = processing.findIndex((f) => f.equals(frame))
       if (i >= 0) processing.splice(i, 1)
+      return i >= 0
     }
     return {
       claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
         this.#assertOpen()
         for (const frame of done) remove(frame)
-        const retry = retryKey === undefined ? [] : this.#retryList(retryKey)
         let taken = retry.splice(0, max)
         if (taken.length === 0 && max > 0) {
           taken = []
@@ -241,9 +246,8 @@ export class MemoryEngine implements Engine {
         })
       },
       release: async (frames, envelopePrefix) => {
-        const held = frames.filter((frame) => processing.some((f) => f.equals(frame)))
-        for (const frame of held) remove(frame)
-        this.#putBack(held, envelopePrefix, retryKey === undefined ? [] : this.#retryList(retryKey))
+        // As LREM count 1 per frame: each copy given takes one copy held, if there is one.
+        this.#putBack(frames.filter(remove), envelopePrefix, retry)
       },
       ack: async (...frames) => { for (const frame of frames) remove(frame) },
       replace: async (frame, next) => {

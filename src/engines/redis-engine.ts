@@ -77,17 +77,36 @@ end
 return 0
 `
 
+// ARGV: ttl, guard field, n, n guard values, then the fields and the defaults, each as count + pairs.
+const HASH_MERGE_LUA = `
+local n = tonumber(ARGV[3])
+if n > 0 then
+  local current = redis.call('HGET', KEYS[1], ARGV[2])
+  for i = 4, 3 + n do
+    if current == ARGV[i] then return 0 end
+  end
+end
+local i = 4 + n
+for _, command in ipairs({'HSET', 'HSETNX'}) do
+  local count = tonumber(ARGV[i])
+  for j = 1, count do
+    redis.call(command, KEYS[1], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
+  end
+  i = i + 1 + 2 * count
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+`
+
 const REPLACE_LUA = `
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[2]) return 1 end
 return 0
 `
 
-interface ConsumerScripts {
+interface ScriptCommands {
   busgateClaimBuffer: (processing: string, retry: string, prodcons: string, max: number, sharers: number, ...done: Buffer[]) => Promise<Buffer[]>
   busgateRelease: (processing: string, retry: string, prodcons: string, prefix: string, ...frames: Buffer[]) => Promise<number>
-}
-
-interface ScriptCommands {
+  busgateHashMerge: (key: string, ...args: string[]) => Promise<number>
   busgateReclaim: (processing: string, retry: string, prodcons: string, prefix: string) => Promise<number>
   busgateReplace: (processing: string, old: Buffer, next: Buffer) => Promise<number>
 }
@@ -125,6 +144,9 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
     this.#commands.defineCommand('busgateReclaim', { numberOfKeys: 3, lua: RECLAIM_LUA })
     this.#commands.defineCommand('busgateReplace', { numberOfKeys: 1, lua: REPLACE_LUA })
+    this.#commands.defineCommand('busgateHashMerge', { numberOfKeys: 1, lua: HASH_MERGE_LUA })
+    this.#commands.defineCommand('busgateClaim', { numberOfKeys: 3, lua: CLAIM_LUA })
+    this.#commands.defineCommand('busgateRelease', { numberOfKeys: 3, lua: RELEASE_LUA })
     this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
   }
 
@@ -279,12 +301,10 @@ export class RedisEngine implements Engine {
     hashGet: async (key, field) => await this.#call(() => this.#commands.hget(key, field)),
     hashGetAll: async (key) => await this.#call(() => this.#commands.hgetall(key)),
     hashSet: async (key, field, value) => { await this.#call(() => this.#commands.hset(key, field, value)) },
-    hashMerge: async (key, fields, defaults, ttlMs) => {
-      const multi = this.#commands.multi().hset(key, fields)
-      for (const [field, value] of Object.entries(defaults)) multi.hsetnx(key, field, value)
-      const replies = await this.#call(() => multi.pexpire(key, ttlMs).exec())
-      const failed = replies?.find(([err]) => err !== null)
-      if (failed !== undefined) throw this.#translate(failed[0])
+    hashMerge: async (key, fields, defaults, ttlMs, guard) => {
+      const pairs = (record: Record<string, string>): string[] => [String(Object.keys(record).length), ...Object.entries(record).flat()]
+      const args = [String(ttlMs), guard?.field ?? '', String(guard?.values.length ?? 0), ...(guard?.values ?? []), ...pairs(fields), ...pairs(defaults)]
+      return await this.#call(() => this.#scripts.busgateHashMerge(key, ...args)) === 1
     },
     hashDelete: async (key, field) => (await this.#call(() => this.#commands.hdel(key, field))) > 0,
     setExpiring: async (key, value, ttlMs) => { await this.#call(() => this.#commands.set(key, value, 'PX', ttlMs)) },
@@ -346,42 +366,28 @@ export class RedisEngine implements Engine {
     const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
     this.#watch(conn, 'consumer')
     this.#others.add(conn)
-    conn.defineCommand('busgateClaim', { numberOfKeys: 3, lua: CLAIM_LUA })
-    conn.defineCommand('busgateRelease', { numberOfKeys: 3, lua: RELEASE_LUA })
-    const scripts = conn as unknown as ConsumerScripts
     const { prodconsKey } = this.options
     // A consumer without a retry list looks at one that nothing fills.
     const retry = retryKey ?? `${processingKey}:retry`
+    // Only the blocking wait uses the consumer's own connection: the scripts go on the shared
+    // one, whose commands time out, so a stop while Redis is away cannot hang on them.
     return {
       claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
-        try {
-          // Acks and the non-blocking take in one script; the blocking wait only when it found nothing.
-          const taken = await scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, max, sharers, ...done)
-          if (taken.length > 0) return taken
-          const frame = await conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000)
-          return frame === null ? [] : [frame]
-        } catch (err) {
-          throw this.#translate(err)
-        }
+        // Acks and the non-blocking take in one script; the blocking wait only when it found nothing.
+        const taken = await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, max, sharers, ...done))
+        if (taken.length > 0) return taken
+        const frame = await this.#call(() => conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000))
+        return frame === null ? [] : [frame]
       },
       release: async (frames, envelopePrefix) => {
-        if (frames.length === 0) return
-        try {
-          await scripts.busgateRelease(processingKey, retry, prodconsKey, envelopePrefix, ...frames)
-        } catch (err) {
-          throw this.#translate(err)
-        }
+        if (frames.length > 0) await this.#call(() => this.#scripts.busgateRelease(processingKey, retry, prodconsKey, envelopePrefix, ...frames))
       },
       replace: async (frame, next) => {
         await this.#call(() => this.#scripts.busgateReplace(processingKey, frame, next))
       },
       ack: async (...frames) => {
-        try {
-          if (frames.length === 1) await this.#commands.lrem(processingKey, 1, frames[0] as Buffer)
-          else if (frames.length > 1) await scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, 0, 1, ...frames)
-        } catch (err) {
-          throw this.#translate(err)
-        }
+        if (frames.length === 1) await this.#call(() => this.#commands.lrem(processingKey, 1, frames[0] as Buffer))
+        else if (frames.length > 1) await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, 0, 1, ...frames))
       },
       pending: async () => {
         try {

@@ -92,6 +92,15 @@ class Stream {
     }
   }
 
+  // An event the page cannot show is skipped: it must not end the stream, nor repeat on resume.
+  #deliver (event) {
+    try {
+      return this.onEvent({ event: event.event, data: event.data.join('\n'), id: event.id })
+    } catch (err) {
+      console.warn('an event could not be shown', err)
+    }
+  }
+
   async #read (res) {
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
     let buffer = ''
@@ -106,7 +115,8 @@ class Stream {
         buffer = buffer.slice(end + 1)
         if (line === '') {
           if (event.id !== undefined) this.#lastId = event.id
-          if (event.data.length > 0 && this.onEvent({ event: event.event, data: event.data.join('\n'), id: event.id }) === false) {
+          if (event.data.length > 0 && this.#deliver(event) === false) {
+            reader.cancel().catch(() => {})
             this.stop()
             return 'ended'
           }
@@ -142,6 +152,7 @@ function askForToken () {
 $('token-form').addEventListener('submit', (e) => {
   e.preventDefault()
   token = $('token').value.trim()
+  if (!token) return
   sessionStorage.setItem(TOKEN_KEY, token)
   $('token').value = ''
   $('token-form').hidden = true
@@ -155,6 +166,11 @@ $('forget-token').addEventListener('click', () => {
   location.reload()
 })
 
+function showConnection () {
+  if (streamState === 'live' && paused) setConnection('paused', 'paused')
+  else setConnection(streamState.startsWith('error') ? 'error' : streamState, streamState)
+}
+
 function setConnection (state, text) {
   const badge = $('connection')
   badge.dataset.state = state
@@ -164,6 +180,7 @@ function setConnection (state, text) {
 // --- live events ---------------------------------------------------------------------------
 
 let eventStream
+let streamState = 'connecting'
 let paused = false
 let waiting = []
 let count = 0
@@ -178,12 +195,16 @@ function startEvents () {
   if (eventName) query.set('event_name', eventName)
   if (agentId) query.set('agent_id', agentId)
   $('filter-error').hidden = true
-  eventStream = new Stream(`/events/stream${query.size > 0 ? `?${query}` : ''}`, onBusEvent, (state, detail, status) => {
+  const search = String(query)
+  streamState = 'connecting'
+  showConnection()
+  eventStream = new Stream(`/events/stream${search ? `?${search}` : ''}`, onBusEvent, (state, detail, status) => {
     if (state === 'error' && status === 400) {
       $('filter-error').textContent = detail
       $('filter-error').hidden = false
     }
-    setConnection(state === 'live' && paused ? 'paused' : state, state === 'live' ? (paused ? 'paused' : 'live') : state === 'error' ? `error: ${detail}` : state)
+    streamState = state === 'error' ? `error: ${detail}` : state
+    showConnection()
   })
   eventStream.run()
 }
@@ -253,7 +274,7 @@ $('pause').addEventListener('click', () => {
     for (const { event, data } of waiting) addRow(event, data)
     waiting = []
   }
-  setConnection(paused ? 'paused' : 'live', paused ? 'paused' : 'live')
+  showConnection()
 })
 
 // --- background tasks ----------------------------------------------------------------------
@@ -263,9 +284,9 @@ const followed = new Map()
 
 /** A task event's report, from either argument form producers use (as the gateway reads them). */
 function taskReport (eventName, args) {
+  if (!Object.hasOwn(TASK_STATUS, eventName)) return undefined
   const status = TASK_STATUS[eventName]
   const first = args[0]
-  if (status === undefined) return undefined
   if (first !== null && typeof first === 'object' && !Array.isArray(first) && typeof first.task_id === 'string') {
     return { taskId: first.task_id, status, message: first.message, current: first.current_progress, total: first.total_progress }
   }
@@ -307,20 +328,21 @@ function startTasks () {
     const bus = JSON.parse(data)
     const report = taskReport(bus.event_name, bus.args)
     if (report !== undefined) showTask(report)
-  })
+  }, (state) => { $('tasks-panel').dataset.state = state })
   taskStream.run()
 }
 
-/** Follows one task through the Backend.AI-compatible view, which also knows tasks that already ended. */
+/** Shows one task's state through the Backend.AI-compatible view, which also knows tasks that already ended. */
 function followTask (taskId) {
   followed.get(taskId)?.stop()
   $('task-error').hidden = true
   const stream = new Stream(`/events/background-task?task_id=${encodeURIComponent(taskId)}`, ({ event, data }) => {
-    if (event === 'server_close') return false
-    const status = TASK_STATUS[event]
-    if (status === undefined) return
+    if (event === 'server_close' || !Object.hasOwn(TASK_STATUS, event)) return false
     const body = JSON.parse(data)
-    showTask({ taskId, status, message: body.message, current: body.current_progress, total: body.total_progress })
+    showTask({ taskId, status: TASK_STATUS[event], message: body.message, current: body.current_progress, total: body.total_progress })
+    // The first event is the task's state so far; the task stream above carries the rest, so
+    // following many tasks does not take one of the browser's few connections each.
+    return false
   }, (state, detail) => {
     if (state !== 'error') return
     $('task-error').textContent = detail

@@ -138,7 +138,7 @@ export class WebhookDispatcher {
     for (let n = 0; n < this.options.concurrency; n++) {
       const consumer = this.engine.consumer(this.#processingKey(n), this.#retryKey)
       this.#consumers.push(consumer)
-      this.#loops.push(this.#loop(consumer))
+      this.#loops.push(this.#loop(consumer, this.#processingKey(n)))
     }
   }
 
@@ -212,21 +212,29 @@ export class WebhookDispatcher {
    * Claimed messages wait in this instance's processing list, so a crash loses none of them; it
    * means a redelivery of those done but not yet acknowledged.
    */
-  async #loop (consumer: Consumer): Promise<void> {
+  async #loop (consumer: Consumer, processingKey: string): Promise<void> {
     let done: Buffer[] = []
     let batch: Buffer[] = []
-    // A message that has to wait for a retry must not hold up the ones claimed with it.
-    const releaseRest = async (): Promise<void> => {
-      const rest = batch
+    // After a failure the loop cannot tell what reached Redis (a claim whose answer was lost, a
+    // release half done): it hands back everything its list holds. A message done but not yet
+    // acknowledged is then sent again, which is better than a loss.
+    let unsure = false
+    // A message that has to wait for a retry must not hold up the ones claimed with it, nor
+    // keep those already delivered unacknowledged through its wait.
+    const beforeRetry = async (): Promise<void> => {
+      await consumer.release(batch, ENVELOPE_PREFIX)
       batch = []
-      await consumer.release(rest, ENVELOPE_PREFIX)
+      await consumer.ack(...done)
+      done = []
     }
     while (!this.#stopping) {
       try {
+        if (unsure) {
+          await this.engine.reclaim(processingKey, this.#retryKey, ENVELOPE_PREFIX)
+          unsure = false
+        }
         if ((await this.#available()).length === 0) {
-          await releaseRest()
-          await consumer.ack(...done)
-          done = []
+          await beforeRetry()
           await this.#pause(500)
           continue
         }
@@ -238,14 +246,17 @@ export class WebhookDispatcher {
         const claimed = batch.shift() as Buffer
         this.inFlight++
         try {
-          const handled = await this.#handle(claimed, consumer, releaseRest)
+          const handled = await this.#handle(claimed, consumer, beforeRetry)
           if (handled !== undefined) done.push(handled)
         } finally {
           this.inFlight--
         }
       } catch (err) {
         if (this.#stopping) break
-        this.log.warn({ err: { message: (err as Error).message } }, 'webhook dispatch loop: retrying in a second')
+        this.log.warn({ err: { message: (err as Error).message } }, 'webhook dispatch loop: handing back what it holds, retrying in a second')
+        batch = []
+        done = []
+        unsure = true
         await this.#pause(1000)
       }
     }

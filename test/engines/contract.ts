@@ -253,6 +253,37 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await consumer.pending(), 0)
   })
 
+  t.test('identical messages are counted, not confused: each release or ack takes one copy', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    const consumer = engine.consumer(`test.processing.${id}`)
+    t.teardown(() => consumer.close())
+    await engine.produce([frame('same'), frame('same'), frame('same')])
+    const taken = await consumer.claim(1000, { max: 2 })
+    t.same(taken.map(String), ['same', 'same'])
+    await consumer.release([frame('same'), frame('same'), frame('same')], 'ENV:')
+    t.equal(await consumer.pending(), 0, 'the two held copies went back')
+    t.equal(await engine.queueLength(), 3, 'and no third one was made up')
+    const again = await consumer.claim(1000, { max: 3 })
+    await consumer.ack(again[0] as Buffer, again[1] as Buffer)
+    t.equal(await consumer.pending(), 1, 'two acks remove two copies')
+    await consumer.release([frame('ENV:never held')], 'ENV:')
+    t.equal(await claimOne(consumer, 100), null, 'an envelope not held is not put on the retry list')
+  })
+
+  t.test('the store: a merged hash expires, and a guard keeps it as it is', async (t) => {
+    const engine = await fresh(t)
+    const key = `test.hash.${randomUUID()}`
+    t.equal(await engine.store.hashMerge(key, { a: '1' }, { b: 'default', a: 'not this' }, 10_000), true)
+    t.same(await engine.store.hashGetAll(key), { a: '1', b: 'default' })
+    t.equal(await engine.store.hashMerge(key, { b: '2' }, { c: '3' }, 10_000, { field: 'a', values: ['0', '1'] }), false, 'guarded')
+    t.same(await engine.store.hashGetAll(key), { a: '1', b: 'default' })
+    t.equal(await engine.store.hashMerge(key, { b: '2' }, {}, 80, { field: 'a', values: ['0'] }), true)
+    t.same(await engine.store.hashGetAll(key), { a: '1', b: '2' })
+    await sleep(150)
+    t.same(await engine.store.hashGetAll(key), {}, 'expired with the last ttl')
+  })
+
   t.test('the store: expiring keys and key listing', async (t) => {
     const engine = await fresh(t)
     const id = randomUUID()

@@ -39,11 +39,14 @@ const pageErrors: string[] = []
 async function signedIn (token: string): Promise<Page> {
   const page = await (await browser.newContext()).newPage()
   page.on('pageerror', (err) => pageErrors.push(err.message))
+  // A blocked script, style or request only shows on the console.
+  page.on('console', (message) => { if (/Content Security Policy|Refused to/.test(message.text())) pageErrors.push(message.text()) })
   await page.goto(`${base}/`)
   await page.locator('#token-form').waitFor({ state: 'visible' })
   await page.fill('#token', token)
   await page.click('#token-form button[type=submit]')
   await page.locator('#connection[data-state="live"]').waitFor()
+  await page.locator('#tasks-panel[data-state="live"]').waitFor()
   return page
 }
 

@@ -115,15 +115,15 @@ t.test('retries keep the message id, back off, and succeed', async (t) => {
 })
 
 t.test('a message waiting for its retry hands back the messages claimed with it', async (t) => {
-  // Two loops each claim half of the 12; the loop whose first message fails must not keep
-  // the other five waiting through its backoff (1 to 2 s here).
-  const { register, post } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 2000, webhookBackoffMaxMs: 2000 })
+  // Queued before any webhook exists, so the first claims take batches (a fair share each).
+  // The loop whose first message fails must not keep the other five through its backoff (1.5 to 3 s).
+  const { register, post } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 3000, webhookBackoffMaxMs: 3000 })
+  await post(Array.from({ length: 12 }, (_, i) => ({ event_name: 'batch_member', args: [i] })))
   const receiver = await startReceiver(t, (r) => ({ status: r.json.args[0] === 0 ? 500 : 204 }))
   await register(receiver.url)
-  await post(Array.from({ length: 12 }, (_, i) => ({ event_name: 'batch_member', args: [i] })))
   const others = (): Set<unknown> => new Set(receiver.received.filter((r) => r.json.args[0] !== 0).map((r) => r.json.args[0]))
   await until(() => receiver.received.some((r) => r.json.args[0] === 0), 5000)
-  await until(() => others().size >= 11, 900)
+  await until(() => others().size >= 11, 1400)
   t.equal(others().size, 11, 'the other eleven were delivered while the first waited for its retry')
   t.equal(receiver.received.filter((r) => r.json.args[0] === 0).length, 1, 'the failed one is not retried yet')
 })
