@@ -44,10 +44,16 @@ t.test('a queued event reaches a webhook once, signed, and leaves Redis', async 
   await until(() => false, 300)
   t.equal(receiver.received.length, 1, 'exactly once')
   t.equal(await redis.client.llen(names.prodconsKey), 0)
-  const processing = await redis.client.keys(`${names.keyPrefix}processing:*`)
-  for (const key of processing) t.equal(await redis.client.llen(key), 0, `${key} is empty`)
-  const attempts = (await app.inject({ method: 'GET', url: `/webhooks/${(await app.webhooks.list())[0]!.id}/attempts` })).json()
-  t.match(attempts.attempts, [{ status: 200, error: null, event_name: 'kernel_started' }])
+  // Acknowledged with the loop's next claim; the attempt log is written every 250 ms.
+  const held = async (): Promise<number> => {
+    let n = 0
+    for (const key of await redis.client.keys(`${names.keyPrefix}processing:*`)) n += await redis.client.llen(key)
+    return n
+  }
+  const attempts = async () => (await app.inject({ method: 'GET', url: `/webhooks/${(await app.webhooks.list())[0]!.id}/attempts` })).json()
+  for (let i = 0; i < 100 && (await held() > 0 || (await attempts()).attempts.length === 0); i++) await sleep(50)
+  t.equal(await held(), 0, 'the processing lists are empty')
+  t.match((await attempts()).attempts, [{ status: 200, error: null, event_name: 'kernel_started' }])
 })
 
 t.test('with no enabled webhook nothing is popped; events wait in Redis and flow once one exists', async (t) => {
@@ -97,9 +103,11 @@ t.test('a failing webhook fails over to the next; one that keeps failing is set 
   await healthy.waitFor(10)
   t.same(healthy.received.map((r) => r.json.args[0]).sort((a, b) => (a as number) - (b as number)), Array.from({ length: 10 }, (_, i) => i), 'all delivered')
   t.equal(broken.received.length, 3, 'the broken one was tried three times, then set aside')
-  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
-  t.match(metrics, /busgate_webhook_circuit_open\{webhook="wh_[^"]+"\} 1/)
-  t.match(metrics, /busgate_webhook_deliveries_total\{outcome="delivered"\} 10/)
+  // The receiver counts a delivery when the request arrives, the gateway when the answer does.
+  const metrics = async (): Promise<string> => (await app.inject({ method: 'GET', url: '/metrics' })).body
+  for (let i = 0; i < 100 && !/outcome="delivered"\} 10\n/.test(await metrics()); i++) await sleep(20)
+  t.match(await metrics(), /busgate_webhook_circuit_open\{webhook="wh_[^"]+"\} 1/)
+  t.match(await metrics(), /busgate_webhook_deliveries_total\{outcome="delivered"\} 10/)
 })
 
 t.test('retries keep the message id, back off, and succeed', async (t) => {
