@@ -5,6 +5,7 @@ import { decodeEvent, toJsonEvent } from '../src/codec.js'
 import { testApp } from './helpers/app.js'
 import { startRedis } from './helpers/redis.js'
 import { claimOne } from './helpers/bus.js'
+import { startReceiver, verifySignature } from './helpers/receiver.js'
 
 // Debian's python3 has python3-msgpack; a python3 earlier on PATH (pyenv…) may not.
 const PYTHON = process.env.BUSGATE_TEST_PYTHON ?? (existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3')
@@ -65,4 +66,22 @@ t.test('what a Python agent produces is read back by the gateway without loss', 
     { event_name: 'instance_heartbeat', agent_id: 'i-ag01', args: [{ cpu: '8', mem: 2 ** 40 }, { $base64: 'AP8=' }] },
     { event_name: 'task_done', agent_id: 'manager', args: [{ task_id: 't-1', message: 'ok', current_progress: 10, total_progress: 10 }] }
   ])
+})
+
+t.test("a Python agent's events reach a webhook as the documented JSON, signed", async (t) => {
+  const app = await testApp(t, `${redis.url}/6`, { webhookAllowPrivate: true })
+  const receiver = await startReceiver(t)
+  const res = await app.inject({ method: 'POST', url: '/webhooks', payload: { url: receiver.url } })
+  t.equal(res.statusCode, 201)
+  peer('produce', String(redis.port), '6')
+  const got = await receiver.waitFor(3)
+  // Loops deliver side by side: the order of arrival is not the order of the list.
+  t.same(got.map((r) => r.json).sort((a, b) => a.event_name.localeCompare(b.event_name)), [
+    { event_name: 'instance_heartbeat', agent_id: 'i-ag01', args: [{ cpu: '8', mem: 2 ** 40 }, { $base64: 'AP8=' }] },
+    { event_name: 'kernel_started', agent_id: 'i-ag01', args: ['sess-1', 'kern-1'] },
+    { event_name: 'task_done', agent_id: 'manager', args: [{ task_id: 't-1', message: 'ok', current_progress: 10, total_progress: 10 }] }
+  ], 'each once, as the documented JSON')
+  t.ok(got.every((r) => verifySignature(r, res.json().secret as string)), 'every signature verifies')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.equal(receiver.received.length, 3, 'none twice')
 })
