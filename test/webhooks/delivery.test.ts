@@ -198,6 +198,29 @@ t.test('a malformed message is dead-lettered; the good one behind it is delivere
   t.match(dead.dead_letters[0], { reason: 'malformed', frame: 'wQA=' }, 'kept with its bytes')
 })
 
+t.test('Redis connections cut again and again mid-delivery: nothing lost, nothing left held', async (t) => {
+  const { register, post, names } = await gateway(t, { webhookConcurrency: 4 })
+  const receiver = await startReceiver(t, () => ({ status: 204, delayMs: 2 }))
+  await post(Array.from({ length: 300 }, (_, i) => ({ event_name: 'cut_through', args: [i] })))
+  await register(receiver.url)
+  await until(() => receiver.received.length > 20)
+  // Every connection but the test's own: claims, acks, releases and blocking pops fail mid-way.
+  for (let cut = 0; cut < 4; cut++) {
+    await redis.client.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')
+    await sleep(300)
+  }
+  const seen = (): Set<unknown> => new Set(receiver.received.map((r) => r.json.args[0]))
+  await until(() => seen().size >= 300, 30_000)
+  t.equal(seen().size, 300, `every message delivered (${receiver.received.length} deliveries in all)`)
+  const held = async (): Promise<number> => {
+    let n = await redis.client.llen(names.prodconsKey) + await redis.client.llen(`${names.keyPrefix}retry`)
+    for (const key of await redis.client.keys(`${names.keyPrefix}processing:*`)) n += await redis.client.llen(key)
+    return n
+  }
+  for (let i = 0; i < 100 && await held() > 0; i++) await sleep(100)
+  t.equal(await held(), 0, 'nothing left queued or held')
+})
+
 t.test('what a dead instance held is reclaimed and delivered, an envelope with its id', async (t) => {
   const { register, names } = await gateway(t, { instanceTtlMs: 600 })
   const receiver = await startReceiver(t)
