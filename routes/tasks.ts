@@ -56,7 +56,9 @@ const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { confi
     // Listening starts before the state is read: an event published in between is not missed.
     let heard: TaskReport[] | undefined = []
     let onReport = (report: TaskReport): void => { heard?.push(report) }
-    const unwatch = await app.tasks.watch(taskId, (report) => onReport(report))
+    let missedSome = false
+    let onGap = (): void => { missedSome = true }
+    const unwatch = await app.tasks.watch(taskId, { report: (report) => onReport(report), gap: () => onGap() })
     let state: TaskState | undefined
     try {
       state = await app.tasks.state(taskId)
@@ -100,6 +102,11 @@ const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { confi
     heard = undefined
     for (const report of early) send(report)
     onReport = send
+    // The bus subscription was lost for a while: the task may have moved on, or ended, unheard.
+    onGap = () => {
+      app.tasks.state(taskId).then((now) => { if (now !== undefined) send(fromState(taskId, now)) }, () => undefined)
+    }
+    if (missedSome) onGap()
   })
 }
 

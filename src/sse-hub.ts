@@ -80,6 +80,13 @@ export const NO_EVENTS: Filter = { key: '\u0000none', matches: () => false }
 
 export type EventListener = (event: BusEvent) => void
 
+/** What listens to the bus beside the streams: each event, and each time events may have been missed. */
+export interface BusListener {
+  event: EventListener
+  /** the subscription was lost and is back: what was published meanwhile never came */
+  gap?: () => void
+}
+
 const HEARTBEAT = Buffer.from(':\n\n')
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
@@ -126,7 +133,7 @@ export class SseHub {
   #opening = 0
   /** users of the subscription other than streams (see `hold`) */
   #holds = 0
-  readonly #listeners = new Set<EventListener>()
+  readonly #listeners = new Set<BusListener>()
   #closing = false
   #malformedLogged = 0
   #listenerFailures = 0
@@ -227,9 +234,9 @@ export class SseHub {
 
   /**
    * Calls `listener` with every well-formed bus event heard while streams are open or the
-   * subscription is held; returns what removes it.
+   * subscription is held, and after each gap; returns what removes it.
    */
-  listen (listener: EventListener): () => void {
+  listen (listener: BusListener): () => void {
     this.#listeners.add(listener)
     return () => { this.#listeners.delete(listener) }
   }
@@ -351,7 +358,7 @@ export class SseHub {
     const frame = entry.frame as Buffer
     for (const listener of this.#listeners) {
       try {
-        listener(event)
+        listener.event(event)
       } catch (err) {
         if (this.#listenerFailures++ % 1000 === 0) this.log.error({ err, seen: this.#listenerFailures }, 'a bus event listener failed')
       }
@@ -419,7 +426,13 @@ export class SseHub {
     // What was published while the subscription was down is not in the history either.
     this.#markBreak()
     this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
-    this.#broadcast(this.#gapFrame('bus_reconnected', undefined))
+    const gap = this.#gapFrame('bus_reconnected', undefined)
+    // Streams of bus events get the gap event; the others' owners learn of it below.
+    for (const group of this.#groups.values()) {
+      if (group.filter === NO_EVENTS) continue
+      for (const client of group.clients) this.#write(client, gap)
+    }
+    for (const listener of this.#listeners) listener.gap?.()
   }
 
   // Counted every time; logged the first time and then once per thousand, so a broken

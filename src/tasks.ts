@@ -90,7 +90,12 @@ export interface TaskTrackerOptions {
   always: boolean
 }
 
-export type TaskWatcher = (report: TaskReport) => void
+/** A background-task stream, told of its task's events and of gaps in what was heard. */
+export interface TaskWatcher {
+  report: (report: TaskReport) => void
+  /** events of the task may have been missed: its hash says where it stands */
+  gap: () => void
+}
 
 /**
  * Keeps the last state of each background task in its hash, as Backend.AI's task manager does,
@@ -111,7 +116,10 @@ export class TaskTracker {
   ) {}
 
   async start (): Promise<void> {
-    this.#stopListening = this.hub.listen((event) => this.#onEvent(event))
+    this.#stopListening = this.hub.listen({
+      event: (event) => this.#onEvent(event),
+      gap: () => { for (const watchers of this.#watchers.values()) for (const watcher of watchers) watcher.gap() }
+    })
     // A bus that is down at start must not stop the gateway; the hub resubscribes on its own.
     if (this.options.always) this.#releaseAlways = await this.hub.hold().catch(() => undefined)
   }
@@ -188,6 +196,6 @@ export class TaskTracker {
     this.record(report).catch((err: unknown) => {
       if (this.#failedWrites++ % 100 === 0) this.log.warn({ err: { message: (err as Error).message }, task: report.taskId }, 'could not record a task event')
     })
-    for (const watcher of this.#watchers.get(report.taskId) ?? []) watcher(report)
+    for (const watcher of this.#watchers.get(report.taskId) ?? []) watcher.report(report)
   }
 }

@@ -229,3 +229,26 @@ t.test('the memory engine keeps task state too', async (t) => {
     ['server_close', {}]
   ])
 })
+
+t.test('an end published while the subscription was down reaches the stream from the hash', async (t) => {
+  const { base } = await listeningApp(t, redis.url)
+  const taskId = newTaskId()
+  await post(base, progress(taskId, 1, 2))
+  const stream = await openStream(`${base}/events/background-task?task_id=${taskId}`)
+  const bus = await openStream(`${base}/events/stream?event_name=nothing_matches`)
+  await stream.waitFor(1)
+  // The gateway resubscribes 100 ms after losing its subscription: the end comes before that,
+  // as a Backend.AI manager reports one (hash, then event).
+  await redis.client.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+  await redis.client.hset(`bgtask.${taskId}`, { status: 'done', current: '2', msg: 'finished while unheard' })
+  await redis.client.publish('events.pubsub', Buffer.from(encode({ event_name: 'task_done', agent_id: 'manager', args: [{ task_id: taskId, message: 'finished while unheard' }] })))
+  await stream.ended
+  t.same(stream.events.map((e) => [e.event, dataOf(e)]), [
+    ['task_updated', { task_id: taskId, message: 'step 1', current_progress: 1, total_progress: 2 }],
+    ['task_done', { task_id: taskId, message: 'finished while unheard', current_progress: 2, total_progress: 2 }],
+    ['server_close', {}]
+  ])
+  await bus.waitFor(1)
+  t.same(bus.events.map((e) => e.event), ['busgate.gap'], 'bus streams are told of the gap as before; task streams are not sent it')
+  bus.close()
+})
