@@ -183,7 +183,7 @@ let eventStream
 let streamState = 'connecting'
 let paused = false
 let waiting = []
-let count = 0
+let rowMatches = () => true
 
 function filters () {
   return { eventName: $('filter-event-name').value.trim(), agentId: $('filter-agent-id').value.trim() }
@@ -216,10 +216,32 @@ function onBusEvent ({ event, data }) {
     $('paused-note').textContent = `${waiting.length} waiting`
     return
   }
-  addRow(event, data)
+  show([{ event, data }])
 }
 
-function addRow (event, data) {
+// Rows are added once per frame, however fast events come: a busy bus must not freeze the page.
+// Of what came since the last frame only the newest MAX_ROWS can be seen anyway.
+let incoming = []
+let received = 0
+
+function show (events) {
+  received += events.length
+  incoming.push(...events)
+  if (incoming.length > MAX_ROWS) incoming = incoming.slice(-MAX_ROWS)
+  if (incoming.length === events.length) requestAnimationFrame(render)
+}
+
+function render () {
+  const rows = document.createDocumentFragment()
+  for (let i = incoming.length - 1; i >= 0; i--) rows.append(makeRow(incoming[i].event, incoming[i].data))
+  incoming = []
+  const body = $('events').tBodies[0]
+  body.prepend(rows)
+  while (body.rows.length > MAX_ROWS) body.lastElementChild.remove()
+  $('event-count').textContent = String(received)
+}
+
+function makeRow (event, data) {
   const row = document.createElement('tr')
   const time = new Date().toLocaleTimeString()
   if (event === 'busgate.gap') {
@@ -237,10 +259,9 @@ function addRow (event, data) {
     row.lastChild.className = 'args'
     row.lastChild.title = args
   }
-  const body = $('events').tBodies[0]
-  body.prepend(row)
-  while (body.rows.length > MAX_ROWS) body.lastElementChild.remove()
-  $('event-count').textContent = String(++count)
+  // A row added after a filter was applied follows it too (the stream already does).
+  row.hidden = !rowMatches(row)
+  return row
 }
 
 function cells (row, values) {
@@ -256,9 +277,8 @@ $('filters').addEventListener('submit', (e) => {
   // Rows already shown follow the new filter too; the stream restarts with it.
   const nameMatches = globList(eventName)
   const agentMatches = globList(agentId)
-  for (const row of $('events').tBodies[0].rows) {
-    row.hidden = row.className !== 'gap' && !(nameMatches(row.dataset.eventName) && agentMatches(row.dataset.agentId))
-  }
+  rowMatches = (row) => row.className === 'gap' || (nameMatches(row.dataset.eventName) && agentMatches(row.dataset.agentId))
+  for (const row of $('events').tBodies[0].rows) row.hidden = !rowMatches(row)
   eventStream?.stop()
   startEvents()
 })
@@ -271,7 +291,7 @@ $('pause').addEventListener('click', () => {
   $('paused-note').hidden = !paused
   $('paused-note').textContent = `${waiting.length} waiting`
   if (!paused) {
-    for (const { event, data } of waiting) addRow(event, data)
+    show(waiting)
     waiting = []
   }
   showConnection()

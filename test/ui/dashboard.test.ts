@@ -100,6 +100,23 @@ t.test('live events appear; a filter hides what it should; pause holds events ba
   await page.close()
 })
 
+t.test('a burst of events is counted in full and shows the newest 500 rows', async (t) => {
+  const page = await signedIn('admin-token')
+  for (let n = 0; n < 3; n++) {
+    const res = await fetch(`${base}/events/batch`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer admin-token' },
+      body: JSON.stringify(Array.from({ length: 1000 }, (_, i) => ({ event_name: 'burst', args: [n * 1000 + i] })))
+    })
+    t.equal(res.status, 202)
+  }
+  await page.locator('#event-count', { hasText: /^3000$/ }).waitFor({ timeout: 20_000 })
+  t.equal(await rows(page).count(), 500, 'the table keeps the newest 500')
+  t.match(await rows(page).first().textContent(), /\[2999\]/, 'newest first')
+  t.match(await rows(page).last().textContent(), /\[2500\]/)
+  await page.close()
+})
+
 t.test("a task's bar reaches 100% and shows done; an ended task can be followed by id", async (t) => {
   const page = await signedIn('admin-token')
   const taskId = '5f3c7a2e-9d1b-4c8e-a0f2-3b6d9e1c4a57'
