@@ -5,7 +5,7 @@
  * then a fresh server with 10,000 idle streams (RSS per stream, all held).
  * Targets: no loss, p99 ≤ 1.3× the baseline's; ≤ 16 KB RSS per idle client; 10,000 held.
  *
- *   npm run bench:fanout -- [--rounds 3] [--clients 1000] [--rate 100] [--seconds 10] [--idle 10000] [--hold 10]
+ *   npm run bench:fanout -- [--rounds 5] [--clients 1000] [--rate 100] [--seconds 10] [--idle 10000] [--hold 10]
  */
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -16,7 +16,7 @@ import { freePort, median, startProcess, stopProcess, table } from './lib.js'
 
 const { values } = parseArgs({
   options: {
-    rounds: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
     clients: { type: 'string', default: '1000' },
     rate: { type: 'string', default: '100' },
     seconds: { type: 'string', default: '10' },

@@ -4,7 +4,7 @@
  * Targets: single ≥ 0.75× bare; batch ≥ 10× single (events/s). Each round runs all three, in
  * turn, on the same machine; the medians of the rounds are reported.
  *
- *   npm run bench:ingest -- [--rounds 3] [--duration 10] [--connections 64] [--batch 100]
+ *   npm run bench:ingest -- [--rounds 5] [--duration 10] [--connections 64] [--batch 100]
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
@@ -14,7 +14,7 @@ import { freePort, median, startProcess, stopProcess, table } from './lib.js'
 
 const { values } = parseArgs({
   options: {
-    rounds: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
     duration: { type: 'string', default: '10' },
     connections: { type: 'string', default: '64' },
     batch: { type: 'string', default: '100' }

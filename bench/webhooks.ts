@@ -4,7 +4,7 @@
  * same run. Each run preloads N msgpack events into Redis, starts the consumer, and times
  * from the first delivery until the receiver has counted them all. Target: gateway >= 0.8x the bare loops.
  *
- *   npm run bench:webhooks -- [--rounds 3] [--messages 20000] [--loops 8]
+ *   npm run bench:webhooks -- [--rounds 5] [--messages 20000] [--loops 8]
  */
 import { parseArgs } from 'node:util'
 import { encode } from '@msgpack/msgpack'
@@ -14,7 +14,7 @@ import { freePort, median, startProcess, stopProcess, table } from './lib.js'
 
 const { values } = parseArgs({
   options: {
-    rounds: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
     messages: { type: 'string', default: '20000' },
     loops: { type: 'string', default: '8' }
   }

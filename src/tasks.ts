@@ -153,9 +153,9 @@ export class TaskTracker {
     if (report.total !== null) fields.total = String(report.total)
     if (report.message !== null || report.status !== 'started') fields.msg = report.message ?? ''
     const defaults: Record<string, string> = { status: 'started', started_at: now, current: '0', total: '0', msg: '' }
-    // An ended task stays as it ended: a late update (another instance recording what it heard,
-    // events crossing) neither revives it nor changes its last state.
-    await this.store.hashMerge(this.key(report.taskId), fields, defaults, this.options.ttlMs, { field: 'status', values: ENDED })
+    // An ended task stays as it ended, and progress does not go back: a late write (an instance
+    // recording what it heard a moment ago, after the manager wrote what came next) changes nothing.
+    await this.store.hashMerge(this.key(report.taskId), fields, defaults, this.options.ttlMs, { field: 'status', values: ENDED, rising: 'current' })
   }
 
   /** Records the task events among events about to be produced: before they are, see `record`. */

@@ -23,8 +23,11 @@ export interface SubscriptionHandlers {
 }
 
 export interface HashGuard {
+  /** nothing changes while this field holds one of `values` */
   field: string
   values: readonly string[]
+  /** nothing changes either when the hash holds a larger number in this field than `fields` brings */
+  rising?: string
 }
 
 export interface ClaimOptions {
@@ -69,8 +72,7 @@ export interface Store {
   hashGetAll (key: string): Promise<Record<string, string>>
   hashSet (key: string, field: string, value: string): Promise<void>
   /**
-   * In one step, unless the hash's field `guard.field` holds one of `guard.values` (then nothing
-   * changes and it returns false): sets `fields`, sets each of `defaults` only where the hash has
+   * In one step, unless `guard` says no (then nothing changes and it returns false): sets `fields`, sets each of `defaults` only where the hash has
    * no such field, and makes the whole hash expire `ttlMs` from now.
    */
   hashMerge (key: string, fields: Record<string, string>, defaults: Record<string, string>, ttlMs: number, guard?: HashGuard): Promise<boolean>

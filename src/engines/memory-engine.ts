@@ -136,6 +136,11 @@ export class MemoryEngine implements Engine {
     hashMerge: async (key, fields, defaults, ttlMs, guard) => {
       const found = this.#hash(key)
       if (guard !== undefined && guard.values.includes(found?.get(guard.field) as string)) return false
+      if (guard?.rising !== undefined && fields[guard.rising] !== undefined && found?.has(guard.rising) === true) {
+        const held = Number(found.get(guard.rising))
+        const brought = Number(fields[guard.rising])
+        if (Number.isFinite(held) && Number.isFinite(brought) && brought < held) return false
+      }
       const hash = found ?? new Map<string, string>()
       for (const [field, value] of Object.entries(fields)) hash.set(field, value)
       for (const [field, value] of Object.entries(defaults)) if (!hash.has(field)) hash.set(field, value)

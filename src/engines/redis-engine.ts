@@ -77,16 +77,26 @@ end
 return 0
 `
 
-// ARGV: ttl, guard field, n, n guard values, then the fields and the defaults, each as count + pairs.
+// ARGV: ttl, guard field, rising field, n, n guard values, then the fields and the defaults, each
+// as count + pairs.
 const HASH_MERGE_LUA = `
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 if n > 0 then
   local current = redis.call('HGET', KEYS[1], ARGV[2])
-  for i = 4, 3 + n do
+  for i = 5, 4 + n do
     if current == ARGV[i] then return 0 end
   end
 end
-local i = 4 + n
+local i = 5 + n
+if ARGV[3] ~= '' then
+  local held = tonumber(redis.call('HGET', KEYS[1], ARGV[3]))
+  for j = 1, tonumber(ARGV[i]) do
+    if ARGV[i + 2 * j - 1] == ARGV[3] then
+      local brought = tonumber(ARGV[i + 2 * j])
+      if held and brought and brought < held then return 0 end
+    end
+  end
+end
 for _, command in ipairs({'HSET', 'HSETNX'}) do
   local count = tonumber(ARGV[i])
   for j = 1, count do
@@ -303,7 +313,8 @@ export class RedisEngine implements Engine {
     hashSet: async (key, field, value) => { await this.#call(() => this.#commands.hset(key, field, value)) },
     hashMerge: async (key, fields, defaults, ttlMs, guard) => {
       const pairs = (record: Record<string, string>): string[] => [String(Object.keys(record).length), ...Object.entries(record).flat()]
-      const args = [String(ttlMs), guard?.field ?? '', String(guard?.values.length ?? 0), ...(guard?.values ?? []), ...pairs(fields), ...pairs(defaults)]
+      const args = [String(ttlMs), guard?.field ?? '', guard?.rising ?? '', String(guard?.values.length ?? 0), ...(guard?.values ?? []),
+        ...pairs(fields), ...pairs(defaults)]
       return await this.#call(() => this.#scripts.busgateHashMerge(key, ...args)) === 1
     },
     hashDelete: async (key, field) => (await this.#call(() => this.#commands.hdel(key, field))) > 0,

@@ -282,6 +282,12 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.same(await engine.store.hashGetAll(key), { a: '1', b: '2' })
     await sleep(150)
     t.same(await engine.store.hashGetAll(key), {}, 'expired with the last ttl')
+    const rising = { field: 'state', values: ['ended'], rising: 'n' }
+    t.equal(await engine.store.hashMerge(key, { n: '5', note: 'five' }, {}, 10_000, rising), true, 'a new hash')
+    t.equal(await engine.store.hashMerge(key, { n: '3', note: 'three' }, {}, 10_000, rising), false, 'no going back')
+    t.equal(await engine.store.hashMerge(key, { n: '5.5', note: 'more' }, {}, 10_000, rising), true)
+    t.equal(await engine.store.hashMerge(key, { note: 'no number brought' }, {}, 10_000, rising), true)
+    t.same(await engine.store.hashGetAll(key), { n: '5.5', note: 'no number brought' })
   })
 
   t.test('the store: expiring keys and key listing', async (t) => {

@@ -176,7 +176,7 @@ t.test('task events from other producers are recorded while the gateway listens;
   open.close()
 })
 
-t.test('an ended task stays as it ended: late updates, from this or another instance, change nothing', async (t) => {
+t.test('an ended task stays as it ended, and progress never goes back: late writes change nothing', async (t) => {
   const { app, base } = await listeningApp(t, redis.url)
   const taskId = newTaskId()
   await post(base, progress(taskId, 1, 2))
@@ -187,6 +187,13 @@ t.test('an ended task stays as it ended: late updates, from this or another inst
   await post(base, progress(taskId, 1, 2))
   t.same(await redis.client.hgetall(`bgtask.${taskId}`), ended, 'the hash is untouched')
   t.match(ended, { status: 'done', msg: 'finished', current: '2' })
+
+  // Running, progress does not go back either: a write of what was heard a moment ago lands
+  // after the manager wrote the next step.
+  const running = newTaskId()
+  await post(base, progress(running, 3, 5))
+  await app.tasks.record({ name: 'bgtask_updated', taskId: running, status: 'started', message: 'step 2', current: 2, total: 5 })
+  t.match(await redis.client.hgetall(`bgtask.${running}`), { current: '3', msg: 'step 3' })
 })
 
 t.test('malformed task events are ignored; the stream goes on', async (t) => {
