@@ -42,9 +42,9 @@ export interface ClaimOptions {
  */
 export interface Consumer {
   /**
-   * Moves messages to the processing list: first ones put back for retry (see `reclaim`), else
-   * the oldest queued ones; waits up to timeoutMs for one when none is there, and returns none
-   * when none came. Takes up to `max` (default 1), but no more than a fair share of what is
+   * Moves messages to the processing list: first ones put back for retry (see `reclaim`) and
+   * delayed ones that are due (see `delay`), else the oldest queued ones; waits up to timeoutMs
+   * for one when none is there, and returns none when none came. Takes up to `max` (default 1), but no more than a fair share of what is
    * queued (`sharers` taking from it), so one taker does not hold what idle ones could deliver.
    * `done`, messages this consumer finished with, are acknowledged first, in the same round trip.
    */
@@ -56,8 +56,12 @@ export interface Consumer {
    * starting with `envelopePrefix` to the retry list, the others to the consumer list.
    */
   release (frames: readonly Buffer[], envelopePrefix: string): Promise<void>
-  /** Swaps a claimed message for another value (its envelope, with retry state) in the processing list. */
-  replace (frame: Buffer, next: Buffer): Promise<void>
+  /**
+   * Takes a claimed message out of the processing list and keeps `next` (its envelope, with its
+   * retry state) aside until `dueAt` (ms since the epoch): then any consumer of the same delay
+   * set claims it again. Nobody holds it meanwhile, so a crash loses nothing.
+   */
+  delay (frame: Buffer, next: Buffer, dueAt: number): Promise<void>
   /** How many claimed messages wait in the processing list. */
   pending (): Promise<number>
   close (): Promise<void>
@@ -116,8 +120,11 @@ export interface Engine {
   queueLength (): Promise<number>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
   ping (): Promise<void>
-  /** A consumer with its own processing list; `retryKey` is the list it takes put-back messages from first. */
-  consumer (processingKey: string, retryKey?: string): Consumer
+  /**
+   * A consumer with its own processing list; `retryKey` is the list it takes put-back messages
+   * from first, `delayKey` the set of delayed ones it takes when they are due.
+   */
+  consumer (processingKey: string, retryKey?: string, delayKey?: string): Consumer
   /**
    * Empties the processing list of a consumer that is gone (its process died): values that
    * start with `envelopePrefix` go to the head of the retry list, bare messages back to the

@@ -32,6 +32,11 @@ class Fifo<T> {
   }
 }
 
+interface Delayed {
+  dueAt: number
+  value: Buffer
+}
+
 interface Waiter {
   processing: Buffer[]
   resolve: (frame: Buffer | null) => void
@@ -49,6 +54,7 @@ export class MemoryEngine implements Engine {
   readonly #queue = new Fifo<Buffer>()
   readonly #processing = new Map<string, Buffer[]>()
   readonly #retries = new Map<string, Buffer[]>()
+  readonly #delayed = new Map<string, Delayed[]>()
   readonly #expiring = new Map<string, number>()
   readonly #handlers = new Set<MessageHandler>()
   // Insertion-ordered, so the first is the longest waiting; a waiter that times out leaves at once.
@@ -209,17 +215,24 @@ export class MemoryEngine implements Engine {
     this.#serveWaiters()
   }
 
+  #delaySet (key: string): Delayed[] {
+    const set = this.#delayed.get(key) ?? []
+    this.#delayed.set(key, set)
+    return set
+  }
+
   #retryList (key: string): Buffer[] {
     const list = this.#retries.get(key) ?? []
     this.#retries.set(key, list)
     return list
   }
 
-  consumer (processingKey: string, retryKey?: string): Consumer {
+  consumer (processingKey: string, retryKey?: string, delayKey?: string): Consumer {
     const processing = this.#processing.get(processingKey) ?? []
     this.#processing.set(processingKey, processing)
-    // A consumer without a retry list looks at one that nothing fills, as in Redis.
+    // A consumer without a retry list or a delay set looks at ones that nothing fills, as in Redis.
     const retry = this.#retryList(retryKey ?? `${processingKey}:retry`)
+    const delayed = this.#delaySet(delayKey ?? `${processingKey}:delayed`)
     const remove = (frame: Buffer): boolean => {
       const i = processing.findIndex((f) => f.equals(frame))
       if (i >= 0) processing.splice(i, 1)
@@ -229,38 +242,48 @@ export class MemoryEngine implements Engine {
       claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
         this.#assertOpen()
         for (const frame of done) remove(frame)
-        let taken = retry.splice(0, max)
-        if (taken.length === 0 && max > 0) {
-          taken = []
-          const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
-          for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
-        }
-        processing.push(...taken)
-        // produce() hands messages to blocked consumers at once, so a queued message means none waits.
-        if (taken.length > 0 || max === 0) return taken
-        return await new Promise<Buffer[]>((resolve) => {
-          const waiter: Waiter = {
-            processing,
-            resolve: (frame) => resolve(frame === null ? [] : [frame]),
-            timer: setTimeout(() => {
-              this.#waiters.delete(waiter)
-              resolve([])
-            }, timeoutMs)
+        const deadline = Date.now() + timeoutMs
+        for (;;) {
+          const now = Date.now()
+          // Due ones join the retry list, at most `max` of them, as the script's LIMIT does.
+          let due = 0
+          while (due < max && due < delayed.length && (delayed[due] as Delayed).dueAt <= now) due++
+          retry.push(...delayed.splice(0, due).map((d) => d.value))
+          let taken = retry.splice(0, max)
+          if (taken.length === 0 && max > 0) {
+            taken = []
+            const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
+            for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
           }
-          this.#waiters.add(waiter)
-        })
+          processing.push(...taken)
+          // produce() hands messages to blocked consumers at once, so a queued message means none waits.
+          if (taken.length > 0 || max === 0) return taken
+          const until = Math.min(deadline, delayed[0]?.dueAt ?? Infinity)
+          const frame = await new Promise<Buffer | null>((resolve) => {
+            const waiter: Waiter = {
+              processing,
+              resolve,
+              timer: setTimeout(() => {
+                this.#waiters.delete(waiter)
+                resolve(null)
+              }, Math.max(1, until - now))
+            }
+            this.#waiters.add(waiter)
+          })
+          if (frame !== null) return [frame]
+          if (Date.now() >= deadline || this.#state === 'closed') return []
+        }
       },
       release: async (frames, envelopePrefix) => {
         // As LREM count 1 per frame: each copy given takes one copy held, if there is one.
         this.#putBack(frames.filter(remove), envelopePrefix, retry)
       },
       ack: async (...frames) => { for (const frame of frames) remove(frame) },
-      replace: async (frame, next) => {
-        const i = processing.findIndex((f) => f.equals(frame))
-        if (i >= 0) {
-          processing.splice(i, 1)
-          processing.push(Buffer.from(next))
-        }
+      delay: async (frame, next, dueAt) => {
+        if (!remove(frame)) return
+        // Kept in due order, as a sorted set keeps its scores.
+        const at = delayed.findIndex((d) => d.dueAt > dueAt)
+        delayed.splice(at < 0 ? delayed.length : at, 0, { dueAt, value: Buffer.from(next) })
       },
       pending: async () => processing.length,
       close: async () => {}

@@ -41,12 +41,19 @@ while true do
 end
 `
 
-// Acknowledges what the caller finished with, then takes up to ARGV[1] messages: put-back
-// ones first, else a fair share (1/ARGV[2], at least one) of what is queued.
+// Acknowledges what the caller finished with, moves delayed messages due by ARGV[3] (ms) to the
+// retry list, then takes up to ARGV[1] messages: put-back ones first, else a fair share
+// (1/ARGV[2], at least one) of what is queued. Returns them, and when the next delayed one is due.
 const CLAIM_LUA = `
-for i = 3, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+for i = 4, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
 local max = tonumber(ARGV[1])
 local out = {}
+if max > 0 then
+  for _, v in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[3], 'LIMIT', 0, max)) do
+    redis.call('ZREM', KEYS[4], v)
+    redis.call('RPUSH', KEYS[2], v)
+  end
+end
 while #out < max do
   local v = redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT')
   if not v then break end
@@ -60,7 +67,14 @@ if #out == 0 and max > 0 then
     out[#out + 1] = v
   end
 end
-return out
+local due = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2] or ''
+return {out, due}
+`
+
+// Out of the processing list, into the delay set until its due time (the score).
+const DELAY_LUA = `
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) return 1 end
+return 0
 `
 
 // Last first, each to the head of its list, so the given values come back in their order.
@@ -108,17 +122,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 `
 
-const REPLACE_LUA = `
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[2]) return 1 end
-return 0
-`
-
 interface ScriptCommands {
-  busgateClaimBuffer: (processing: string, retry: string, prodcons: string, max: number, sharers: number, ...done: Buffer[]) => Promise<Buffer[]>
+  busgateClaimBuffer: (processing: string, retry: string, prodcons: string, delayed: string, max: number, sharers: number, now: number,
+    ...done: Buffer[]) => Promise<[Buffer[], Buffer]>
+  busgateDelay: (processing: string, delayed: string, frame: Buffer, next: Buffer, dueAt: number) => Promise<number>
   busgateRelease: (processing: string, retry: string, prodcons: string, prefix: string, ...frames: Buffer[]) => Promise<number>
   busgateHashMerge: (key: string, ...args: string[]) => Promise<number>
   busgateReclaim: (processing: string, retry: string, prodcons: string, prefix: string) => Promise<number>
-  busgateReplace: (processing: string, old: Buffer, next: Buffer) => Promise<number>
 }
 
 interface ProduceCommand {
@@ -153,9 +163,9 @@ export class RedisEngine implements Engine {
     })
     this.#commands.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
     this.#commands.defineCommand('busgateReclaim', { numberOfKeys: 3, lua: RECLAIM_LUA })
-    this.#commands.defineCommand('busgateReplace', { numberOfKeys: 1, lua: REPLACE_LUA })
+    this.#commands.defineCommand('busgateDelay', { numberOfKeys: 2, lua: DELAY_LUA })
     this.#commands.defineCommand('busgateHashMerge', { numberOfKeys: 1, lua: HASH_MERGE_LUA })
-    this.#commands.defineCommand('busgateClaim', { numberOfKeys: 3, lua: CLAIM_LUA })
+    this.#commands.defineCommand('busgateClaim', { numberOfKeys: 4, lua: CLAIM_LUA })
     this.#commands.defineCommand('busgateRelease', { numberOfKeys: 3, lua: RELEASE_LUA })
     this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
   }
@@ -371,34 +381,41 @@ export class RedisEngine implements Engine {
     return await this.#call(() => this.#scripts.busgateReclaim(processingKey, retryKey, this.options.prodconsKey, envelopePrefix))
   }
 
-  consumer (processingKey: string, retryKey?: string): Consumer {
+  consumer (processingKey: string, retryKey?: string, delayKey?: string): Consumer {
     // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design),
     // and wait through reconnects instead of failing.
     const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
     this.#watch(conn, 'consumer')
     this.#others.add(conn)
     const { prodconsKey } = this.options
-    // A consumer without a retry list looks at one that nothing fills.
+    // A consumer without a retry list or a delay set looks at ones that nothing fills.
     const retry = retryKey ?? `${processingKey}:retry`
+    const delayed = delayKey ?? `${processingKey}:delayed`
     // Only the blocking wait uses the consumer's own connection: the scripts go on the shared
     // one, whose commands time out, so a stop while Redis is away cannot hang on them.
     return {
       claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
-        // Acks and the non-blocking take in one script; the blocking wait only when it found nothing.
-        const taken = await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, max, sharers, ...done))
-        if (taken.length > 0) return taken
-        const frame = await this.#call(() => conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(timeoutMs, 1) / 1000))
-        return frame === null ? [] : [frame]
+        const deadline = Date.now() + timeoutMs
+        for (let acks = done; ; acks = []) {
+          // Acks and the non-blocking take in one script; the blocking wait only when it found
+          // nothing, and no longer than until the next delayed message is due.
+          const [taken, nextDue] = await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, max, sharers, Date.now(), ...acks))
+          if (taken.length > 0 || max === 0) return taken
+          const until = Math.min(deadline, nextDue.length > 0 ? Number(nextDue.toString()) : Infinity)
+          const frame = await this.#call(() => conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(until - Date.now(), 1) / 1000))
+          if (frame !== null) return [frame]
+          if (Date.now() >= deadline) return []
+        }
       },
       release: async (frames, envelopePrefix) => {
         if (frames.length > 0) await this.#call(() => this.#scripts.busgateRelease(processingKey, retry, prodconsKey, envelopePrefix, ...frames))
       },
-      replace: async (frame, next) => {
-        await this.#call(() => this.#scripts.busgateReplace(processingKey, frame, next))
+      delay: async (frame, next, dueAt) => {
+        await this.#call(() => this.#scripts.busgateDelay(processingKey, delayed, frame, next, Math.round(dueAt)))
       },
       ack: async (...frames) => {
         if (frames.length === 1) await this.#call(() => this.#commands.lrem(processingKey, 1, frames[0] as Buffer))
-        else if (frames.length > 1) await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, 0, 1, ...frames))
+        else if (frames.length > 1) await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, 0, 1, 0, ...frames))
       },
       pending: async () => {
         try {

@@ -40,11 +40,13 @@ export interface DispatcherMetrics {
   circuit: (webhookId: string, open: boolean) => void
 }
 
-/** A message's retry state: its id for receivers, when it was first taken, attempts so far. */
+/** A message's retry state: its id for receivers, when it was first taken, attempts and rounds so far. */
 interface Envelope {
   id: string
   first_seen: number
   attempts: number
+  rounds: number
+  last_error?: string
 }
 
 /** An envelope as kept in a processing list: the state and the message frame, base64. */
@@ -67,11 +69,13 @@ interface Attempt {
 }
 
 /**
- * Consumes the consumer list for the registered webhooks. Each of `concurrency` loops holds at
- * most one message, in a processing list of this instance, until a receiver answered 2xx or
- * the message was dead-lettered; an instance that dies leaves its lists to be reclaimed by any
- * other (or by itself restarted) once its liveness key expires. With no enabled, available
- * webhook the loops take nothing, so messages wait in Redis.
+ * Consumes the consumer list for the registered webhooks. Each of `concurrency` loops delivers
+ * one message at a time; what it claimed sits in a processing list of this instance until a
+ * receiver answered 2xx or the message was dead-lettered. A message whose round failed waits
+ * for its next one in the delay set, held by nobody, and any loop of any instance takes it when
+ * it is due. An instance that dies leaves its lists to be reclaimed by any other (or by itself
+ * restarted) once its liveness key expires. With no enabled, available webhook the loops take
+ * nothing, so messages wait in Redis.
  */
 export class WebhookDispatcher {
   readonly instance = randomBytes(6).toString('hex')
@@ -118,6 +122,10 @@ export class WebhookDispatcher {
     return `${this.options.keyPrefix}retry`
   }
 
+  get #delayKey (): string {
+    return `${this.options.keyPrefix}delayed`
+  }
+
   #processingKey (n: number, instance = this.instance): string {
     return `${this.options.keyPrefix}processing:${instance}:${n}`
   }
@@ -136,7 +144,7 @@ export class WebhookDispatcher {
     for (const timer of [beat, sweep, log]) timer.unref()
     this.#timers = [beat, sweep, log]
     for (let n = 0; n < this.options.concurrency; n++) {
-      const consumer = this.engine.consumer(this.#processingKey(n), this.#retryKey)
+      const consumer = this.engine.consumer(this.#processingKey(n), this.#retryKey, this.#delayKey)
       this.#consumers.push(consumer)
       this.#loops.push(this.#loop(consumer, this.#processingKey(n)))
     }
@@ -219,14 +227,6 @@ export class WebhookDispatcher {
     // release half done): it hands back everything its list holds. A message done but not yet
     // acknowledged is then sent again, which is better than a loss.
     let unsure = false
-    // A message that has to wait for a retry must not hold up the ones claimed with it, nor
-    // keep those already delivered unacknowledged through its wait.
-    const beforeRetry = async (): Promise<void> => {
-      await consumer.release(batch, ENVELOPE_PREFIX)
-      batch = []
-      await consumer.ack(...done)
-      done = []
-    }
     while (!this.#stopping) {
       try {
         if (unsure) {
@@ -234,7 +234,11 @@ export class WebhookDispatcher {
           unsure = false
         }
         if ((await this.#available()).length === 0) {
-          await beforeRetry()
+          // Nothing can be delivered for now: what this loop holds goes back, so others may take it.
+          await consumer.release(batch, ENVELOPE_PREFIX)
+          batch = []
+          await consumer.ack(...done)
+          done = []
           await this.#pause(500)
           continue
         }
@@ -246,7 +250,7 @@ export class WebhookDispatcher {
         const claimed = batch.shift() as Buffer
         this.inFlight++
         try {
-          const handled = await this.#handle(claimed, consumer, beforeRetry)
+          const handled = await this.#handle(claimed, consumer)
           if (handled !== undefined) done.push(handled)
         } finally {
           this.inFlight--
@@ -268,49 +272,45 @@ export class WebhookDispatcher {
     await sleep(ms, undefined, { signal: this.#stop.signal }).catch(() => undefined)
   }
 
-  /** Delivers or dead-letters one message; returns what to acknowledge (undefined when stopping). */
-  async #handle (claimed: Buffer, consumer: Consumer, beforeRetry: () => Promise<void>): Promise<Buffer | undefined> {
+  /**
+   * One round for one message: delivered, dead-lettered (both: returns it, to be acknowledged),
+   * or set aside in the delay set until its next round is due (returns undefined). The loop goes
+   * on with other messages meanwhile, so a receiver that keeps failing holds up no loop.
+   */
+  async #handle (claimed: Buffer, consumer: Consumer): Promise<Buffer | undefined> {
     const { envelope, frame } = this.#open(claimed)
-    let current = claimed
     let event: BusEvent
     try {
       event = decodeEvent(frame)
     } catch (err) {
       const reason = err instanceof CodecError ? err.message : 'undecodable'
-      return await this.#bury(current, envelope, frame, 'malformed', reason, undefined)
+      return await this.#bury(claimed, envelope, frame, 'malformed', reason, undefined)
+    }
+    const all = this.#webhooks.filter((w) => w.enabled && this.#matches(w, event.event_name))
+    if (all.length === 0) {
+      return await this.#bury(claimed, envelope, frame, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
     }
     const body = JSON.stringify(toJsonEvent(event))
-    let round = 0
-    let lastError = ''
-    while (!this.#stopping) {
-      const all = this.#webhooks.filter((w) => w.enabled && this.#matches(w, event.event_name))
-      if (all.length === 0) {
-        return await this.#bury(current, envelope, frame, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
+    const now = Date.now()
+    const candidates = all.filter((w) => this.#allows(w.id, now))
+    if (candidates.length > 0) {
+      const start = (await this.#position()) % candidates.length
+      for (let k = 0; k < candidates.length && !this.#stopping; k++) {
+        const webhook = candidates[(start + k) % candidates.length] as StoredWebhook
+        envelope.attempts++
+        const result = await this.#deliver(webhook, envelope.id, body, event)
+        if (result.ok) return claimed
+        envelope.last_error = `${webhook.id}: ${result.error ?? `HTTP ${result.status ?? '?'}`}`
       }
-      const now = Date.now()
-      const candidates = all.filter((w) => this.#allows(w.id, now))
-      if (candidates.length > 0) {
-        const start = (await this.#position()) % candidates.length
-        for (let k = 0; k < candidates.length && !this.#stopping; k++) {
-          const webhook = candidates[(start + k) % candidates.length] as StoredWebhook
-          envelope.attempts++
-          const result = await this.#deliver(webhook, envelope.id, body, event)
-          if (result.ok) return current
-          lastError = `${webhook.id}: ${result.error ?? `HTTP ${result.status ?? '?'}`}`
-        }
-      }
-      if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {
-        return await this.#bury(current, envelope, frame, 'delivery_failed', lastError || 'no webhook was available', event)
-      }
-      if (round === 0) await beforeRetry()
-      // Keep the retry state with the message, so a crash now loses neither it nor its id.
-      const next = this.#seal(envelope, frame)
-      await consumer.replace(current, next)
-      current = next
-      const backoff = Math.min(this.options.backoffMaxMs, this.options.backoffMs * 2 ** round++)
-      await this.#pause(backoff / 2 + Math.random() * backoff / 2)
-      await this.#available()
     }
+    if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {
+      return await this.#bury(claimed, envelope, frame, 'delivery_failed', envelope.last_error ?? 'no webhook was available', event)
+    }
+    // The retry state goes with the message, so a crash loses neither it nor its id.
+    const backoff = Math.min(this.options.backoffMaxMs, this.options.backoffMs * 2 ** envelope.rounds)
+    envelope.rounds++
+    await consumer.delay(claimed, this.#seal(envelope, frame), Date.now() + backoff / 2 + Math.random() * backoff / 2)
+    return undefined
   }
 
   /**
@@ -442,10 +442,10 @@ export class WebhookDispatcher {
   #open (claimed: Buffer): { envelope: Envelope, frame: Buffer } {
     if (claimed.subarray(0, ENVELOPE_PREFIX.length).toString('latin1') === ENVELOPE_PREFIX) {
       const { frame, ...envelope } = JSON.parse(claimed.subarray(ENVELOPE_PREFIX.length).toString('utf8')) as StoredEnvelope
-      return { envelope, frame: Buffer.from(frame, 'base64') }
+      return { envelope: { ...envelope, rounds: envelope.rounds ?? 0 }, frame: Buffer.from(frame, 'base64') }
     }
     // Stable across every retry of this message: kept in its envelope once the first round fails.
-    return { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0 }, frame: claimed }
+    return { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
   }
 
   #seal (envelope: Envelope, frame: Buffer): Buffer {

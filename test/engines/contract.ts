@@ -195,11 +195,13 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const processing = `test.processing.${id}`
     const retry = `test.retry.${id}`
     await engine.produce([frame('a'), frame('b'), frame('c')])
-    const dead = engine.consumer(processing, retry)
+    const dead = engine.consumer(processing, retry, `test.delayed.${id}`)
     t.teardown(() => dead.close())
     const a = await claimOne(dead, 1000) as Buffer
     const b = await claimOne(dead, 1000) as Buffer
-    await dead.replace(b, frame('ENV:b'))
+    // b's envelope comes back to this consumer once its delay is over.
+    await dead.delay(b, frame('ENV:b'), Date.now())
+    t.equal(String(await claimOne(dead, 1000)), 'ENV:b')
     t.equal(await dead.pending(), 2)
     t.equal(await engine.reclaim(processing, retry, 'ENV:'), 2)
     t.equal(await dead.pending(), 0)
@@ -236,11 +238,12 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const engine = await fresh(t)
     const id = randomUUID()
     const retry = `test.retry.${id}`
-    const consumer = engine.consumer(`test.processing.${id}`, retry)
+    const consumer = engine.consumer(`test.processing.${id}`, retry, `test.delayed.${id}`)
     t.teardown(() => consumer.close())
     await engine.produce([frame('a'), frame('b'), frame('c'), frame('d')])
     const [a, b, c] = await consumer.claim(1000, { max: 3 }) as [Buffer, Buffer, Buffer]
-    await consumer.replace(c, frame('ENV:c'))
+    await consumer.delay(c, frame('ENV:c'), Date.now())
+    t.same((await consumer.claim(1000, { max: 1 })).map(String), ['ENV:c'], 'a due envelope comes first')
     await consumer.release([b, frame('ENV:c'), frame('never claimed')], 'ENV:')
     t.equal(await consumer.pending(), 1, 'only a is still held')
     t.equal(await engine.queueLength(), 2, 'b is back ahead of d; nothing unclaimed was added')
@@ -251,6 +254,28 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.same(order, ['ENV:c', 'b', 'd'])
     await consumer.ack(a)
     t.equal(await consumer.pending(), 0)
+  })
+
+  t.test('a delayed message is held by nobody until it is due, then comes first, to any consumer of the set', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    const delayed = `test.delayed.${id}`
+    const one = engine.consumer(`test.processing.one.${id}`, `test.retry.${id}`, delayed)
+    const two = engine.consumer(`test.processing.two.${id}`, `test.retry.${id}`, delayed)
+    t.teardown(async () => { await one.close(); await two.close() })
+    await engine.produce([frame('m')])
+    const m = await claimOne(one, 1000) as Buffer
+    const dueAt = Date.now() + 300
+    await one.delay(m, frame('ENV:m'), dueAt)
+    t.equal(await one.pending(), 0, 'out of the processing list')
+    await one.delay(frame('not held'), frame('ENV:ghost'), Date.now())
+    await engine.produce([frame('queued')])
+    t.same((await two.claim(1000, { max: 5 })).map(String), ['queued'], 'not before it is due; a value not held is not delayed')
+    const waited = await claimOne(two, 5000)
+    t.equal(String(waited), 'ENV:m', 'a claim waiting on an empty list wakes when it is due')
+    t.ok(Date.now() >= dueAt - 5, 'and not before')
+    t.equal(await two.pending(), 2)
+    t.equal(await claimOne(one, 100), null, 'taken once')
   })
 
   t.test('identical messages are counted, not confused: each release or ack takes one copy', async (t) => {

@@ -122,10 +122,10 @@ t.test('retries keep the message id, back off, and succeed', async (t) => {
   t.ok(got[2]!.at - got[1]!.at >= 40, 'backed off between rounds')
 })
 
-t.test('a message waiting for its retry hands back the messages claimed with it', async (t) => {
+t.test('a message waiting for its retry holds up neither the messages claimed with it nor its loop', async (t) => {
   // Queued before any webhook exists, so the first claims take batches (a fair share each).
-  // The loop whose first message fails must not keep the other five through its backoff (1.5 to 3 s).
-  const { register, post } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 3000, webhookBackoffMaxMs: 3000 })
+  // The first message fails; the other eleven must not wait for its next round (1.5 to 3 s).
+  const { register, post, names } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 3000, webhookBackoffMaxMs: 3000 })
   await post(Array.from({ length: 12 }, (_, i) => ({ event_name: 'batch_member', args: [i] })))
   const receiver = await startReceiver(t, (r) => ({ status: r.json.args[0] === 0 ? 500 : 204 }))
   await register(receiver.url)
@@ -134,6 +134,24 @@ t.test('a message waiting for its retry hands back the messages claimed with it'
   await until(() => others().size >= 11, 1400)
   t.equal(others().size, 11, 'the other eleven were delivered while the first waited for its retry')
   t.equal(receiver.received.filter((r) => r.json.args[0] === 0).length, 1, 'the failed one is not retried yet')
+  t.equal(await redis.client.zcard(`${names.keyPrefix}delayed`), 1, 'it waits in the delay set, held by no loop')
+})
+
+t.test('a receiver that keeps failing does not hold up deliveries to the others', async (t) => {
+  // Two loops; kernel events go only to a receiver that always fails, session events to a
+  // healthy one. With retries waiting inside the loops, two kernel events would stop everything.
+  const { register, post } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 5000, webhookBackoffMaxMs: 5000, webhookCircuitFailures: 1000 })
+  const broken = await startReceiver(t, () => ({ status: 500 }))
+  const healthy = await startReceiver(t)
+  await register(broken.url, ['kernel_*'])
+  await register(healthy.url, ['session_*'])
+  await post(Array.from({ length: 6 }, (_, i) => ({ event_name: 'kernel_started', args: [i] })))
+  await until(() => broken.received.length >= 6, 5000)
+  const started = Date.now()
+  await post(Array.from({ length: 6 }, (_, i) => ({ event_name: 'session_started', args: [i] })))
+  await healthy.waitFor(6, 2000)
+  t.equal(healthy.received.length, 6, `the healthy receiver got all six in ${Date.now() - started} ms, while the kernel events wait for their next round`)
+  t.equal(broken.received.length, 6, 'each kernel event tried once so far')
 })
 
 t.test('retries run out: the message is dead-lettered, and can be redelivered', async (t) => {
