@@ -58,10 +58,11 @@ export interface Consumer {
   release (frames: readonly Buffer[], envelopePrefix: string): Promise<void>
   /**
    * Takes a claimed message out of the processing list and keeps `next` (its envelope, with its
-   * retry state) aside until `dueAt` (ms since the epoch): then any consumer of the same delay
-   * set claims it again. Nobody holds it meanwhile, so a crash loses nothing.
+   * retry state) aside for `delayMs` (by the bus's clock): then any consumer of the same delay
+   * set claims it again, one due message per claim, before anything else. Nobody holds it
+   * meanwhile, so a crash loses nothing.
    */
-  delay (frame: Buffer, next: Buffer, dueAt: number): Promise<void>
+  delay (frame: Buffer, next: Buffer, delayMs: number): Promise<void>
   /** How many claimed messages wait in the processing list. */
   pending (): Promise<number>
   close (): Promise<void>

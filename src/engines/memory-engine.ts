@@ -242,13 +242,11 @@ export class MemoryEngine implements Engine {
       claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
         this.#assertOpen()
         for (const frame of done) remove(frame)
-        const deadline = Date.now() + timeoutMs
+        const deadline = performance.now() + timeoutMs
         for (;;) {
-          const now = Date.now()
-          // Due ones join the retry list, at most `max` of them, as the script's LIMIT does.
-          let due = 0
-          while (due < max && due < delayed.length && (delayed[due] as Delayed).dueAt <= now) due++
-          retry.push(...delayed.splice(0, due).map((d) => d.value))
+          const now = performance.now()
+          // One due message joins the retry list per claim, as in the script.
+          if (max > 0 && delayed.length > 0 && (delayed[0] as Delayed).dueAt <= now) retry.push((delayed.shift() as Delayed).value)
           let taken = retry.splice(0, max)
           if (taken.length === 0 && max > 0) {
             taken = []
@@ -271,7 +269,7 @@ export class MemoryEngine implements Engine {
             this.#waiters.add(waiter)
           })
           if (frame !== null) return [frame]
-          if (Date.now() >= deadline || this.#state === 'closed') return []
+          if (performance.now() >= deadline || this.#state === 'closed') return []
         }
       },
       release: async (frames, envelopePrefix) => {
@@ -279,9 +277,13 @@ export class MemoryEngine implements Engine {
         this.#putBack(frames.filter(remove), envelopePrefix, retry)
       },
       ack: async (...frames) => { for (const frame of frames) remove(frame) },
-      delay: async (frame, next, dueAt) => {
+      delay: async (frame, next, delayMs) => {
+        this.#assertOpen()
         if (!remove(frame)) return
-        // Kept in due order, as a sorted set keeps its scores.
+        const dueAt = performance.now() + Math.max(0, delayMs)
+        // Kept in due order, and each value once, as a sorted set keeps its members.
+        const same = delayed.findIndex((d) => d.value.equals(next))
+        if (same >= 0) delayed.splice(same, 1)
         const at = delayed.findIndex((d) => d.dueAt > dueAt)
         delayed.splice(at < 0 ? delayed.length : at, 0, { dueAt, value: Buffer.from(next) })
       },

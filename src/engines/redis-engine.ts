@@ -41,15 +41,22 @@ while true do
 end
 `
 
-// Acknowledges what the caller finished with, moves delayed messages due by ARGV[3] (ms) to the
-// retry list, then takes up to ARGV[1] messages: put-back ones first, else a fair share
-// (1/ARGV[2], at least one) of what is queued. Returns them, and when the next delayed one is due.
-const CLAIM_LUA = `
-for i = 4, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+// Redis's own clock, in ms: due times must not depend on which gateway's clock set or reads them.
+const NOW_MS = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// Acknowledges what the caller finished with, moves one delayed message that is due to the
+// retry list (one per claim, so a loop does not take a run of retries for a failing receiver
+// at once), then takes up to ARGV[1] messages: put-back ones first, else a fair share
+// (1/ARGV[2], at least one) of what is queued. Returns them, and in how many ms the next
+// delayed one is due ('' for none).
+const CLAIM_LUA = NOW_MS + `
+for i = 3, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
 local max = tonumber(ARGV[1])
 local out = {}
 if max > 0 then
-  for _, v in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[3], 'LIMIT', 0, max)) do
+  for _, v in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1)) do
     redis.call('ZREM', KEYS[4], v)
     redis.call('RPUSH', KEYS[2], v)
   end
@@ -67,13 +74,13 @@ if #out == 0 and max > 0 then
     out[#out + 1] = v
   end
 end
-local due = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2] or ''
-return {out, due}
+local due = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
+return {out, due and tostring(math.max(0, tonumber(due) - now)) or ''}
 `
 
-// Out of the processing list, into the delay set until its due time (the score).
-const DELAY_LUA = `
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) return 1 end
+// Out of the processing list, into the delay set, due ARGV[3] ms from now (the score).
+const DELAY_LUA = NOW_MS + `
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2]) return 1 end
 return 0
 `
 
@@ -123,9 +130,9 @@ return 1
 `
 
 interface ScriptCommands {
-  busgateClaimBuffer: (processing: string, retry: string, prodcons: string, delayed: string, max: number, sharers: number, now: number,
+  busgateClaimBuffer: (processing: string, retry: string, prodcons: string, delayed: string, max: number, sharers: number,
     ...done: Buffer[]) => Promise<[Buffer[], Buffer]>
-  busgateDelay: (processing: string, delayed: string, frame: Buffer, next: Buffer, dueAt: number) => Promise<number>
+  busgateDelay: (processing: string, delayed: string, frame: Buffer, next: Buffer, delayMs: number) => Promise<number>
   busgateRelease: (processing: string, retry: string, prodcons: string, prefix: string, ...frames: Buffer[]) => Promise<number>
   busgateHashMerge: (key: string, ...args: string[]) => Promise<number>
   busgateReclaim: (processing: string, retry: string, prodcons: string, prefix: string) => Promise<number>
@@ -395,27 +402,29 @@ export class RedisEngine implements Engine {
     // one, whose commands time out, so a stop while Redis is away cannot hang on them.
     return {
       claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
-        const deadline = Date.now() + timeoutMs
+        // A monotonic clock: a step of the wall clock must not stretch the wait.
+        const deadline = performance.now() + timeoutMs
         for (let acks = done; ; acks = []) {
           // Acks and the non-blocking take in one script; the blocking wait only when it found
           // nothing, and no longer than until the next delayed message is due.
-          const [taken, nextDue] = await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, max, sharers, Date.now(), ...acks))
+          const [taken, nextDueIn] = await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, max, sharers, ...acks))
           if (taken.length > 0 || max === 0) return taken
-          const until = Math.min(deadline, nextDue.length > 0 ? Number(nextDue.toString()) : Infinity)
-          const frame = await this.#call(() => conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(until - Date.now(), 1) / 1000))
+          const left = deadline - performance.now()
+          const wait = Math.min(left, nextDueIn.length > 0 ? Number(nextDueIn.toString()) : Infinity)
+          const frame = await this.#call(() => conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(wait, 1) / 1000))
           if (frame !== null) return [frame]
-          if (Date.now() >= deadline) return []
+          if (performance.now() >= deadline) return []
         }
       },
       release: async (frames, envelopePrefix) => {
         if (frames.length > 0) await this.#call(() => this.#scripts.busgateRelease(processingKey, retry, prodconsKey, envelopePrefix, ...frames))
       },
-      delay: async (frame, next, dueAt) => {
-        await this.#call(() => this.#scripts.busgateDelay(processingKey, delayed, frame, next, Math.round(dueAt)))
+      delay: async (frame, next, delayMs) => {
+        await this.#call(() => this.#scripts.busgateDelay(processingKey, delayed, frame, next, Math.max(0, Math.round(delayMs))))
       },
       ack: async (...frames) => {
         if (frames.length === 1) await this.#call(() => this.#commands.lrem(processingKey, 1, frames[0] as Buffer))
-        else if (frames.length > 1) await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, 0, 1, 0, ...frames))
+        else if (frames.length > 1) await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, 0, 1, ...frames))
       },
       pending: async () => {
         try {

@@ -306,10 +306,12 @@ export class WebhookDispatcher {
     if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {
       return await this.#bury(claimed, envelope, frame, 'delivery_failed', envelope.last_error ?? 'no webhook was available', event)
     }
+    // Stopping: it stays in the processing list, which stop() hands back for others at once.
+    if (this.#stopping) return undefined
     // The retry state goes with the message, so a crash loses neither it nor its id.
     const backoff = Math.min(this.options.backoffMaxMs, this.options.backoffMs * 2 ** envelope.rounds)
     envelope.rounds++
-    await consumer.delay(claimed, this.#seal(envelope, frame), Date.now() + backoff / 2 + Math.random() * backoff / 2)
+    await consumer.delay(claimed, this.#seal(envelope, frame), backoff / 2 + Math.random() * backoff / 2)
     return undefined
   }
 

@@ -124,8 +124,8 @@ t.test('retries keep the message id, back off, and succeed', async (t) => {
 
 t.test('a message waiting for its retry holds up neither the messages claimed with it nor its loop', async (t) => {
   // Queued before any webhook exists, so the first claims take batches (a fair share each).
-  // The first message fails; the other eleven must not wait for its next round (1.5 to 3 s).
-  const { register, post, names } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 3000, webhookBackoffMaxMs: 3000 })
+  // The first message fails; the other eleven must not wait for its next round (2 to 4 s).
+  const { register, post, names } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 4000, webhookBackoffMaxMs: 4000 })
   await post(Array.from({ length: 12 }, (_, i) => ({ event_name: 'batch_member', args: [i] })))
   const receiver = await startReceiver(t, (r) => ({ status: r.json.args[0] === 0 ? 500 : 204 }))
   await register(receiver.url)
