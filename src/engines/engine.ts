@@ -119,6 +119,8 @@ export interface Engine {
    */
   subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>>
   queueLength (): Promise<number>
+  /** How many messages wait in a delay set (see Consumer.delay). */
+  delayedLength (delayKey: string): Promise<number>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
   ping (): Promise<void>
   /**

@@ -116,6 +116,10 @@ export class MemoryEngine implements Engine {
     return this.#queue.length
   }
 
+  async delayedLength (delayKey: string): Promise<number> {
+    return this.#delayed.get(delayKey)?.length ?? 0
+  }
+
   readonly #hashes = new Map<string, Map<string, string>>()
   readonly #lists = new Map<string, string[]>()
   readonly #counters = new Map<string, number>()

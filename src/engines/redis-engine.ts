@@ -324,6 +324,10 @@ export class RedisEngine implements Engine {
     }
   }
 
+  async delayedLength (delayKey: string): Promise<number> {
+    return await this.#call(() => this.#commands.zcard(delayKey))
+  }
+
   readonly store: Store = {
     hashGet: async (key, field) => await this.#call(() => this.#commands.hget(key, field)),
     hashGetAll: async (key) => await this.#call(() => this.#commands.hgetall(key)),

@@ -60,6 +60,14 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     collect () { this.set(dispatcher.inFlight) }
   })
   new Gauge({ // eslint-disable-line no-new
+    name: 'busgate_webhook_delayed',
+    help: 'Messages waiting for their next delivery round, all instances (NaN while the bus is unreachable)',
+    registers: [metrics.registry],
+    async collect () {
+      this.set(await dispatcher.delayed().catch(() => Number.NaN))
+    }
+  })
+  new Gauge({ // eslint-disable-line no-new
     name: 'busgate_dead_letters',
     help: 'Messages in the dead-letter list (NaN while the bus is unreachable)',
     registers: [metrics.registry],

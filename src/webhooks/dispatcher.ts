@@ -126,6 +126,11 @@ export class WebhookDispatcher {
     return `${this.options.keyPrefix}delayed`
   }
 
+  /** Messages waiting for their next round, across every instance. */
+  async delayed (): Promise<number> {
+    return await this.engine.delayedLength(this.#delayKey)
+  }
+
   #processingKey (n: number, instance = this.instance): string {
     return `${this.options.keyPrefix}processing:${instance}:${n}`
   }

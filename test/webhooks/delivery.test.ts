@@ -125,7 +125,7 @@ t.test('retries keep the message id, back off, and succeed', async (t) => {
 t.test('a message waiting for its retry holds up neither the messages claimed with it nor its loop', async (t) => {
   // Queued before any webhook exists, so the first claims take batches (a fair share each).
   // The first message fails; the other eleven must not wait for its next round (2 to 4 s).
-  const { register, post, names } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 4000, webhookBackoffMaxMs: 4000 })
+  const { register, post, names, app } = await gateway(t, { webhookConcurrency: 2, webhookBackoffMs: 4000, webhookBackoffMaxMs: 4000 })
   await post(Array.from({ length: 12 }, (_, i) => ({ event_name: 'batch_member', args: [i] })))
   const receiver = await startReceiver(t, (r) => ({ status: r.json.args[0] === 0 ? 500 : 204 }))
   await register(receiver.url)
@@ -135,6 +135,7 @@ t.test('a message waiting for its retry holds up neither the messages claimed wi
   t.equal(others().size, 11, 'the other eleven were delivered while the first waited for its retry')
   t.equal(receiver.received.filter((r) => r.json.args[0] === 0).length, 1, 'the failed one is not retried yet')
   t.equal(await redis.client.zcard(`${names.keyPrefix}delayed`), 1, 'it waits in the delay set, held by no loop')
+  t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /\nbusgate_webhook_delayed 1\n/, 'counted')
 })
 
 t.test('a receiver that keeps failing does not hold up deliveries to the others', async (t) => {
