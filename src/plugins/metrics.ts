@@ -1,6 +1,21 @@
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 
+/**
+ * A gauge read from the bus at each scrape: unknown while the bus is down, so NaN then, rather
+ * than a stale value or a false zero.
+ */
+export function busCountGauge (registry: Registry, name: string, help: string, read: () => Promise<number>): void {
+  new Gauge({ // eslint-disable-line no-new
+    name,
+    help: `${help} (NaN while the bus is unreachable)`,
+    registers: [registry],
+    async collect () {
+      this.set(await read().catch(() => Number.NaN))
+    }
+  })
+}
+
 export interface Metrics {
   registry: Registry
   produced: Counter<'route' | 'format'>

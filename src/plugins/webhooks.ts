@@ -4,6 +4,7 @@ import type { Config } from '../config.js'
 import { DeadLetters } from '../webhooks/dead-letters.js'
 import { WebhookDispatcher } from '../webhooks/dispatcher.js'
 import { WebhookRegistry } from '../webhooks/registry.js'
+import { busCountGauge } from './metrics.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -59,22 +60,9 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     registers: [metrics.registry],
     collect () { this.set(dispatcher.inFlight) }
   })
-  new Gauge({ // eslint-disable-line no-new
-    name: 'busgate_webhook_delayed',
-    help: 'Messages waiting for their next delivery round, all instances (NaN while the bus is unreachable)',
-    registers: [metrics.registry],
-    async collect () {
-      this.set(await dispatcher.delayed().catch(() => Number.NaN))
-    }
-  })
-  new Gauge({ // eslint-disable-line no-new
-    name: 'busgate_dead_letters',
-    help: 'Messages in the dead-letter list (NaN while the bus is unreachable)',
-    registers: [metrics.registry],
-    async collect () {
-      this.set(await deadLetters.count().catch(() => Number.NaN))
-    }
-  })
+  busCountGauge(metrics.registry, 'busgate_webhook_delayed', 'Messages waiting for their next delivery round, all instances',
+    async () => await dispatcher.delayed())
+  busCountGauge(metrics.registry, 'busgate_dead_letters', 'Messages in the dead-letter list', async () => await deadLetters.count())
   app.addHook('onReady', async () => { await dispatcher.start() })
   app.addHook('preClose', async () => { await dispatcher.stop() })
 }, { name: 'busgate-webhooks', fastify: '5.x', dependencies: ['busgate-engine', 'busgate-metrics'] })
