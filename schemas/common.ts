@@ -10,3 +10,8 @@ export function Ref<T extends TSchema & { $id?: string }> (schema: T, descriptio
   if (schema.$id === undefined) throw new Error('Ref needs a schema with $id')
   return Type.Unsafe<Static<T>>({ $ref: schema.$id, ...(description === undefined ? {} : { description }) })
 }
+
+/** The token as a query parameter, for clients that cannot send an Authorization header. */
+export const AccessToken = Type.String({
+  description: 'the token, for clients that cannot send an Authorization header (EventSource); never logged'
+})

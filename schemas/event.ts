@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Ref } from './common.js'
+import { AccessToken, Ref } from './common.js'
 
 export const EVENT_NAME_MAX = 128
 
@@ -77,9 +77,7 @@ export const StreamQuery = Type.Object({
     maxLength: 128,
     description: 'resume after this event id, for clients that cannot send the Last-Event-ID header (the header wins)'
   })),
-  access_token: Type.Optional(Type.String({
-    description: 'the token, for clients that cannot send an Authorization header (EventSource); never logged'
-  }))
+  access_token: Type.Optional(AccessToken)
 }, { additionalProperties: false })
 export type StreamQuery = Static<typeof StreamQuery>
 

@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
+import { AccessToken } from './common.js'
 import { TASK_ID } from '../src/tasks.js'
 
 const TaskId = Type.String({ pattern: TASK_ID, description: 'the background task id (Backend.AI: a UUID)', examples: ['5f3c7a2e-9d1b-4c8e-a0f2-3b6d9e1c4a57'] })
@@ -6,9 +7,7 @@ const TaskId = Type.String({ pattern: TASK_ID, description: 'the background task
 export const TaskQuery = Type.Object({
   task_id: Type.Optional(TaskId),
   taskId: Type.Optional({ ...TaskId, description: 'the same, as Backend.AI clients also spell it' }),
-  access_token: Type.Optional(Type.String({
-    description: 'the token, for clients that cannot send an Authorization header (EventSource); never logged'
-  }))
+  access_token: Type.Optional(AccessToken)
 }, { additionalProperties: false })
 export type TaskQuery = Static<typeof TaskQuery>
 

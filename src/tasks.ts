@@ -56,9 +56,9 @@ const asProgress = (value: JsonValue | undefined): JsonValue => typeof value ===
  * arguments, `(task_id, current_progress, total_progress, message)` for an update and
  * `(task_id, message)` for the end of a task. Anything else is not a task report.
  */
-export function parseTaskEvent (event: Pick<BusEvent, 'event_name' | 'args'>): TaskReport | undefined {
+export function parseTaskEvent (event: { event_name: string, args?: readonly unknown[] }): TaskReport | undefined {
   const status = TASK_EVENTS.get(event.event_name)
-  if (status === undefined) return undefined
+  if (status === undefined || event.args === undefined) return undefined
   const args = event.args.map(toJsonValue)
   const first = args[0]
   let report: Omit<TaskReport, 'name' | 'status'>
@@ -159,11 +159,10 @@ export class TaskTracker {
   }
 
   /** Records the task events among events about to be produced: before they are, see `record`. */
-  async recordProduced (events: ReadonlyArray<{ event_name: string, args?: unknown[] }>): Promise<void> {
+  async recordProduced (events: ReadonlyArray<{ event_name: string, args?: readonly unknown[] }>): Promise<void> {
     const reports: TaskReport[] = []
     for (const event of events) {
-      if (!TASK_EVENTS.has(event.event_name)) continue
-      const report = parseTaskEvent({ event_name: event.event_name, args: event.args ?? [] })
+      const report = parseTaskEvent(event)
       if (report !== undefined) reports.push(report)
     }
     for (const report of reports) await this.record(report)
@@ -188,7 +187,6 @@ export class TaskTracker {
   }
 
   #onEvent (event: BusEvent): void {
-    if (!TASK_EVENTS.has(event.event_name)) return
     const report = parseTaskEvent(event)
     if (report === undefined) return
     // Every instance that hears it writes the same state: whoever produced the event, its
