@@ -36,6 +36,9 @@ export interface Config {
   corsOrigins: readonly string[] | undefined
   bodyLimit: number
   batchMax: number
+  busMaxMessageBytes: number
+  requestTimeoutMs: number
+  maxConnections: number
   redisTimeoutMs: number
   shutdownTimeoutMs: number
   memoryQueueMax: number
@@ -98,6 +101,15 @@ export const SETTINGS = [
     'browser origins allowed by CORS, comma-separated (`https://a.example,https://b.example`) or `*`; unset = no CORS headers',
     parseOrigins),
   setting('bodyLimit', 'BUSGATE_BODY_LIMIT', '1048576', 'largest request body in bytes (larger: 413)', (raw) => integer(raw, 1024, 64 * 1024 * 1024)),
+  setting('busMaxMessageBytes', 'BUSGATE_BUS_MAX_MESSAGE_BYTES', '1048576',
+    'largest bus message busgate reads or writes: larger ones on the bus are counted and set aside without being decoded; a produce that would write one gets 413',
+    (raw) => integer(raw, 1024, 64 * 1024 * 1024)),
+  setting('requestTimeoutMs', 'BUSGATE_REQUEST_TIMEOUT_MS', '30000',
+    'how long a client may take to send a whole request, headers and body (then 408 and the connection is closed); idle keep-alive connections close after 5 s',
+    (raw) => integer(raw, 1000, 3_600_000)),
+  setting('maxConnections', 'BUSGATE_MAX_CONNECTIONS', '25000',
+    'most open client connections (streams included); past it new connections are closed at once. Keep it below the file-descriptor limit (`ulimit -n`)',
+    (raw) => integer(raw, 1, 10_000_000)),
   setting('batchMax', 'BUSGATE_BATCH_MAX', '1000', `most events in one \`POST /events/batch\` (at most ${MAX_FRAMES_PER_PRODUCE})`,
     (raw) => integer(raw, 1, MAX_FRAMES_PER_PRODUCE)),
   setting('redisTimeoutMs', 'BUSGATE_REDIS_TIMEOUT_MS', '2000', 'bound on connecting to Redis and on each command; past it a request gets 503', (raw) => integer(raw, 50, 60000)),

@@ -22,6 +22,8 @@ export interface HubOptions {
   heartbeatMs: number
   retryMs: number
   maxClients: number
+  /** bus messages larger than this are set aside undecoded */
+  maxMessageBytes: number
 }
 
 export interface HubMetrics {
@@ -55,16 +57,42 @@ interface HistoryEntry extends Partial<Filterable> {
   bytes: number
 }
 
+/**
+ * A stream. While its socket takes what it is given, frames are written as they come. Once the
+ * socket holds more than it should (a write returned false), the client falls behind: it is
+ * written nothing more until the socket drains, and what it misses meanwhile is a position in
+ * its group's backlog, shared with every other client of the group that is behind, so a client
+ * that stops reading costs a few numbers, not a queued write per frame.
+ */
 interface Client {
   socket: Socket
   group: FilterGroup
-  /** unsent bytes allowed before the cut-off: the bound, plus what a replay queued at once */
-  allowance: number
+  /** index in the group's backlog of the first chunk it still needs; -1 while it keeps up */
+  behind: number
+  /** the group's byte count when it fell behind: what it lacks of the backlog is the difference */
+  behindBytes: number
+  /** frames for this client alone, sent before its share of the backlog: a replay it asked for, its view's own frames */
+  own: Buffer[]
+  ownBytes: number
+  /** the first bytes of `own` that a replay queued: asked for, so not lag */
+  replayBytes: number
+  /** a drain listener is set */
+  waiting: boolean
 }
 
 interface FilterGroup {
   filter: Filter
   clients: Set<Client>
+  /** frames of this turn of the event loop, written together when it ends */
+  burst: Buffer[]
+  /** chunks written to the clients that kept up, kept for those behind; oldest first */
+  backlog: Buffer[]
+  /** the index of backlog[0] among every chunk the group has had */
+  backlogStart: number
+  /** bytes of every chunk the group has had */
+  totalBytes: number
+  /** clients behind */
+  lagging: number
 }
 
 /** A stream the caller writes to itself (a view other than the bus events), after `open`. */
@@ -88,6 +116,8 @@ export interface BusListener {
 }
 
 const HEARTBEAT = Buffer.from(':\n\n')
+/** most bytes one catch-up write gathers: a client far behind is fed in pieces, as its socket drains */
+const CATCH_UP_BYTES = 256 * 1024
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
   const names = eventNames === undefined || eventNames === '*' ? undefined : globList(eventNames)
@@ -136,7 +166,8 @@ export class SseHub {
   readonly #listeners = new Set<BusListener>()
   #closing = false
   #malformedLogged = 0
-  #listenerFailures = 0
+  #failures = 0
+  #flushing: NodeJS.Immediate | undefined
 
   constructor (
     private readonly engine: Engine,
@@ -156,7 +187,7 @@ export class SseHub {
   }
 
   start (): void {
-    this.#heartbeat = setInterval(() => this.#broadcast(HEARTBEAT), this.options.heartbeatMs)
+    this.#heartbeat = setInterval(() => this.#heartbeatAll(), this.options.heartbeatMs)
     this.#heartbeat.unref()
   }
 
@@ -189,22 +220,30 @@ export class SseHub {
       socket.end(this.#retryFrame)
       return undefined
     }
-    const group = this.#groups.get(filter.key) ?? { filter, clients: new Set<Client>() }
-    this.#groups.set(filter.key, group)
-    const client: Client = { socket, group, allowance: this.options.maxBufferBytes }
+    // What this turn heard goes out first: it is in the history, so a replay would repeat it.
+    this.#flush()
+    let group = this.#groups.get(filter.key)
+    if (group === undefined) {
+      group = { filter, clients: new Set(), burst: [], backlog: [], backlogStart: 0, totalBytes: 0, lagging: 0 }
+      this.#groups.set(filter.key, group)
+    }
+    const client: Client = { socket, group, behind: -1, behindBytes: 0, own: [], ownBytes: 0, replayBytes: 0, waiting: false }
     group.clients.add(client)
     this.#clientCount++
     this.metrics.clients(this.#clientCount)
     res.once('close', () => this.#detach(client))
 
-    this.#write(client, this.#retryFrame)
+    this.#writeOwn(client, this.#retryFrame)
     if (lastEventId !== undefined) this.#resume(client, lastEventId)
     return {
-      write: (frame) => this.#write(client, frame),
+      write: (frame) => this.#writeOwn(client, frame),
       end: (frame) => {
         // Detached first: nothing of the hub's (a heartbeat, the shutdown) writes after the end.
         this.#detach(client)
-        if (!socket.destroyed) socket.end(frame)
+        if (socket.destroyed) return
+        // What waits for it goes first: the end must not overtake it.
+        if (client.own.length > 0) socket.write(Buffer.concat(client.own))
+        socket.end(frame)
       }
     }
   }
@@ -296,22 +335,27 @@ export class SseHub {
     }
     if (reason !== undefined) {
       this.metrics.resume(reason)
-      this.#write(client, this.#gapFrame(reason, lastEventId))
+      this.#writeOwn(client, this.#gapFrame(reason, lastEventId))
       return
     }
     this.metrics.resume('hit')
-    // The history is ordered by seq: skip what the client has, send the rest that matches.
-    // Written without the cut-off: the backlog the client asked for is not slowness; it
-    // raises this client's allowance instead, so it has to drain before more counts against it.
-    const { socket } = client
+    // The history is ordered by seq: skip what the client has, queue the rest that matches. The
+    // queue holds the history's own frames, and is fed to the socket as it drains; it does not
+    // count as lag, since the client asked for it.
     const start = this.#history.length - (this.#seq - seq)
     for (let i = Math.max(start, 0); i < this.#history.length; i++) {
       const entry = this.#history.at(i) as HistoryEntry
       this.#frame(entry)
-      if (entry.frame !== undefined && client.group.filter.matches(entry as Filterable) && !socket.destroyed) socket.write(entry.frame)
+      if (entry.frame === undefined || !client.group.filter.matches(entry as Filterable)) continue
+      client.own.push(entry.frame)
+      client.ownBytes += entry.frame.byteLength
+      client.replayBytes += entry.frame.byteLength
     }
-    client.allowance = this.options.maxBufferBytes + socket.writableLength
     this.#trim()
+    if (client.own.length > 0) {
+      if (client.behind < 0) this.#fallBehind(client)
+      this.#catchUp(client)
+    }
   }
 
   #gapFrame (reason: GapReason, lastEventId: string | undefined): Buffer {
@@ -323,6 +367,8 @@ export class SseHub {
   #detach (client: Client): void {
     const { group } = client
     if (!group.clients.delete(client)) return
+    if (client.behind >= 0) this.#catchUpDone(client)
+    client.own = []
     this.#clientCount--
     this.metrics.clients(this.#clientCount)
     if (group.clients.size === 0) this.#groups.delete(group.filter.key)
@@ -343,8 +389,25 @@ export class SseHub {
     return this.#clientCount === 0 && this.#opening === 0 && this.#holds === 0
   }
 
+  /** Called by the engine for every message of the channel: whatever it holds, nothing here may throw. */
   #onMessage (raw: Buffer): void {
+    try {
+      this.#take(raw)
+    } catch (err) {
+      if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures, preview: hexPreview(raw) }, 'a bus message could not be handled')
+    }
+  }
+
+  #take (raw: Buffer): void {
     const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bytes: raw.byteLength }
+    if (raw.byteLength > this.options.maxMessageBytes) {
+      // Set aside before anything looks inside: its decoding alone could stall every stream.
+      entry.raw = undefined
+      entry.bytes = 0
+      this.#remember(entry)
+      this.#malformed(raw, 'too_large', `${raw.byteLength} bytes, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${this.options.maxMessageBytes})`)
+      return
+    }
     if (this.#clientCount === 0 && this.#holds === 0) {
       // The subscriber's buffer may be shared with other messages: keep a copy of our own.
       entry.raw = Buffer.from(raw)
@@ -360,19 +423,144 @@ export class SseHub {
       try {
         listener.event(event)
       } catch (err) {
-        if (this.#listenerFailures++ % 1000 === 0) this.log.error({ err, seen: this.#listenerFailures }, 'a bus event listener failed')
+        if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'a bus event listener failed')
       }
     }
 
     let delivered = 0
     for (const group of this.#groups.values()) {
-      if (!group.filter.matches(event)) continue
-      for (const client of group.clients) {
-        this.#write(client, frame)
-        delivered++
-      }
+      if (group.clients.size === 0 || !group.filter.matches(event)) continue
+      this.#queue(group, frame)
+      delivered += group.clients.size
     }
     if (delivered > 0) this.metrics.delivered(delivered)
+  }
+
+  /** Adds a frame to what the group's clients get at the end of this turn of the event loop. */
+  #queue (group: FilterGroup, frame: Buffer): void {
+    group.burst.push(frame)
+    if (this.#flushing === undefined) this.#flushing = setImmediate(() => this.#flush())
+  }
+
+  /**
+   * Writes each group's frames of this turn as one chunk: a burst of events costs one write per
+   * client, not one per event and client. The chunk is the same bytes for the whole group.
+   */
+  #flush (): void {
+    if (this.#flushing === undefined) return
+    clearImmediate(this.#flushing)
+    this.#flushing = undefined
+    for (const group of this.#groups.values()) {
+      if (group.burst.length === 0) continue
+      const chunk = group.burst.length === 1 ? group.burst[0] as Buffer : Buffer.concat(group.burst)
+      group.burst = []
+      try {
+        this.#send(group, chunk)
+      } catch (err) {
+        if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'writing to streams failed')
+      }
+    }
+  }
+
+  #send (group: FilterGroup, chunk: Buffer): void {
+    if (group.lagging > 0) group.backlog.push(chunk)
+    group.totalBytes += chunk.byteLength
+    let oldestNeeded = Infinity
+    for (const client of group.clients) {
+      if (client.behind >= 0) {
+        if (this.#tooFarBehind(client, chunk.byteLength)) continue
+        oldestNeeded = Math.min(oldestNeeded, client.behind)
+        continue
+      }
+      const { socket } = client
+      if (socket.destroyed) continue
+      socket.write(chunk)
+      if (socket.writableNeedDrain) this.#fallBehind(client)
+    }
+    // What every client behind has had is dropped.
+    if (group.lagging === 0) {
+      group.backlogStart += group.backlog.length
+      group.backlog = []
+    } else if (oldestNeeded !== Infinity && oldestNeeded > group.backlogStart) {
+      group.backlog.splice(0, oldestNeeded - group.backlogStart)
+      group.backlogStart = oldestNeeded
+    }
+  }
+
+  /**
+   * Bytes queued for a client beyond its socket, not counting a replay it asked for. The
+   * newest frame does not count either: one large frame never cuts off a client that reads.
+   */
+  #tooFarBehind (client: Client, newest: number): boolean {
+    const lag = client.ownBytes - client.replayBytes + client.group.totalBytes - client.behindBytes
+    if (lag - newest <= this.options.maxBufferBytes) return false
+    this.metrics.slowDisconnect()
+    this.log.info({ behind: lag }, 'stream client too slow: disconnected')
+    client.socket.destroy()
+    this.#detach(client)
+    return true
+  }
+
+  /** The socket holds enough: from now on the client is written to as it drains. */
+  #fallBehind (client: Client): void {
+    const { group } = client
+    client.behind = group.backlogStart + group.backlog.length
+    client.behindBytes = group.totalBytes
+    group.lagging++
+    this.#awaitDrain(client)
+  }
+
+  #awaitDrain (client: Client): void {
+    if (client.waiting) return
+    client.waiting = true
+    client.socket.once('drain', () => {
+      client.waiting = false
+      try {
+        this.#catchUp(client)
+      } catch (err) {
+        if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'writing to a stream failed')
+      }
+    })
+  }
+
+  /** Writes what the client missed, a piece at a time, while its socket takes it. */
+  #catchUp (client: Client): void {
+    const { socket, group } = client
+    if (!group.clients.has(client) || socket.destroyed) return
+    while (!socket.writableNeedDrain) {
+      const parts: Buffer[] = []
+      let bytes = 0
+      while (bytes < CATCH_UP_BYTES && client.own.length > 0) {
+        const frame = client.own.shift() as Buffer
+        parts.push(frame)
+        bytes += frame.byteLength
+        client.ownBytes -= frame.byteLength
+        client.replayBytes = Math.max(0, client.replayBytes - frame.byteLength)
+      }
+      const end = group.backlogStart + group.backlog.length
+      while (bytes < CATCH_UP_BYTES && client.behind < end) {
+        const chunk = group.backlog[client.behind - group.backlogStart] as Buffer
+        parts.push(chunk)
+        bytes += chunk.byteLength
+        client.behind++
+        client.behindBytes += chunk.byteLength
+      }
+      if (parts.length === 0) {
+        this.#catchUpDone(client)
+        return
+      }
+      socket.write(parts.length === 1 ? parts[0] as Buffer : Buffer.concat(parts))
+    }
+    this.#awaitDrain(client)
+  }
+
+  #catchUpDone (client: Client): void {
+    const { group } = client
+    client.behind = -1
+    if (--group.lagging === 0) {
+      group.backlogStart += group.backlog.length
+      group.backlog = []
+    }
   }
 
   /**
@@ -384,16 +572,17 @@ export class SseHub {
     const raw = entry.raw
     entry.raw = undefined
     let event: BusEvent
+    let json: string
     try {
       event = decodeEvent(raw)
       const unsafe = unsafeName(event.event_name)
       if (unsafe !== undefined) throw new CodecError('wrong_shape', unsafe)
+      json = JSON.stringify(toJsonEvent(event))
     } catch (err) {
       this.#resize(entry, 0)
-      this.#malformed(raw, err)
+      this.#malformed(raw, err instanceof CodecError ? err.reason : 'undecodable', (err as Error).message)
       return undefined
     }
-    const json = JSON.stringify(toJsonEvent(event))
     entry.frame = Buffer.from(`id: ${this.#id(entry.seq)}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
     entry.event_name = event.event_name
     entry.agent_id = event.agent_id
@@ -427,43 +616,47 @@ export class SseHub {
     this.#markBreak()
     this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
     const gap = this.#gapFrame('bus_reconnected', undefined)
-    // Streams of bus events get the gap event; the others' owners learn of it below.
+    // Streams of bus events get the gap event, after what they were sent before it; the others'
+    // owners learn of it below.
     for (const group of this.#groups.values()) {
-      if (group.filter === NO_EVENTS) continue
-      for (const client of group.clients) this.#write(client, gap)
+      if (group.filter !== NO_EVENTS && group.clients.size > 0) this.#queue(group, gap)
     }
     for (const listener of this.#listeners) listener.gap?.()
   }
 
   // Counted every time; logged the first time and then once per thousand, so a broken
   // producer cannot flood the log.
-  #malformed (raw: Buffer, err: unknown): void {
-    const reason = err instanceof CodecError ? err.reason : 'undecodable'
+  #malformed (raw: Buffer, reason: string, message: string): void {
     this.metrics.malformed(reason)
     if (this.#malformedLogged++ % 1000 === 0) {
-      this.log.warn({ reason: (err as Error).message, preview: hexPreview(raw), seen: this.#malformedLogged },
+      this.log.warn({ reason: message, preview: hexPreview(raw), seen: this.#malformedLogged },
         'malformed message on the broadcast channel, not streamed')
     }
   }
 
-  // Checked before adding: a client still behind by more than the bound is cut off, so one
-  // large frame never cuts off a client that keeps up, and a stalled one holds at most the
-  // bound plus one frame.
-  #write (client: Client, frame: Buffer): void {
+  /**
+   * A frame for one client alone (its retry hint, a gap, a task view's event), after whatever
+   * the client has been given or is owed.
+   */
+  #writeOwn (client: Client, frame: Buffer): void {
     const { socket } = client
     if (socket.destroyed) return
-    if (socket.writableLength > client.allowance) {
-      this.metrics.slowDisconnect()
-      this.log.info({ buffered: socket.writableLength }, 'stream client too slow: disconnected')
-      socket.destroy()
+    if (client.behind < 0) {
+      socket.write(frame)
+      if (socket.writableNeedDrain) this.#fallBehind(client)
       return
     }
-    socket.write(frame)
+    client.own.push(frame)
+    client.ownBytes += frame.byteLength
+    this.#tooFarBehind(client, frame.byteLength)
   }
 
-  #broadcast (frame: Buffer): void {
+  /** Only to streams that have nothing in flight: the others are not idle. */
+  #heartbeatAll (): void {
     for (const group of this.#groups.values()) {
-      for (const client of group.clients) this.#write(client, frame)
+      for (const client of group.clients) {
+        if (client.behind < 0 && client.socket.writableLength === 0) this.#writeOwn(client, HEARTBEAT)
+      }
     }
   }
 
@@ -477,11 +670,12 @@ export class SseHub {
     this.#closing = true
     clearInterval(this.#heartbeat)
     clearTimeout(this.#linger)
+    this.#flush()
     const bye = this.#retryFrame
     for (const group of [...this.#groups.values()]) {
-      for (const { socket } of [...group.clients]) {
+      for (const { socket, behind } of [...group.clients]) {
         // A client with a backlog would hold the close until it drained: it is cut off.
-        if (socket.writableLength > 0) socket.destroy()
+        if (behind >= 0 || socket.writableLength > 0) socket.destroy()
         else if (!socket.destroyed) socket.end(bye)
       }
     }

@@ -24,7 +24,7 @@ t.test('globs match in linear time', async (t) => {
 t.test('a stream that dies while another is opening does not end the subscription under the living one', async (t) => {
   const engine = new MemoryEngine({ redis: undefined, pubsubChannel: 'p', prodconsKey: 'q', redisTimeoutMs: 1000, memoryQueueMax: 1000, memoryQueueMaxBytes: 2 ** 20 })
   const metrics = { clients: () => {}, published: () => {}, delivered: () => {}, slowDisconnect: () => {}, resume: () => {}, malformed: () => {} }
-  const hub = new SseHub(engine, { lingerMs: 50, historySize: 100, historyBytes: 2 ** 20, maxBufferBytes: 2 ** 20, heartbeatMs: 60_000, retryMs: 1000, maxClients: 10 },
+  const hub = new SseHub(engine, { lingerMs: 50, historySize: 100, historyBytes: 2 ** 20, maxBufferBytes: 2 ** 20, heartbeatMs: 60_000, retryMs: 1000, maxClients: 10, maxMessageBytes: 2 ** 20 },
     metrics, pino({ level: 'silent' }))
   hub.start()
   t.teardown(async () => { await hub.close(); await engine.close() })

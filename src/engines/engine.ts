@@ -15,6 +15,20 @@ export const MAX_FRAMES_PER_PRODUCE = 5000
 
 export type MessageHandler = (frame: Buffer) => void
 
+/**
+ * Hands a channel message to every handler. A handler that throws must take neither the others
+ * nor the connection with it: the engines call this from their socket's read path.
+ */
+export function deliverMessage (handlers: Iterable<SubscriptionHandlers>, frame: Buffer, onError: (err: unknown) => void): void {
+  for (const handler of handlers) {
+    try {
+      handler.message(frame)
+    } catch (err) {
+      onError(err)
+    }
+  }
+}
+
 export interface SubscriptionHandlers {
   /** every message of the broadcast channel, in publish order */
   message: MessageHandler

@@ -1,5 +1,5 @@
 import { Errors } from '../errors.js'
-import { checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type MessageHandler, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
+import { checkFrameCount, deliverMessage, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
 
 /** A FIFO with O(1) push and shift: an array that is compacted once half of it is consumed. */
 class Fifo<T> {
@@ -56,7 +56,7 @@ export class MemoryEngine implements Engine {
   readonly #retries = new Map<string, Buffer[]>()
   readonly #delayed = new Map<string, Delayed[]>()
   readonly #expiring = new Map<string, number>()
-  readonly #handlers = new Set<MessageHandler>()
+  readonly #handlers = new Set<SubscriptionHandlers>()
   // Insertion-ordered, so the first is the longest waiting; a waiter that times out leaves at once.
   readonly #waiters = new Set<Waiter>()
   #queuedBytes = 0
@@ -85,7 +85,8 @@ export class MemoryEngine implements Engine {
     if (subscribers > 0) {
       const handlers = [...this.#handlers]
       setImmediate(() => {
-        for (const frame of copies) for (const handler of handlers) handler(frame)
+        // A handler that throws must not stop the others; the hub logs its own failures.
+        for (const frame of copies) deliverMessage(handlers, frame, () => undefined)
       })
     }
     const queueLength = this.#queue.length
@@ -106,10 +107,10 @@ export class MemoryEngine implements Engine {
     return length
   }
 
-  async subscribe ({ message }: SubscriptionHandlers): Promise<() => Promise<void>> {
+  async subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>> {
     this.#assertOpen()
-    this.#handlers.add(message)
-    return async () => { this.#handlers.delete(message) }
+    this.#handlers.add(handlers)
+    return async () => { this.#handlers.delete(handlers) }
   }
 
   async queueLength (): Promise<number> {

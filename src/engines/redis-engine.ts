@@ -4,7 +4,7 @@ import { Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { describeRedis, type RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
-import { MAX_FRAMES_PER_PRODUCE, checkFrameCount, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
+import { MAX_FRAMES_PER_PRODUCE, checkFrameCount, deliverMessage, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
 
 // RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
 // failed produce leaves nothing behind. A script is atomic, and one command pipelines well.
@@ -310,8 +310,12 @@ export class RedisEngine implements Engine {
         for (const h of this.#handlers) h.gap?.()
       }
     })
+    let failures = 0
+    const onError = (err: unknown): void => {
+      if (failures++ % 1000 === 0) this.log.error({ err, seen: failures }, 'a bus message handler failed')
+    }
     subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => {
-      for (const h of this.#handlers) h.message(message)
+      deliverMessage(this.#handlers, message, onError)
     })
     return subscriber
   }

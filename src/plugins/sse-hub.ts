@@ -25,7 +25,8 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     maxBufferBytes: config.sseMaxBufferBytes,
     heartbeatMs: config.sseHeartbeatMs,
     retryMs: config.sseRetryMs,
-    maxClients: config.sseMaxClients
+    maxClients: config.sseMaxClients,
+    maxMessageBytes: config.busMaxMessageBytes
   }, {
     clients: (n) => metrics.sseClients.set(n),
     published: () => metrics.sseEvents.inc(),

@@ -1,0 +1,149 @@
+import { connect, type Socket } from 'node:net'
+import { request } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { encode } from '@msgpack/msgpack'
+import t, { type Test } from 'tap'
+import { listeningApp } from '../helpers/app.js'
+import { uniqueNames } from '../helpers/bus.js'
+import { startRedis } from '../helpers/redis.js'
+import { dataOf, openStream } from '../helpers/sse.js'
+import { until } from '../helpers/wait.js'
+import type { Config } from '../../src/config.js'
+
+// Streams under attack: producers that put anything on the channel, clients that stop reading.
+const redis = await startRedis(t)
+
+async function gateway (t: Test, overrides: Partial<Config> = {}) {
+  const names = uniqueNames()
+  const { app, base } = await listeningApp(t, redis.url, { ...names, ...overrides })
+  const publishRaw = async (bytes: Uint8Array) => { await redis.client.publish(names.pubsubChannel, Buffer.from(bytes)) }
+  const metrics = async () => (await app.inject({ method: 'GET', url: '/metrics' })).body
+  return { app, base, names, publishRaw, metrics }
+}
+
+/** A client that sends the request and then never reads a byte of the answer. */
+async function stuckStream (base: string): Promise<Socket> {
+  const { port } = new URL(base)
+  const socket = connect(Number(port), '127.0.0.1')
+  socket.on('error', () => {})
+  await new Promise((resolve) => socket.once('connect', resolve))
+  socket.pause()
+  socket.write('GET /events/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n')
+  return socket
+}
+
+/** Times GET /healthz over real HTTP, as a load balancer would. */
+async function healthMs (base: string): Promise<number> {
+  const started = performance.now()
+  await new Promise<void>((resolve, reject) => {
+    const req = request(`${base}/healthz`, (res) => { res.resume(); res.on('end', resolve) })
+    req.on('error', reject)
+    req.end()
+  })
+  return performance.now() - started
+}
+
+// A timestamp extension whose seconds are far outside what a JavaScript Date holds: Python's
+// unpackb reads it; it once killed every gateway with a stream open.
+const BOMB = Buffer.from('83aa6576656e745f6e616d65ae6b65726e656c5f73746172746564a86167656e745f6964a161a46172677391c70cff000000004000000000000000', 'hex')
+
+t.test('an event whose timestamp no Date can hold crashes nothing, and the next event flows', async (t) => {
+  const { app, base, publishRaw } = await gateway(t)
+  const stream = await openStream(`${base}/events/stream`)
+  t.teardown(() => stream.close())
+  await publishRaw(BOMB)
+  await publishRaw(encode({ event_name: 'after_the_bomb', agent_id: 'a', args: [] }))
+  const got = await stream.waitFor(2)
+  t.same(got.map((e) => e.event), ['kernel_started', 'after_the_bomb'])
+  t.same(dataOf(got[0]!), { event_name: 'kernel_started', agent_id: 'a', args: [{ $ext: -1, $base64: 'AAAAAEAAAAAAAAAA' }] })
+  t.equal((await app.inject({ method: 'GET', url: '/healthz' })).statusCode, 200)
+
+  // The same value from the history, for a client that resumes from before it.
+  const resumed = await openStream(`${base}/events/stream`, { 'last-event-id': `${got[0]!.id!.split(':')[0]}:${Number(got[0]!.id!.split(':')[1]) - 1}` })
+  t.teardown(() => resumed.close())
+  t.same((await resumed.waitFor(2)).map((e) => e.event), ['kernel_started', 'after_the_bomb'], 'a replay carries it too')
+})
+
+t.test('messages above BUSGATE_BUS_MAX_MESSAGE_BYTES are counted and set aside undecoded; the next one flows', async (t) => {
+  const { base, publishRaw, metrics } = await gateway(t, { busMaxMessageBytes: 4096 })
+  const stream = await openStream(`${base}/events/stream`)
+  t.teardown(() => stream.close())
+  await publishRaw(encode({ event_name: 'huge', agent_id: 'a', args: ['x'.repeat(5000)] }))
+  await publishRaw(encode({ event_name: 'small', agent_id: 'a', args: ['x'.repeat(4000)] }))
+  const got = await stream.waitFor(1)
+  await sleep(100)
+  t.same(got.map((e) => e.event), ['small'])
+  t.match(await metrics(), /busgate_bus_malformed_total\{source="pubsub",reason="too_large"\} 1\n/)
+
+  // While nobody watches, the raw copy is not kept either: a resume from before it skips it.
+  const lastId = got[0]!.id!
+  stream.close()
+  await publishRaw(encode({ event_name: 'huge', agent_id: 'a', args: ['y'.repeat(5000)] }))
+  await publishRaw(encode({ event_name: 'kept', agent_id: 'a', args: [] }))
+  await sleep(100)
+  const resumed = await openStream(`${base}/events/stream`, { 'last-event-id': lastId })
+  t.teardown(() => resumed.close())
+  t.same((await resumed.waitFor(1)).map((e) => e.event), ['kept'])
+  t.match(await metrics(), /busgate_bus_malformed_total\{source="pubsub",reason="too_large"\} 2\n/)
+})
+
+t.test('a frame larger than BUSGATE_SSE_MAX_BUFFER_BYTES, then another event, cuts off no reading client', async (t) => {
+  const { base, publishRaw, metrics } = await gateway(t, { sseMaxBufferBytes: 64 * 1024, busMaxMessageBytes: 4 * 1024 * 1024 })
+  const streams = await Promise.all(Array.from({ length: 3 }, () => openStream(`${base}/events/stream`)))
+  t.teardown(() => { for (const s of streams) s.close() })
+  for (let i = 0; i < 3; i++) {
+    await publishRaw(encode({ event_name: 'big', agent_id: 'a', args: [i, 'z'.repeat(1_500_000)] }))
+    await publishRaw(encode({ event_name: 'small', agent_id: 'a', args: [i] }))
+  }
+  for (const s of streams) t.same((await s.waitFor(6, 10_000)).map((e) => e.event), ['big', 'small', 'big', 'small', 'big', 'small'])
+  t.match(await metrics(), /busgate_sse_slow_disconnects_total 0\n/)
+  t.match(await metrics(), /busgate_sse_clients 3\n/)
+})
+
+t.test('clients that stop reading cost a bounded share each, are cut off, and never stall the gateway', async (t) => {
+  const bound = 64 * 1024
+  const { app, base, names, metrics } = await gateway(t, { sseMaxBufferBytes: bound })
+  const reader = await openStream(`${base}/events/stream`)
+  t.teardown(() => reader.close())
+  const clients = 400
+  const stuck = await Promise.all(Array.from({ length: clients }, async () => await stuckStream(base)))
+  t.teardown(() => { for (const s of stuck) s.destroy() })
+  await until(() => app.hub.clientCount === clients + 1)
+  t.equal(app.hub.clientCount, clients + 1)
+
+  // 60,000 frames of ~100 bytes, published at once: 6 MB per client, more than the kernel
+  // buffers of a socket take, in writes of 100 bytes if each frame were written on its own.
+  const heapBefore = process.memoryUsage().heapUsed
+  const total = 60_000
+  const payload = 'p'.repeat(30)
+  let slowest = 0
+  const probing = { on: true }
+  const probe = (async () => {
+    while (probing.on) {
+      slowest = Math.max(slowest, await healthMs(base))
+      await sleep(50)
+    }
+  })()
+  let heapPeak = heapBefore
+  const sampler = setInterval(() => { heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed) }, 20)
+  const publisher = redis.connect()
+  for (let sent = 0; sent < total; sent += 1000) {
+    const pipeline = publisher.pipeline()
+    for (let i = sent; i < sent + 1000; i++) pipeline.publish(names.pubsubChannel, Buffer.from(encode({ event_name: 'burst', agent_id: 'a', args: [i, payload] })))
+    await pipeline.exec()
+  }
+  await reader.waitFor(total, 60_000)
+  await until(() => app.hub.clientCount === 1, 20_000)
+  probing.on = false
+  await probe
+  clearInterval(sampler)
+
+  t.equal(reader.events.length, total, 'the reading client got every event')
+  t.ok(reader.events.every((e, i) => (dataOf(e) as { args: number[] }).args[0] === i), 'in order')
+  t.equal(app.hub.clientCount, 1, 'every stuck client was cut off')
+  t.match(await metrics(), new RegExp(`busgate_sse_slow_disconnects_total ${clients}\n`))
+  t.ok(slowest < 1500, `/healthz answered within ${slowest.toFixed(0)} ms throughout`)
+  // A queued write per frame and client beyond what the kernel takes: ~18,000 x 400, gigabytes.
+  const grown = (heapPeak - heapBefore) / 2 ** 20
+  t.ok(grown < 200, `heap grew by ${grown.toFixed(0)} MB at most (${clients} clients, ${bound / 1024} KB bound each)`)
+})
