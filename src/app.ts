@@ -5,7 +5,7 @@ import type { Config } from './config.js'
 import { registerOpenApi } from './openapi.js'
 import authPlugin from './plugins/auth.js'
 import enginePlugin from './plugins/engine.js'
-import errorHandler from './plugins/error-handler.js'
+import errorHandler, { clientErrorHandler } from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import ssePlugin from './plugins/sse-hub.js'
 import tasksPlugin from './plugins/tasks.js'
@@ -24,9 +24,30 @@ import { EventInput, ProduceAccepted, WireEvent } from '../schemas/event.js'
 import { Readiness } from '../schemas/health.js'
 import { SecretRotated, Webhook, WebhookCreated, WebhookInput, WebhookList, WebhookPatch } from '../schemas/webhook.js'
 
-/** Tokens travel in `?access_token=` for EventSource clients: keep them out of every log line. */
+/**
+ * Tokens travel in `?access_token=` for EventSource clients: keep them out of every log line.
+ * Each parameter's name is decoded as the query parser decodes it (`access%5Ftoken` is the same
+ * parameter), so no spelling the gateway accepts slips past.
+ */
 export function redactUrl (url: string): string {
-  return url.replace(/([?&]access_token=)[^&#]*/gi, '$1[redacted]')
+  const q = url.indexOf('?')
+  if (q < 0) return url
+  const pairs = url.slice(q + 1).split('&').map((pair) => {
+    const eq = pair.indexOf('=')
+    const name = eq < 0 ? pair : pair.slice(0, eq)
+    return decodeName(name) === 'access_token' ? `${name}=[redacted]` : pair
+  })
+  return `${url.slice(0, q + 1)}${pairs.join('&')}`
+}
+
+function decodeName (name: string): string {
+  const spaced = name.replaceAll('+', ' ')
+  try {
+    return decodeURIComponent(spaced)
+  } catch {
+    // The parser keeps what it cannot decode as it is, and decodes the rest piece by piece.
+    return spaced.replace(/%([0-9a-fA-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)))
+  }
 }
 
 export function loggerOptions (level: string): FastifyServerOptions['logger'] {
@@ -61,6 +82,11 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   const app = Fastify({
     logger: options.logger ?? loggerOptions(config.logLevel),
     bodyLimit: config.bodyLimit,
+    // A client gets this long to send a whole request, headers and body: a slow sender
+    // (slowloris) cannot hold a connection, and the check runs every second rather than Node's 30.
+    requestTimeout: config.requestTimeoutMs,
+    http: { headersTimeout: config.requestTimeoutMs, connectionsCheckingInterval: Math.min(1000, config.requestTimeoutMs) },
+    clientErrorHandler: clientErrorHandler(config.requestTimeoutMs),
     logController: new AccessLog(),
     schemaController: { compilersFactory: { buildValidator } }
   }).withTypeProvider<TypeBoxTypeProvider>()
@@ -90,12 +116,16 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   // Once shutdown starts, answers to in-flight requests close their connection: a keep-alive
   // socket left open would hold the process until the shutdown bound.
+  // An answer sent before its request's body was read (a 401, a 413) closes the connection
+  // too: keeping it would mean reading whatever the client still sends, as slowly as it likes.
   let closing = false
   app.addHook('preClose', async () => { closing = true })
-  app.addHook('onSend', (_request, reply, payload, done) => {
-    if (closing) reply.header('connection', 'close')
+  app.addHook('onSend', (request, reply, payload, done) => {
+    if (closing || !request.raw.complete) reply.header('connection', 'close')
     done(null, payload)
   })
+  // Past the bound Node closes new connections at once: file descriptors stay for Redis and receivers.
+  app.server.maxConnections = config.maxConnections
 
   await app.register(healthRoutes)
   await app.register(eventRoutes, { config })

@@ -3,6 +3,9 @@ import createError from '@fastify/error'
 // Every error a client can see. The codes are part of the HTTP contract: never rename one.
 export const Errors = {
   BadRequest: createError('BUSGATE_BAD_REQUEST', '%s', 400),
+  ClientAborted: createError('BUSGATE_CLIENT_ABORTED', 'The client closed the connection before the request was complete', 400),
+  RequestTimeout: createError('BUSGATE_REQUEST_TIMEOUT', 'The request was not complete within %s ms', 408),
+  HeadersTooLarge: createError('BUSGATE_HEADERS_TOO_LARGE', 'The request headers are larger than the server accepts', 431),
   InvalidJson: createError('BUSGATE_INVALID_JSON', 'The body is not valid JSON: %s', 400),
   ValidationFailed: createError('BUSGATE_VALIDATION_FAILED', '%s', 400),
   InvalidMsgpack: createError('BUSGATE_INVALID_MSGPACK', 'The body is not a valid msgpack event: %s', 400),
@@ -49,8 +52,10 @@ const STATUS_TEXT: Record<number, string> = {
   403: 'Forbidden',
   404: 'Not Found',
   406: 'Not Acceptable',
+  408: 'Request Timeout',
   413: 'Payload Too Large',
   415: 'Unsupported Media Type',
+  431: 'Request Header Fields Too Large',
   500: 'Internal Server Error',
   503: 'Service Unavailable'
 }
@@ -66,8 +71,11 @@ export interface ErrorContext {
  * pass through; Fastify's are given busgate codes; anything else is a 500 whose details stay in the log.
  */
 export function toErrorBody (raised: unknown, context: ErrorContext): ErrorBody {
-  const err = (typeof raised === 'object' && raised !== null ? raised : {}) as RaisedError
-  const known = translate(err, context)
+  return errorBody(translate((typeof raised === 'object' && raised !== null ? raised : {}) as RaisedError, context))
+}
+
+/** The one error shape, from one of busgate's errors (or anything with a code and status). */
+export function errorBody (known: RaisedError): ErrorBody {
   const statusCode = known.statusCode ?? 500
   return {
     statusCode,
@@ -77,10 +85,26 @@ export function toErrorBody (raised: unknown, context: ErrorContext): ErrorBody 
   }
 }
 
+/** What a malformed request that never reached Fastify (a bad chunk size, a timeout) gets. */
+export function clientErrorBody (err: { code?: string }, requestTimeoutMs: number): ErrorBody {
+  switch (err.code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return errorBody(new Errors.RequestTimeout(requestTimeoutMs))
+    case 'HPE_HEADER_OVERFLOW':
+      return errorBody(new Errors.HeadersTooLarge())
+    default:
+      return errorBody(new Errors.BadRequest(`The request is not valid HTTP/1.1 (${err.code ?? 'unknown'})`))
+  }
+}
+
 function translate (err: RaisedError, context: ErrorContext): RaisedError {
   if (typeof err.code === 'string' && err.code.startsWith('BUSGATE_')) return err
   if (err.validation !== undefined) return new Errors.ValidationFailed(err.message)
   switch (err.code) {
+    // The body stream ended early: the client went away, nothing is wrong here.
+    case 'ECONNRESET':
+    case 'ERR_STREAM_PREMATURE_CLOSE':
+      return new Errors.ClientAborted()
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
       return new Errors.InvalidJson('the body is empty')
     case 'FST_ERR_CTP_INVALID_JSON_BODY':

@@ -1,5 +1,7 @@
+import type { Socket } from 'node:net'
+import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { Errors, isUnavailable, toErrorBody } from '../errors.js'
+import { Errors, clientErrorBody, isUnavailable, toErrorBody } from '../errors.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -20,6 +22,10 @@ export default fp<{ bodyLimit: number }>(async (app, { bodyLimit }) => {
     if (isUnavailable(err)) {
       // The engine logs the outage once; a line per refused request would flood the log.
       request.log.debug({ code: body.code, statusCode: body.statusCode }, 'request refused: bus unavailable')
+    } else if (body.code === 'BUSGATE_CLIENT_ABORTED') {
+      // Nobody is left to answer, and nothing went wrong here.
+      app.metrics.clientErrors.inc({ code: body.code })
+      request.log.debug({ code: body.code }, 'client went away mid-request')
     } else if (body.statusCode >= 500) {
       request.log.error({ err }, 'request failed')
     } else {
@@ -35,3 +41,23 @@ export default fp<{ bodyLimit: number }>(async (app, { bodyLimit }) => {
     throw new Errors.NotFound(`No route ${request.method} ${request.url.split('?')[0] ?? ''}`)
   })
 }, { name: 'busgate-error-handler', fastify: '5.x', dependencies: ['busgate-metrics'] })
+
+/**
+ * For what Node's HTTP parser refuses before Fastify sees a request (a bad chunk size, headers
+ * too large, a request not complete within BUSGATE_REQUEST_TIMEOUT_MS): the one error shape,
+ * then the connection is closed.
+ */
+export function clientErrorHandler (requestTimeoutMs: number) {
+  return function (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Socket): void {
+    // A reset: the socket is gone and there is nobody to answer.
+    if (err.code === 'ECONNRESET' || socket.destroyed) return
+    const body = clientErrorBody(err, requestTimeoutMs)
+    this.metrics.clientErrors.inc({ code: body.code })
+    this.log.debug({ code: body.code, reason: err.code }, 'malformed or incomplete request: connection closed')
+    if (socket.writable) {
+      const json = JSON.stringify(body)
+      socket.write(`HTTP/1.1 ${body.statusCode} ${body.error}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`)
+    }
+    socket.destroySoon()
+  }
+}

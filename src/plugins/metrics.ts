@@ -20,6 +20,7 @@ export interface Metrics {
   registry: Registry
   produced: Counter<'route' | 'format'>
   rejected: Counter<'reason'>
+  clientErrors: Counter<'code'>
   httpDuration: Histogram<'method' | 'route' | 'status_code'>
   malformed: Counter<'source' | 'reason'>
   sseClients: Gauge
@@ -60,6 +61,12 @@ export default fp(async (app) => {
       name: 'busgate_events_rejected_total',
       help: 'Event requests refused, by error code',
       labelNames: ['reason'],
+      registers: [registry]
+    }),
+    clientErrors: new Counter({
+      name: 'busgate_http_client_errors_total',
+      help: 'Requests that were malformed, too slow or abandoned by their client before they could be served, by error code',
+      labelNames: ['code'],
       registers: [registry]
     }),
     httpDuration: new Histogram({
