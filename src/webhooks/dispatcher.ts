@@ -9,7 +9,7 @@ import { globList } from '../glob.js'
 import type { DeadLetter, DeadLetters } from './dead-letters.js'
 import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './registry.js'
 import { signatureHeader } from './signing.js'
-import { guardedLookup, isPrivateAddress } from './ssrf.js'
+import { guardedLookup, isPrivateAddress, urlHost } from './ssrf.js'
 
 const RR_BLOCK = 64
 /** most messages one delivery loop claims at a time */
@@ -385,7 +385,7 @@ export class WebhookDispatcher {
     let target = this.#targets.get(raw)
     if (target === undefined) {
       const url = new URL(raw)
-      const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
+      const host = urlHost(url)
       target = { url, privateLiteral: isIP(host) !== 0 && isPrivateAddress(host) }
       if (this.#targets.size > 1000) this.#targets.clear()
       this.#targets.set(raw, target)

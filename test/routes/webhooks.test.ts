@@ -2,6 +2,7 @@ import t from 'tap'
 import { testApp } from '../helpers/app.js'
 import { uniqueNames } from '../helpers/bus.js'
 import { startRedis } from '../helpers/redis.js'
+import { bothCases, unsafeIPv6 } from '../helpers/unsafe-addresses.js'
 
 const redis = await startRedis(t)
 const PUBLIC_URL = 'https://93.184.215.14/hook'
@@ -79,6 +80,20 @@ t.test('bad input and unsafe URLs are refused, nothing stored', async (t) => {
   t.equal(unsafePatch.statusCode, 400)
   t.equal((await app.webhooks.get(id))?.url, PUBLIC_URL, 'unchanged')
   t.equal((await app.webhooks.list()).length, 1)
+})
+
+t.test('IPv6 forms of private targets are refused on create and on update, nothing stored', async (t) => {
+  const app = await testApp(t, undefined)
+  const { id } = (await app.inject({ method: 'POST', url: '/webhooks', payload: { url: PUBLIC_URL } })).json()
+  for (const address of bothCases(unsafeIPv6)) {
+    const url = `http://[${address}]/hook`
+    for (const [method, path] of [['POST', '/webhooks'], ['PATCH', `/webhooks/${id}`]] as const) {
+      const res = await app.inject({ method, url: path, payload: { url } })
+      t.equal(res.statusCode, 400, `${method} ${url}`)
+      t.match(res.json(), { code: 'BUSGATE_UNSAFE_WEBHOOK_URL', message: /loopback, private or link-local/ })
+    }
+  }
+  t.same((await app.webhooks.list()).map((w) => w.url), [PUBLIC_URL], 'only the public one, unchanged')
 })
 
 t.test('the admin scope is needed', async (t) => {
