@@ -18,7 +18,8 @@ export const AgentId = Type.String({
 })
 
 const ArgsDescription = 'extra arguments, each any msgpack-serialisable value. In JSON, `{"$base64": "…"}` (that key alone) ' +
-  'stands for msgpack bin; integers from 2^53 to 2^64 (either sign) cannot be carried exactly and are refused: send them as `application/msgpack`.'
+  'stands for msgpack bin; integers from 2^53 to 2^64 (either sign) cannot be carried exactly and are refused: send them as `application/msgpack`. ' +
+  'So are numbers past ±1.8e308 (`1e400`), which JSON parsers read as Infinity.'
 
 export const EventInput = Type.Object({
   event_name: EventName,

@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer'
-import { Decoder, Encoder, ExtData } from '@msgpack/msgpack'
+import { Decoder, Encoder, ExtData, ExtensionCodec, type DecoderOptions } from '@msgpack/msgpack'
 
 /**
  * The wire format: a msgpack map with exactly these keys, in this order, as Backend.AI's
@@ -32,7 +32,82 @@ export class CodecError extends Error {
   }
 }
 
-const decoder = new Decoder({ useBigInt64: true })
+/**
+ * A msgpack timestamp (extension -1) as sent: exact seconds (int64 on the wire), nanoseconds
+ * below 10^9, and the extension's bytes, which are what JSON shows when Date cannot hold it.
+ */
+export class Timestamp {
+  constructor (readonly seconds: bigint, readonly nanoseconds: number, readonly data: Uint8Array) {}
+}
+
+/**
+ * Past 32 MiB a message's JSON could outgrow V8's longest string (2^29-24 characters; a 3-byte
+ * fixext maps to the 31 characters of `{"$ext":-128,"$base64":"AA=="},`), and JSON.stringify
+ * would throw where its callers catch nothing.
+ */
+export const MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+// The library's own timestamp decoder makes a Date: an Invalid Date past Date's ±8.64e15 ms
+// (which Python's Timestamp holds), and a silently wrong one for nanoseconds of 10^9 or more.
+const extensionCodec = new ExtensionCodec()
+extensionCodec.register({ type: -1, encode: () => null, decode: decodeTimestamp })
+
+function decodeTimestamp (data: Uint8Array): Timestamp | ExtData {
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength)
+  let seconds: bigint
+  let nanoseconds: number
+  if (data.byteLength === 4) {
+    seconds = BigInt(view.getUint32(0))
+    nanoseconds = 0
+  } else if (data.byteLength === 8) {
+    const head = view.getUint32(0)
+    seconds = BigInt((head & 3) * 2 ** 32 + view.getUint32(4))
+    nanoseconds = head >>> 2
+  } else if (data.byteLength === 12) {
+    seconds = view.getBigInt64(4)
+    nanoseconds = view.getUint32(0)
+  } else {
+    return new ExtData(-1, data)
+  }
+  // Not a timestamp to Python either (the POST check refuses it): on the bus, shown as the bytes it is.
+  if (nanoseconds >= 1e9) return new ExtData(-1, data)
+  return new Timestamp(seconds, nanoseconds, data)
+}
+
+/**
+ * Where Python reads any int or float key (`strict_map_key=False`), a JS object holds its
+ * decimal text; uint64/int64 keys (bigints here) get the same. Other keys have no JSON form.
+ */
+function mapKeyConverter (key: unknown): string | number {
+  if (typeof key === 'string' || typeof key === 'number') return key
+  if (typeof key === 'bigint') return key.toString()
+  throw new Error(`a map key is ${describe(key)}; only str and number keys can be shown as JSON`)
+}
+
+/**
+ * Python reads the key "__proto__" like any other; the library refuses it, as in its plain-object
+ * maps that name is the prototype's setter. When the scan finds one, this decoder renames it to
+ * PROTO_KEY, which no decoded str equals (it holds a lone surrogate, and every str is valid
+ * UTF-8), and toJsonValue names it back. The library's key cache is only for the common path.
+ */
+const PROTO_KEY = '\udc00__proto__'
+const PROTO_BYTES = Buffer.from('__proto__')
+const utf8 = new TextDecoder()
+const protoKeyDecoder: NonNullable<DecoderOptions['keyDecoder']> = {
+  canBeCached: (byteLength) => byteLength === PROTO_BYTES.length,
+  decode: (bytes, offset, byteLength) =>
+    isProtoKey(bytes, offset) ? PROTO_KEY : utf8.decode(bytes.subarray(offset, offset + byteLength))
+}
+
+function isProtoKey (bytes: Uint8Array, offset: number): boolean {
+  for (let i = 0; i < PROTO_BYTES.length; i++) {
+    if (bytes[offset + i] !== PROTO_BYTES[i]) return false
+  }
+  return true
+}
+
+const decoder = new Decoder({ useBigInt64: true, extensionCodec, mapKeyConverter })
+const protoDecoder = new Decoder({ useBigInt64: true, extensionCodec, mapKeyConverter, keyDecoder: protoKeyDecoder })
 // Without useBigInt64: with it, the encoder writes safe integers of 2^32 and more as float64,
 // where Python writes uint64/int64. Events encoded here come from JSON, which holds no bigints.
 const encoder = new Encoder({ maxDepth: MAX_DEPTH + 1 })
@@ -98,10 +173,14 @@ export function encodeEvent (event: BusEvent): Buffer {
  * (extra keys are ignored), strict where a consumer would break (types of the three keys).
  */
 export function decodeEvent (bytes: Uint8Array): BusEvent {
-  // Only completeness and depth here: the JSON mapping recurses, and a foreign producer may nest anything.
-  const problem = scanMsgpack(bytes, false)
-  if (problem !== undefined) throw new CodecError('undecodable', problem)
-  return checkShape(decode(bytes), false)
+  if (bytes.byteLength > MAX_MESSAGE_BYTES) {
+    throw new CodecError('undecodable', `a message of ${bytes.byteLength} bytes is larger than busgate shows as JSON (${MAX_MESSAGE_BYTES})`)
+  }
+  // Completeness, depth (the JSON mapping recurses) and UTF-8 here; types and extensions are the
+  // mapping's to show, as a foreign producer may send anything.
+  const scanned = scan(bytes, false)
+  if (typeof scanned === 'string') throw new CodecError('undecodable', scanned)
+  return checkShape(decode(bytes, scanned), false)
 }
 
 /**
@@ -110,9 +189,9 @@ export function decodeEvent (bytes: Uint8Array): BusEvent {
  * and the map must hold the three keys and nothing else.
  */
 export function parseWireEvent (bytes: Uint8Array): BusEvent {
-  const problem = scanMsgpack(bytes)
-  if (problem !== undefined) throw new CodecError('undecodable', problem)
-  const event = checkShape(decode(bytes), true)
+  const scanned = scan(bytes, true)
+  if (typeof scanned === 'string') throw new CodecError('undecodable', scanned)
+  const event = checkShape(decode(bytes, scanned), true)
   // A repeated key collapses in the decoded object, while another decoder may keep the other value.
   if (mapCount(bytes) !== 3) throw new CodecError('wrong_shape', 'the map must hold exactly three entries: event_name, agent_id and args')
   return event
@@ -135,9 +214,9 @@ function checkTimestamp (view: DataView, pos: number, length: number): string | 
   return undefined
 }
 
-function decode (bytes: Uint8Array): unknown {
+function decode (bytes: Uint8Array, protoKey: boolean): unknown {
   try {
-    return decoder.decode(bytes)
+    return (protoKey ? protoDecoder : decoder).decode(bytes)
   } catch (err) {
     throw new CodecError('undecodable', (err as Error).message)
   }
@@ -151,14 +230,17 @@ function checkShape (value: unknown, exact: boolean): BusEvent {
   if (!Array.isArray(args)) throw new CodecError('wrong_shape', `args must be an array, got ${describe(args)}`)
   if (exact) {
     const extra = Object.keys(value).filter((k) => k !== 'event_name' && k !== 'agent_id' && k !== 'args')
-    if (extra.length > 0) throw new CodecError('wrong_shape', `unexpected key ${JSON.stringify(extra[0])}: the map holds event_name, agent_id and args only`)
+    if (extra.length > 0) {
+      const key = extra[0] === PROTO_KEY ? '__proto__' : extra[0]
+      throw new CodecError('wrong_shape', `unexpected key ${JSON.stringify(key)}: the map holds event_name, agent_id and args only`)
+    }
   }
   return value as unknown as BusEvent
 }
 
 function isPlainObject (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) &&
-    !(value instanceof Uint8Array) && !(value instanceof Date) && !(value instanceof ExtData)
+    !(value instanceof Uint8Array) && !(value instanceof Timestamp) && !(value instanceof ExtData)
 }
 
 function describe (value: unknown): string {
@@ -166,6 +248,8 @@ function describe (value: unknown): string {
   if (value === null) return 'nil'
   if (Array.isArray(value)) return 'an array'
   if (value instanceof Uint8Array) return 'bin'
+  if (value instanceof Timestamp) return 'a timestamp'
+  if (value instanceof ExtData) return 'an extension'
   if (typeof value === 'bigint') return 'an int'
   if (typeof value === 'number') return Number.isInteger(value) ? 'an int' : 'a float'
   if (typeof value === 'string') return 'a str'
@@ -176,8 +260,9 @@ function describe (value: unknown): string {
 /**
  * The one JSON mapping for events leaving busgate (SSE, webhooks, dashboard):
  * bin → `{"$base64": "…"}`; integers beyond ±(2^53-1) → decimal strings; NaN and ±Infinity →
- * the strings "NaN", "Infinity", "-Infinity"; the msgpack timestamp extension → an ISO-8601
- * string; other extensions → `{"$ext": type, "$base64": "…"}`; everything else as is.
+ * the strings "NaN", "Infinity", "-Infinity"; a msgpack timestamp → an ISO-8601 string, or
+ * `{"$ext": -1, "$base64": "…"}` where Date cannot hold it; other extensions → `{"$ext": type,
+ * "$base64": "…"}`; everything else as is. Never throws for what decodeEvent returns.
  */
 export function toJsonValue (value: unknown): JsonValue {
   switch (typeof value) {
@@ -191,16 +276,27 @@ export function toJsonValue (value: unknown): JsonValue {
     case 'object':
       if (value === null) return null
       if (Array.isArray(value)) return value.map(toJsonValue)
-      if (value instanceof Uint8Array) return { $base64: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') }
-      if (value instanceof Date) return value.toISOString()
-      if (value instanceof ExtData) {
-        const data = value.data instanceof Uint8Array ? value.data : new Uint8Array(0)
-        return { $ext: value.type, $base64: Buffer.from(data).toString('base64') }
-      }
-      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toJsonValue(v)]))
+      if (value instanceof Uint8Array) return { $base64: base64(value) }
+      if (value instanceof Timestamp) return timestampJson(value)
+      if (value instanceof ExtData) return { $ext: value.type, $base64: value.data instanceof Uint8Array ? base64(value.data) : '' }
+      // fromEntries makes "__proto__" an own key, where assigning it would set the prototype.
+      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k === PROTO_KEY ? '__proto__' : k, toJsonValue(v)]))
     default:
       return null
   }
+}
+
+function base64 (bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64')
+}
+
+const DATE_LIMIT_MS = 8_640_000_000_000_000n
+
+function timestampJson (value: Timestamp): JsonValue {
+  // Whole milliseconds towards the past, as Python's isoformat(timespec='milliseconds') cuts them.
+  const ms = value.seconds * 1000n + BigInt(Math.floor(value.nanoseconds / 1e6))
+  if (ms < -DATE_LIMIT_MS || ms > DATE_LIMIT_MS) return { $ext: -1, $base64: base64(value.data) }
+  return new Date(Number(ms)).toISOString()
 }
 
 export function toJsonEvent (event: BusEvent): JsonEvent {
@@ -211,8 +307,9 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
 
 /**
  * The inverse for events entering as JSON: `{"$base64": "…"}` (that one key alone) becomes
- * bin. Integers JSON cannot carry exactly (2^53 to 2^64) are refused rather than rounded; so is nesting past
- * MAX_DEPTH. Throws CodecError with a message naming the path.
+ * bin. Integers JSON cannot carry exactly (2^53 to 2^64) are refused rather than rounded; so are
+ * numbers past ±1.8e308 (which a JSON parser reads as ±Infinity) and nesting past MAX_DEPTH.
+ * Throws CodecError with a message naming the path.
  */
 export function fromJsonValue (value: unknown, path = 'args'): unknown {
   // Most events carry no bin: check first, and copy only when something must change.
@@ -238,6 +335,10 @@ function needsConversion (value: unknown, path: Array<string | number>): boolean
     return false
   }
   if (typeof value === 'number') {
+    // JSON.parse reads 1e400 as Infinity; written as float64 infinity it would come back as no JSON at all.
+    if (!Number.isFinite(value)) {
+      throw new CodecError('wrong_shape', `${formatPath(path)} is not a finite number (JSON numbers past ±1.8e308 read as Infinity)`)
+    }
     // Between 2^53 and 2^64 a JSON number may be an int64 already rounded by the parser; past
     // 2^64 no msgpack int exists, so it can only be a float and is kept as one.
     if (Number.isInteger(value) && !Number.isSafeInteger(value) && Math.abs(value) < 2 ** 64) {
@@ -282,7 +383,12 @@ function convert (value: unknown): unknown {
   if (Array.isArray(value)) return value.map(convert)
   if (isBase64Object(value)) return new Uint8Array(Buffer.from(value.$base64 as string, 'base64'))
   const out: Record<string, unknown> = {}
-  for (const key in value) out[key] = convert((value as Record<string, unknown>)[key])
+  for (const key in value) {
+    const converted = convert((value as Record<string, unknown>)[key])
+    // JSON.parse makes "__proto__" an own key; assigned, it would set the copy's prototype instead.
+    if (key === '__proto__') Object.defineProperty(out, key, { value: converted, enumerable: true, writable: true, configurable: true })
+    else out[key] = converted
+  }
   return out
 }
 
@@ -294,9 +400,27 @@ export function hexPreview (bytes: Uint8Array, max = 32): string {
 
 /**
  * Walks msgpack bytes without building values: one complete object, no trailing bytes, every
- * str valid UTF-8, every map key a str, nesting within MAX_DEPTH. Returns what is wrong, if anything.
+ * str valid UTF-8, nesting within MAX_DEPTH; strict, also every map key a str and every
+ * timestamp one Python reads. Returns what is wrong, if anything.
  */
 export function scanMsgpack (bytes: Uint8Array, strict = true): string | undefined {
+  const scanned = scan(bytes, strict)
+  return typeof scanned === 'string' ? scanned : undefined
+}
+
+/** Most strs are short and ASCII: for them a loop is cheaper than a view and a call into C++. */
+function validUtf8 (bytes: Uint8Array, start: number, length: number): boolean {
+  const end = start + length
+  if (length <= 64) {
+    let i = start
+    while (i < end && (bytes[i] as number) < 0x80) i++
+    if (i === end) return true
+  }
+  return isUtf8(bytes.subarray(start, end))
+}
+
+/** What is wrong, or (all well) whether some map key is "__proto__". */
+function scan (bytes: Uint8Array, strict: boolean): string | boolean {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const end = bytes.byteLength
   let pos = 0
@@ -307,6 +431,7 @@ export function scanMsgpack (bytes: Uint8Array, strict = true): string | undefin
 
   const need = (n: number): boolean => pos + n <= end
   const truncated = (): string => `truncated at byte ${pos} of ${end}`
+  let protoKey = false
 
   while (items > 0 || remaining.length > 0) {
     if (items === 0) {
@@ -365,7 +490,10 @@ export function scanMsgpack (bytes: Uint8Array, strict = true): string | undefin
     if (strict && atKey && strLen < 0) return `map key at byte ${pos - 1} is not a str (Python reads only str keys)`
     if (strLen >= 0) {
       if (!need(strLen)) return truncated()
-      if (strict && !isUtf8(bytes.subarray(pos, pos + strLen))) return `str at byte ${pos} is not valid UTF-8`
+      // On the bus too: Python's unpackb(raw=False) refuses the message, and the library's own
+      // decoder would make up characters (or lone surrogates) from the bytes.
+      if (!validUtf8(bytes, pos, strLen)) return `str at byte ${pos} is not valid UTF-8`
+      if (atKey && strLen === PROTO_BYTES.length && isProtoKey(bytes, pos)) protoKey = true
       pos += strLen
     } else if (extLen >= 0) {
       if (!need(extLen + 1)) return truncated()
@@ -388,5 +516,5 @@ export function scanMsgpack (bytes: Uint8Array, strict = true): string | undefin
     }
   }
   if (pos !== end) return `${end - pos} bytes left over after the message`
-  return undefined
+  return protoKey
 }

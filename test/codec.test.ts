@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
 import {
-  CodecError, MAX_DEPTH, decodeEvent, encodeEvent, fromJsonValue, hexPreview, parseWireEvent, scanMsgpack, toJsonEvent, toJsonValue
+  CodecError, MAX_DEPTH, MAX_MESSAGE_BYTES, Timestamp, decodeEvent, encodeEvent, fromJsonValue, hexPreview, parseWireEvent, scanMsgpack, toJsonEvent, toJsonValue
 } from '../src/codec.js'
 
 interface Fixture { name: string, hex: string, json: unknown, reencodable: boolean }
@@ -40,6 +40,15 @@ t.test('integers beyond 2^53 decode without loss', async (t) => {
   t.same(toJsonValue(args[7]), '18446744073709551615')
 })
 
+t.test('timestamps packed by Python map as documented, the one that crashed busgate among them', async (t) => {
+  const f = fixtures.find((x) => x.name === 'timestamps')
+  const args = decodeEvent(bytes(f!.hex)).args
+  t.ok(args.every((a) => a instanceof Timestamp), 'all valid timestamps')
+  t.same(args[7], new Timestamp(2n ** 62n, 0, bytes('000000004000000000000000')))
+  t.same(toJsonValue(args[7]), { $ext: -1, $base64: 'AAAAAEAAAAAAAAAA' })
+  t.equal(toJsonValue(args[1]), '2023-11-14T22:13:20.123Z')
+})
+
 t.test('binary decodes as bytes and maps to $base64', async (t) => {
   const f = fixtures.find((x) => x.name === 'binary')
   const args = decodeEvent(bytes(f!.hex)).args
@@ -51,7 +60,6 @@ t.test('binary decodes as bytes and maps to $base64', async (t) => {
 t.test('the JSON mapping of values Python does not send', async (t) => {
   t.equal(toJsonValue(Number.NaN), 'NaN')
   t.equal(toJsonValue(-Infinity), '-Infinity')
-  t.equal(toJsonValue(new Date('2024-01-02T03:04:05.000Z')), '2024-01-02T03:04:05.000Z')
   t.equal(toJsonValue(12n), 12)
   t.equal(toJsonValue(-(2n ** 53n)), '-9007199254740992')
   // timestamp extension -1 and an unknown extension 5, packed by hand
@@ -128,7 +136,7 @@ t.test('decodeEvent refuses what is not an event, with a reason', async (t) => {
     ['no event_name', '81a46172677390', 'wrong_shape', /event_name must be a str, got nothing/],
     ['bin event_name', '83aa6576656e745f6e616d65c40178a86167656e745f6964a178a46172677390', 'wrong_shape', /event_name must be a str, got bin/],
     ['args not array', '83aa6576656e745f6e616d65a178a86167656e745f6964a178a461726773a178', 'wrong_shape', /args must be an array, got a str/],
-    ['__proto__ key', '81a95f5f70726f746f5f5f01', 'undecodable', /__proto__/]
+    ['only a __proto__ key', '81a95f5f70726f746f5f5f01', 'wrong_shape', /event_name must be a str, got nothing/]
   ]
   for (const [name, h, reason, message] of cases) {
     t.throws(() => decodeEvent(bytes(h)), { name: 'CodecError', reason, message }, name)
@@ -183,4 +191,133 @@ t.test('parseWireEvent reports its failures as CodecError', async (t) => {
 t.test('hexPreview is short', async (t) => {
   t.equal(hexPreview(bytes('0102')), '0102')
   t.equal(hexPreview(new Uint8Array(100), 4), '00000000… (100 bytes)')
+})
+
+// The frame of an event named "x" from agent "x", up to the args array's header.
+const HEAD = '83aa6576656e745f6e616d65a178a86167656e745f6964a178a461726773'
+const argsOf = (argsHex: string): unknown[] => decodeEvent(bytes(HEAD + argsHex)).args
+const jsonArgsOf = (argsHex: string): unknown => JSON.parse(JSON.stringify(toJsonEvent(decodeEvent(bytes(HEAD + argsHex))).args))
+
+t.test('a timestamp beyond what Date holds maps to the extension form, not a crash', async (t) => {
+  // The attack: seconds = 2^62, which Python's unpackb reads as Timestamp(seconds=4611686018427387904).
+  const attack = bytes('83aa6576656e745f6e616d65ae6b65726e656c5f73746172746564a86167656e745f6964a161a4617267739' +
+    '1c70cff000000004000000000000000')
+  const event = decodeEvent(attack)
+  t.ok(event.args[0] instanceof Timestamp)
+  t.same(toJsonEvent(event).args, [{ $ext: -1, $base64: 'AAAAAEAAAAAAAAAA' }])
+  t.same(parseWireEvent(attack), event, 'a valid timestamp: accepted as a POST body too')
+
+  const ts = (hex: string): unknown => (jsonArgsOf('91' + hex) as unknown[])[0]
+  const max = (8_640_000_000_000n).toString(16).padStart(16, '0') // Date's last second, 8.64e15 ms
+  const min = (2n ** 64n - 8_640_000_000_000n).toString(16) // -8.64e12 s, two's complement
+  t.equal(ts('c70cff' + '00000000' + max), '+275760-09-13T00:00:00.000Z', 'the last instant Date holds')
+  t.same(ts('c70cff' + '000f4240' + max), { $ext: -1, $base64: Buffer.from('000f4240' + max, 'hex').toString('base64') }, 'one millisecond later')
+  t.equal(ts('c70cff' + '000f423f' + max), '+275760-09-13T00:00:00.000Z', 'less than a millisecond later is still in range')
+  t.equal(ts('c70cff' + '00000000' + min), '-271821-04-20T00:00:00.000Z', 'the first instant Date holds')
+  const beforeMin = (2n ** 64n - 8_640_000_000_001n).toString(16)
+  t.same(ts('c70cff' + '3b9ac9ff' + beforeMin), { $ext: -1, $base64: Buffer.from('3b9ac9ff' + beforeMin, 'hex').toString('base64') },
+    'a millisecond before, by a nanosecond')
+  t.match(ts('c70cff' + '3b9ac9ff' + '7fffffffffffffff'), { $ext: -1 }, 'the largest timestamp96')
+  t.match(ts('c70cff' + '00000000' + '8000000000000000'), { $ext: -1 }, 'the smallest')
+})
+
+t.test('timestamps in range keep their ISO-8601 form, to the millisecond', async (t) => {
+  const ts = (hex: string): unknown => (jsonArgsOf('91' + hex) as unknown[])[0]
+  t.equal(ts('d6ff00000001'), '1970-01-01T00:00:01.000Z', 'timestamp32')
+  t.equal(ts('d6ffffffffff'), '2106-02-07T06:28:15.000Z', 'timestamp32, the largest')
+  t.equal(ts('d7ff' + (123456789 * 4).toString(16).padStart(8, '0') + '6553f100'), '2023-11-14T22:13:20.123Z', 'timestamp64: finer digits are dropped')
+  t.equal(ts('d7ff' + 'ee6b27ff' + 'ffffffff'), '2514-05-30T01:53:03.999Z', 'timestamp64, the largest')
+  t.equal(ts('c7' + '0cff' + '0007a120' + 'ffffffffffffffff'), '1969-12-31T23:59:59.000Z', 'before 1970, half a millisecond past a second: floored')
+  t.equal(ts('c7' + '0cff' + '00000000' + '0000000000000001'), '1970-01-01T00:00:01.000Z', 'timestamp96')
+  t.equal(ts('c704ff00000001'), '1970-01-01T00:00:01.000Z', 'a timestamp32 in an ext8')
+  const value = argsOf('91d6ff00000001')[0]
+  t.ok(value instanceof Timestamp)
+  t.same(value, new Timestamp(1n, 0, new Uint8Array([0, 0, 0, 1])))
+})
+
+t.test('an ext -1 that is no timestamp is an extension like any other on the bus, and refused as a POST body', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['d7ff' + 'ee6b2800' + '00000001', 'timestamp64, 10^9 ns'],
+    ['d7ff' + 'ffffffff' + 'ffffffff', 'timestamp64, 2^30-1 ns'],
+    ['c70cff' + '3b9aca00' + '0000000000000001', 'timestamp96, 10^9 ns'],
+    ['d4ff00', '1 byte'],
+    ['d5ff0001', '2 bytes'],
+    ['c700ff', 'no bytes'],
+    ['d8ff' + '00'.repeat(16), '16 bytes']
+  ]
+  for (const [hex, name] of cases) {
+    const data = Buffer.from(hex.slice(hex.startsWith('c7') ? 6 : 4), 'hex')
+    t.same(jsonArgsOf('91' + hex), [{ $ext: -1, $base64: data.toString('base64') }], name)
+    t.throws(() => parseWireEvent(bytes(HEAD + '91' + hex)), { name: 'CodecError', reason: 'undecodable' }, `${name}: Python's unpackb refuses it`)
+  }
+})
+
+t.test('keys Python reads: __proto__, constructor, toString', async (t) => {
+  // {"__proto__": {"polluted": 1}, "constructor": 2, "toString": 3}, as Python packs it
+  const map = '83' + 'a95f5f70726f746f5f5f' + '81a8706f6c6c7574656401' + 'ab636f6e7374727563746f72' + '02' + 'a8746f537472696e67' + '03'
+  const frame = bytes(HEAD + '91' + map)
+  const event = decodeEvent(frame)
+  const json = JSON.stringify(toJsonEvent(event).args)
+  t.equal(json, '[{"__proto__":{"polluted":1},"constructor":2,"toString":3}]', 'the keys reach JSON as sent')
+  t.equal(({} as Record<string, unknown>).polluted, undefined, 'Object.prototype is untouched')
+  const arg = event.args[0] as object
+  t.equal(Object.getPrototypeOf(arg), Object.prototype, 'the decoded map keeps its prototype')
+  t.equal(Object.getPrototypeOf(toJsonValue(arg)), Object.prototype, 'so does its JSON')
+  t.same(JSON.parse(json), [JSON.parse('{"__proto__":{"polluted":1},"constructor":2,"toString":3}')])
+  t.same(parseWireEvent(frame), event, 'accepted as a POST body: Python reads it')
+  t.equal(JSON.stringify(jsonArgsOf('9181a95f5f70726f746f5f5f81a95f5f70726f746f5f5fc0')), '[{"__proto__":{"__proto__":null}}]', 'nested')
+  // at the top of the frame, an extra key, named as sent
+  const top = bytes('84aa6576656e745f6e616d65a178a86167656e745f6964a178a46172677390a95f5f70726f746f5f5fc0')
+  t.equal(decodeEvent(top).event_name, 'x')
+  t.throws(() => parseWireEvent(top), { reason: 'wrong_shape', message: /unexpected key "__proto__"/ })
+})
+
+t.test('map keys that are not str, on the bus', async (t) => {
+  t.same(jsonArgsOf('91820102a16103'), [{ 1: 2, a: 3 }], 'an int key: its decimal text')
+  t.same(jsonArgsOf('9181cf000000000000000102'), [{ 1: 2 }], 'a uint64 key too')
+  t.same(jsonArgsOf('9181d3800000000000000002'), [{ '-9223372036854775808': 2 }], 'an int64 key beyond 2^53')
+  t.same(jsonArgsOf('9181cb3ff800000000000002'), [{ 1.5: 2 }], 'a float key')
+  for (const [hex, name] of [['c40161', 'bin'], ['c0', 'nil'], ['c3', 'bool'], ['80', 'map'], ['90', 'array'], ['d6ff00000001', 'timestamp'], ['d40501', 'ext']]) {
+    t.throws(() => decodeEvent(bytes(HEAD + '9181' + hex + '02')), { name: 'CodecError', reason: 'undecodable' }, `a ${name} key`)
+  }
+})
+
+t.test('invalid UTF-8 in a str is undecodable on the bus too, never mangled', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['a2c328', 'a bad continuation'],
+    ['a3eda080', 'an encoded surrogate'],
+    ['a2c0af', 'an overlong "/"'],
+    ['a1e0', 'a sequence cut short'],
+    ['a4f4908080', 'past U+10FFFF'],
+    ['d9' + 'ff' + '61'.repeat(254) + 'ff', 'a long str (another decoder path in the library)']
+  ]
+  for (const [hex, name] of cases) {
+    t.throws(() => decodeEvent(bytes(HEAD + '91' + hex)), { name: 'CodecError', reason: 'undecodable', message: /not valid UTF-8/ }, name)
+    t.throws(() => decodeEvent(bytes(HEAD + '9181' + hex + 'c0')), { name: 'CodecError', reason: 'undecodable', message: /not valid UTF-8/ }, `${name}, as a key`)
+  }
+  // "__proto__" with an overlong "p": the library's own decoder would read it as __proto__
+  t.throws(() => decodeEvent(bytes(HEAD + '9181aa5f5fc1b0726f746f5f5fc0')), { name: 'CodecError', message: /not valid UTF-8/ })
+  t.same(jsonArgsOf('91a4f09f8e89'), ['🎉'], 'valid four-byte sequences are fine')
+})
+
+t.test('a message too large to show as JSON is undecodable, not a crash of JSON.stringify', async (t) => {
+  const big = Buffer.concat([bytes(HEAD + '91c6'), Buffer.from((MAX_MESSAGE_BYTES).toString(16).padStart(8, '0'), 'hex'), Buffer.alloc(MAX_MESSAGE_BYTES)])
+  t.throws(() => decodeEvent(big), { name: 'CodecError', reason: 'undecodable', message: /larger than/ })
+})
+
+t.test('fromJsonValue refuses numbers that are not finite', async (t) => {
+  t.throws(() => fromJsonValue([1, Infinity]), { name: 'CodecError', reason: 'wrong_shape', message: /args\[1\] is not a finite number/ })
+  t.throws(() => fromJsonValue([{ a: [-Infinity] }]), /args\[0\]\.a\[0\] is not a finite number/)
+  t.throws(() => fromJsonValue([{ $base64: 'AA==' }, Number.NaN]), /args\[1\] is not a finite number/)
+  t.throws(() => fromJsonValue(JSON.parse('{"x":[1e400]}'), 'body/args'), /body\/args\.x\[0\] is not a finite number/)
+  t.same(fromJsonValue([Number.MAX_VALUE, -Number.MAX_VALUE, 5e-324]), [Number.MAX_VALUE, -Number.MAX_VALUE, 5e-324])
+})
+
+t.test('fromJsonValue keeps a __proto__ key as a key, beside bin', async (t) => {
+  const value = JSON.parse('[{"__proto__":{"a":1},"b":{"$base64":"AA=="}}]') as unknown[]
+  const args = fromJsonValue(value) as unknown[]
+  t.same(Object.keys(args[0] as object), ['__proto__', 'b'])
+  t.equal(Object.getPrototypeOf(args[0]), Object.prototype)
+  const encoded = encodeEvent({ event_name: 'x', agent_id: 'x', args })
+  t.equal(JSON.stringify(toJsonEvent(parseWireEvent(encoded)).args), '[{"__proto__":{"a":1},"b":{"$base64":"AA=="}}]')
 })

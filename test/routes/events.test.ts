@@ -186,3 +186,21 @@ t.test('the memory engine serves the same routes', async (t) => {
   t.same(res.json(), { accepted: 2, subscribers: 0, queue_length: 2 })
   t.same((await app.inject({ method: 'GET', url: '/readyz' })).json(), { status: 'ready', engine: 'memory', bus: 'up' })
 })
+
+t.test('numbers JSON parses as Infinity are refused, not written as float64 infinity', async (t) => {
+  const app = await testApp(t, undefined)
+  const cases: Array<[string, string, RegExp]> = [
+    ['/events', '{"event_name":"a","args":[1e400]}', /body\/args\[0\] is not a finite number/],
+    ['/events', '{"event_name":"a","args":[-1e400]}', /body\/args\[0\] is not a finite number/],
+    ['/events', '{"event_name":"a","args":[1,{"k":{"deep":[2,-1e999]}}]}', /body\/args\[1\]\.k\.deep\[1\] is not a finite number/],
+    ['/events', '{"event_name":"a","args":[{"$base64":"AA=="},1E+400]}', /body\/args\[1\] is not a finite number/],
+    ['/events/batch', '[{"event_name":"a"},{"event_name":"b","args":[{"x":1e400}]}]', /body\/1\/args\[0\]\.x is not a finite number/]
+  ]
+  for (const [url, payload, message] of cases) {
+    const res = await app.inject({ method: 'POST', url, headers: JSON_CT, payload })
+    t.equal(res.statusCode, 400, payload)
+    t.match(res.json(), { code: 'BUSGATE_INVALID_EVENT', message }, payload)
+  }
+  const ok = await app.inject({ method: 'POST', url: '/events', headers: JSON_CT, payload: '{"event_name":"a","args":[1.7976931348623157e308]}' })
+  t.same(ok.json(), { accepted: 1, subscribers: 0, queue_length: 1 }, 'the largest double passes, and nothing before it was written')
+})
