@@ -14,18 +14,36 @@ export const MSGPACK = 'application/msgpack'
 // The bytes of each msgpack body, kept beside the decoded event so they reach Redis unchanged.
 const wireBytes = new WeakMap<object, Buffer>()
 
-function encodeInput (input: EventInput, defaultAgentId: string, where: string): Uint8Array {
+function refusal (err: CodecError, where: string): Error {
+  if (err.reason === 'too_large') return new Errors.MessageTooLarge(`${where}${err.message}`)
+  return err.reason === 'undecodable' ? new Errors.InvalidMsgpack(err.message) : new Errors.InvalidEvent(err.message)
+}
+
+/**
+ * What busgate's own readers would set aside (BUSGATE_BUS_MAX_MESSAGE_BYTES) it does not write:
+ * an event JSON describes in fewer bytes than msgpack does (floats) can still be too large.
+ */
+function checkSize (frame: Uint8Array, maxBytes: number, where: string): Uint8Array {
+  if (frame.byteLength > maxBytes) {
+    throw new Errors.MessageTooLarge(`${where}${frame.byteLength} bytes of msgpack, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${maxBytes})`)
+  }
+  return frame
+}
+
+function encodeInput (input: EventInput, defaultAgentId: string, maxBytes: number, where: string): Uint8Array {
+  let frame: Uint8Array
   try {
     if (input.agent_id?.isWellFormed() === false) throw new CodecError('wrong_shape', `${where}agent_id holds a lone UTF-16 surrogate`)
-    return encodeEvent({
+    frame = encodeEvent({
       event_name: input.event_name,
       agent_id: input.agent_id ?? defaultAgentId,
       args: fromJsonValue(input.args ?? [], `${where}args`) as unknown[]
     })
   } catch (err) {
-    if (err instanceof CodecError) throw new Errors.InvalidEvent(err.message)
+    if (err instanceof CodecError) throw err.reason === 'too_large' ? refusal(err, where) : new Errors.InvalidEvent(err.message)
     throw err
   }
+  return checkSize(frame, maxBytes, where)
 }
 
 const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
@@ -44,7 +62,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
         done(null, event)
       } catch (err) {
         if (!(err instanceof CodecError)) return done(err as Error)
-        done(err.reason === 'undecodable' ? new Errors.InvalidMsgpack(err.message) : new Errors.InvalidEvent(err.message))
+        done(refusal(err, ''))
       }
     })
 
@@ -72,7 +90,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
         throw new Errors.BadRequest(`This route needs a body: JSON (application/json) or msgpack (${MSGPACK})`)
       }
       const raw = wireBytes.get(body)
-      const frame = raw ?? encodeInput(body, config.agentId, 'body/')
+      const frame = raw === undefined ? encodeInput(body, config.agentId, config.busMaxMessageBytes, 'body/') : checkSize(raw, config.busMaxMessageBytes, '')
       await app.tasks.recordProduced([body])
       const result = await app.engine.produce([frame])
       const counter = raw === undefined ? produced.json : produced.msgpack
@@ -93,7 +111,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     config: { scope: 'publish', countsRejections: true }
   }, async (request, reply) => {
     const inputs = request.body as EventInput[]
-    const frames = inputs.map((input, i) => encodeInput(input, config.agentId, `body/${i}/`))
+    const frames = inputs.map((input, i) => encodeInput(input, config.agentId, config.busMaxMessageBytes, `body/${i}/`))
     await app.tasks.recordProduced(inputs)
     const result = await app.engine.produce(frames)
     produced.batch.inc(frames.length)

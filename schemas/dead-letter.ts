@@ -3,10 +3,11 @@ import { Type } from '@sinclair/typebox'
 export const DeadLetter = Type.Object({
   id: Type.String({ examples: ['dl_W6qZ3nS5d2bHc9Vf'] }),
   message_id: Type.String({ description: 'the webhook-id its deliveries carried' }),
-  reason: Type.Unsafe<'malformed' | 'no_matching_webhook' | 'delivery_failed'>({
+  reason: Type.Unsafe<'malformed' | 'no_matching_webhook' | 'delivery_failed' | 'too_large'>({
     type: 'string',
-    enum: ['malformed', 'no_matching_webhook', 'delivery_failed'],
-    description: '`malformed`: not an event; `no_matching_webhook`: no enabled webhook takes its name; `delivery_failed`: retries ran out'
+    enum: ['malformed', 'no_matching_webhook', 'delivery_failed', 'too_large'],
+    description: '`malformed`: not an event; `no_matching_webhook`: no enabled webhook takes its name; `delivery_failed`: retries ran out; ' +
+      '`too_large`: over BUSGATE_BUS_MAX_MESSAGE_BYTES, or more values than busgate decodes, set aside undecoded'
   }),
   error: Type.String({ description: 'the last error' }),
   event_name: Type.Union([Type.String(), Type.Null()]),

@@ -23,7 +23,14 @@ export interface JsonEvent {
 /** Python's msgpack packer refuses to nest deeper than 511, so nothing real goes past this. */
 export const MAX_DEPTH = 512
 
-export type CodecFailure = 'undecodable' | 'wrong_shape'
+export type CodecFailure = 'undecodable' | 'wrong_shape' | 'too_large'
+
+/**
+ * Most values (every str, number, array, map…) one message may hold. Decoding and mapping cost
+ * grows with them, a few microseconds each for maps with keys of their own: past this a single
+ * message could stall the event loop for longer than any real event needs.
+ */
+export const MAX_VALUES = 65_536
 
 export class CodecError extends Error {
   override name = 'CodecError'
@@ -174,7 +181,7 @@ export function encodeEvent (event: BusEvent): Buffer {
  */
 export function decodeEvent (bytes: Uint8Array): BusEvent {
   if (bytes.byteLength > MAX_MESSAGE_BYTES) {
-    throw new CodecError('undecodable', `a message of ${bytes.byteLength} bytes is larger than busgate shows as JSON (${MAX_MESSAGE_BYTES})`)
+    throw new CodecError('too_large', `a message of ${bytes.byteLength} bytes is larger than busgate shows as JSON (${MAX_MESSAGE_BYTES})`)
   }
   // Completeness, depth (the JSON mapping recurses) and UTF-8 here; types and extensions are the
   // mapping's to show, as a foreign producer may send anything.
@@ -313,7 +320,7 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
  */
 export function fromJsonValue (value: unknown, path = 'args'): unknown {
   // Most events carry no bin: check first, and copy only when something must change.
-  return needsConversion(value, [path]) ? convert(value) : value
+  return needsConversion(value, [path], { values: 0 }) ? convert(value) : value
 }
 
 function isBase64Object (value: object): value is { $base64: unknown } {
@@ -328,7 +335,8 @@ function isBase64Object (value: object): value is { $base64: unknown } {
  * Validates the whole value (throwing CodecError naming the path) and says whether any
  * `$base64` object is inside. `path` is a stack of segments, joined only for an error.
  */
-function needsConversion (value: unknown, path: Array<string | number>): boolean {
+function needsConversion (value: unknown, path: Array<string | number>, seen: { values: number }): boolean {
+  if (++seen.values > MAX_VALUES) throw tooManyValues()
   if (typeof value === 'string') {
     // JSON can carry a lone surrogate ("\ud800"); UTF-8 cannot, and Python would refuse the message.
     if (!value.isWellFormed()) throw new CodecError('wrong_shape', `${formatPath(path)} holds a lone UTF-16 surrogate, which UTF-8 cannot carry`)
@@ -354,7 +362,7 @@ function needsConversion (value: unknown, path: Array<string | number>): boolean
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
       path.push(i)
-      if (needsConversion(value[i], path)) found = true
+      if (needsConversion(value[i], path, seen)) found = true
       path.pop()
     }
     return found
@@ -368,7 +376,7 @@ function needsConversion (value: unknown, path: Array<string | number>): boolean
   for (const key in value) {
     path.push(key)
     if (!key.isWellFormed()) throw new CodecError('wrong_shape', `${formatPath(path)}: the key holds a lone UTF-16 surrogate`)
-    if (needsConversion((value as Record<string, unknown>)[key], path)) found = true
+    if (needsConversion((value as Record<string, unknown>)[key], path, seen)) found = true
     path.pop()
   }
   return found
@@ -401,11 +409,16 @@ export function hexPreview (bytes: Uint8Array, max = 32): string {
 /**
  * Walks msgpack bytes without building values: one complete object, no trailing bytes, every
  * str valid UTF-8, nesting within MAX_DEPTH; strict, also every map key a str and every
- * timestamp one Python reads. Returns what is wrong, if anything.
+ * timestamp one Python reads. Returns what is wrong, if anything; throws CodecError
+ * (`too_large`) past MAX_VALUES, which is not wrong, only more than busgate takes.
  */
 export function scanMsgpack (bytes: Uint8Array, strict = true): string | undefined {
   const scanned = scan(bytes, strict)
   return typeof scanned === 'string' ? scanned : undefined
+}
+
+function tooManyValues (): CodecError {
+  return new CodecError('too_large', `the event holds more than ${MAX_VALUES} values (strs, numbers, arrays, maps…)`)
 }
 
 /** Most strs are short and ASCII: for them a loop is cheaper than a view and a call into C++. */
@@ -432,6 +445,7 @@ function scan (bytes: Uint8Array, strict: boolean): string | boolean {
   const need = (n: number): boolean => pos + n <= end
   const truncated = (): string => `truncated at byte ${pos} of ${end}`
   let protoKey = false
+  let values = 0
 
   while (items > 0 || remaining.length > 0) {
     if (items === 0) {
@@ -443,6 +457,7 @@ function scan (bytes: Uint8Array, strict: boolean): string | boolean {
     const top = isMap.length - 1
     const atKey = top >= 0 && isMap[top] === true && items % 2 === 0
     items--
+    if (++values > MAX_VALUES) throw tooManyValues()
     if (!need(1)) return truncated()
     const b = view.getUint8(pos++)
     let strLen = -1

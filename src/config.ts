@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util'
+import { MAX_MESSAGE_BYTES } from './codec.js'
 import { MAX_FRAMES_PER_PRODUCE } from './engines/engine.js'
 
 export type Scope = 'publish' | 'subscribe' | 'admin'
@@ -103,7 +104,7 @@ export const SETTINGS = [
   setting('bodyLimit', 'BUSGATE_BODY_LIMIT', '1048576', 'largest request body in bytes (larger: 413)', (raw) => integer(raw, 1024, 64 * 1024 * 1024)),
   setting('busMaxMessageBytes', 'BUSGATE_BUS_MAX_MESSAGE_BYTES', '1048576',
     'largest bus message busgate reads or writes: larger ones on the bus are counted and set aside without being decoded; a produce that would write one gets 413',
-    (raw) => integer(raw, 1024, 64 * 1024 * 1024)),
+    (raw) => integer(raw, 1024, MAX_MESSAGE_BYTES)),
   setting('requestTimeoutMs', 'BUSGATE_REQUEST_TIMEOUT_MS', '30000',
     'how long a client may take to send a whole request, headers and body (then 408 and the connection is closed); idle keep-alive connections close after 5 s',
     (raw) => integer(raw, 1000, 3_600_000)),

@@ -15,6 +15,7 @@ export const Errors = {
   NotFound: createError('BUSGATE_NOT_FOUND', '%s', 404),
   UnsafeWebhookUrl: createError('BUSGATE_UNSAFE_WEBHOOK_URL', 'The webhook URL is refused: %s', 400),
   PayloadTooLarge: createError('BUSGATE_PAYLOAD_TOO_LARGE', 'The body is larger than the limit of %s bytes', 413),
+  MessageTooLarge: createError('BUSGATE_MESSAGE_TOO_LARGE', 'The event is larger than the bus takes: %s', 413),
   UnsupportedMediaType: createError('BUSGATE_UNSUPPORTED_MEDIA_TYPE', 'Content-Type %s is not accepted here; use %s', 415),
   Internal: createError('BUSGATE_INTERNAL', 'Internal Server Error', 500),
   RedisUnavailable: createError('BUSGATE_REDIS_UNAVAILABLE', 'The event bus is unavailable: %s', 503),

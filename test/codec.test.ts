@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs'
+import { encode } from '@msgpack/msgpack'
 import t from 'tap'
 import {
-  CodecError, MAX_DEPTH, MAX_MESSAGE_BYTES, Timestamp, decodeEvent, encodeEvent, fromJsonValue, hexPreview, parseWireEvent, scanMsgpack, toJsonEvent, toJsonValue
+  CodecError, MAX_DEPTH, MAX_MESSAGE_BYTES, MAX_VALUES, Timestamp, decodeEvent, encodeEvent, fromJsonValue, hexPreview, parseWireEvent, scanMsgpack, toJsonEvent, toJsonValue
 } from '../src/codec.js'
 
 interface Fixture { name: string, hex: string, json: unknown, reencodable: boolean }
@@ -300,9 +301,9 @@ t.test('invalid UTF-8 in a str is undecodable on the bus too, never mangled', as
   t.same(jsonArgsOf('91a4f09f8e89'), ['🎉'], 'valid four-byte sequences are fine')
 })
 
-t.test('a message too large to show as JSON is undecodable, not a crash of JSON.stringify', async (t) => {
+t.test('a message too large to show as JSON is refused as too large, not a crash of JSON.stringify', async (t) => {
   const big = Buffer.concat([bytes(HEAD + '91c6'), Buffer.from((MAX_MESSAGE_BYTES).toString(16).padStart(8, '0'), 'hex'), Buffer.alloc(MAX_MESSAGE_BYTES)])
-  t.throws(() => decodeEvent(big), { name: 'CodecError', reason: 'undecodable', message: /larger than/ })
+  t.throws(() => decodeEvent(big), { name: 'CodecError', reason: 'too_large', message: /larger than/ })
 })
 
 t.test('fromJsonValue refuses numbers that are not finite', async (t) => {
@@ -320,4 +321,17 @@ t.test('fromJsonValue keeps a __proto__ key as a key, beside bin', async (t) => 
   t.equal(Object.getPrototypeOf(args[0]), Object.prototype)
   const encoded = encodeEvent({ event_name: 'x', agent_id: 'x', args })
   t.equal(JSON.stringify(toJsonEvent(parseWireEvent(encoded)).args), '[{"__proto__":{"a":1},"b":{"$base64":"AA=="}}]')
+})
+
+t.test('past MAX_VALUES a message is too large to decode, on the bus and in a POST body alike', async (t) => {
+  const within = encode({ event_name: 'a', agent_id: 'b', args: Array.from({ length: MAX_VALUES - 8 }, () => 0) })
+  t.equal(decodeEvent(within).args.length, MAX_VALUES - 8, 'the map, its keys and values, args and its items: all within')
+  const past = encode({ event_name: 'a', agent_id: 'b', args: Array.from({ length: MAX_VALUES }, () => []) })
+  t.throws(() => decodeEvent(past), { name: 'CodecError', reason: 'too_large' })
+  t.throws(() => parseWireEvent(past), { name: 'CodecError', reason: 'too_large' })
+  t.throws(() => fromJsonValue(Array.from({ length: MAX_VALUES }, () => ({}))), { name: 'CodecError', reason: 'too_large' })
+  t.doesNotThrow(() => fromJsonValue(Array.from({ length: MAX_VALUES - 1 }, () => 1)))
+  const started = performance.now()
+  t.throws(() => decodeEvent(encode({ event_name: 'a', agent_id: 'b', args: Array.from({ length: 10 * MAX_VALUES }, () => ({})) })))
+  t.ok(performance.now() - started < 1000, 'refused by the scan, before anything is built')
 })

@@ -100,6 +100,8 @@ export interface Store {
   /** SET with an expiry: liveness keys. */
   setExpiring (key: string, value: string, ttlMs: number): Promise<void>
   exists (key: string): Promise<boolean>
+  /** Stores the value unless the key holds one already; returns what the key holds then (SET NX, GET). */
+  setIfAbsent (key: string, value: string): Promise<string>
   /** Every key matching a glob pattern (SCAN). */
   keys (pattern: string): Promise<string[]>
   /** Adds at the head (several: the last ends first, as LPUSH) and keeps the newest `max`; returns the length before trimming. */

@@ -124,6 +124,7 @@ export class MemoryEngine implements Engine {
   readonly #hashes = new Map<string, Map<string, string>>()
   readonly #lists = new Map<string, string[]>()
   readonly #counters = new Map<string, number>()
+  readonly #strings = new Map<string, string>()
 
   #merges = 0
 
@@ -163,11 +164,17 @@ export class MemoryEngine implements Engine {
     },
     hashDelete: async (key, field) => this.#hash(key)?.delete(field) ?? false,
     setExpiring: async (key, _value, ttlMs) => { this.#expiring.set(key, Date.now() + ttlMs) },
-    exists: async (key) => (this.#expiring.get(key) ?? 0) > Date.now() || this.#hash(key) !== undefined || this.#lists.has(key),
+    exists: async (key) => (this.#expiring.get(key) ?? 0) > Date.now() || this.#hash(key) !== undefined || this.#lists.has(key) ||
+      this.#strings.has(key),
+    setIfAbsent: async (key, value) => {
+      if (!this.#strings.has(key)) this.#strings.set(key, value)
+      return this.#strings.get(key) as string
+    },
     // Patterns are a literal or `prefix*`: what busgate asks for.
     keys: async (pattern) => {
       const prefix = pattern.endsWith('*') ? pattern.slice(0, -1) : pattern
-      const all = [...this.#processing.keys(), ...this.#hashes.keys(), ...this.#lists.keys(), ...this.#retries.keys(), ...this.#expiring.keys()]
+      const all = [...this.#processing.keys(), ...this.#hashes.keys(), ...this.#lists.keys(), ...this.#retries.keys(), ...this.#expiring.keys(),
+        ...this.#strings.keys()]
       return [...new Set(all)].filter((k) => (pattern.endsWith('*') ? k.startsWith(prefix) : k === pattern))
     },
     listPushCapped: async (key, value, max) => {

@@ -345,6 +345,14 @@ export class RedisEngine implements Engine {
     hashDelete: async (key, field) => (await this.#call(() => this.#commands.hdel(key, field))) > 0,
     setExpiring: async (key, value, ttlMs) => { await this.#call(() => this.#commands.set(key, value, 'PX', ttlMs)) },
     exists: async (key) => (await this.#call(() => this.#commands.exists(key))) > 0,
+    setIfAbsent: async (key, value) => {
+      // A key deleted between the two commands is set again: what comes back is always what Redis holds.
+      for (;;) {
+        await this.#call(() => this.#commands.set(key, value, 'NX'))
+        const held = await this.#call(() => this.#commands.get(key))
+        if (held !== null) return held
+      }
+    },
     keys: async (pattern) => {
       const found = new Set<string>()
       let cursor = '0'

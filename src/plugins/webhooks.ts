@@ -39,7 +39,8 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     circuitFailures: config.webhookCircuitFailures,
     circuitCooldownMs: config.webhookCircuitCooldownMs,
     instanceTtlMs: config.instanceTtlMs,
-    allowPrivate: config.webhookAllowPrivate
+    allowPrivate: config.webhookAllowPrivate,
+    maxMessageBytes: config.busMaxMessageBytes
   }, {
     delivery: (outcome, seconds) => {
       outcomes[outcome].inc()

@@ -5,7 +5,7 @@ import type { Store } from '../engines/engine.js'
 export interface DeadLetter {
   id: string
   message_id: string
-  reason: 'malformed' | 'no_matching_webhook' | 'delivery_failed'
+  reason: 'malformed' | 'no_matching_webhook' | 'delivery_failed' | 'too_large'
   error: string
   event_name: string | null
   agent_id: string | null

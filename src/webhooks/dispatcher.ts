@@ -8,6 +8,7 @@ import type { Consumer, Engine } from '../engines/engine.js'
 import { globList } from '../glob.js'
 import type { DeadLetter, DeadLetters } from './dead-letters.js'
 import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './registry.js'
+import { ENVELOPE_PREFIX, EnvelopeSealer, type Envelope } from './envelope.js'
 import { signatureHeader } from './signing.js'
 import { guardedLookup, isPrivateAddress, urlHost } from './ssrf.js'
 
@@ -16,9 +17,6 @@ const RR_BLOCK = 64
 export const CLAIM_MAX = 8
 const ATTEMPT_LOG_MAX = 100
 const ATTEMPT_FLUSH_MS = 250
-
-/** Marks a processing-list value that is an envelope (a message with its retry state), not a bare message. */
-export const ENVELOPE_PREFIX = 'busgate-envelope:v1:'
 
 export interface DispatcherOptions {
   keyPrefix: string
@@ -32,26 +30,14 @@ export interface DispatcherOptions {
   circuitCooldownMs: number
   instanceTtlMs: number
   allowPrivate: boolean
+  /** larger messages are dead-lettered (too_large) undecoded */
+  maxMessageBytes: number
 }
 
 export interface DispatcherMetrics {
   delivery: (outcome: 'delivered' | 'failed' | 'gone' | 'throttled', seconds: number) => void
   deadLettered: (reason: DeadLetter['reason'], dropped: boolean) => void
   circuit: (webhookId: string, open: boolean) => void
-}
-
-/** A message's retry state: its id for receivers, when it was first taken, attempts and rounds so far. */
-interface Envelope {
-  id: string
-  first_seen: number
-  attempts: number
-  rounds: number
-  last_error?: string
-}
-
-/** An envelope as kept in a processing list: the state and the message frame, base64. */
-interface StoredEnvelope extends Envelope {
-  frame: string
 }
 
 interface Circuit {
@@ -100,6 +86,7 @@ export class WebhookDispatcher {
   readonly #agent: Agent
   /** attempt-log lines waiting to be written, by webhook: one write per webhook per flush */
   #attempts = new Map<string, string[]>()
+  #sealer: Promise<EnvelopeSealer> | undefined
 
   constructor (
     private readonly engine: Engine,
@@ -137,6 +124,15 @@ export class WebhookDispatcher {
 
   #liveKey (instance: string): string {
     return `${this.options.keyPrefix}instance:${instance}`
+  }
+
+  /** The key every instance seals envelopes with: made by the first one, read by the others. */
+  async #envelopes (): Promise<EnvelopeSealer> {
+    this.#sealer ??= this.engine.store.setIfAbsent(`${this.options.keyPrefix}envelope-key`, EnvelopeSealer.newKey())
+      .then((key) => new EnvelopeSealer(Buffer.from(key, 'base64')))
+    // A bus that is down now must not leave a failed read behind for good.
+    this.#sealer.catch(() => { this.#sealer = undefined })
+    return await this.#sealer
   }
 
   async start (): Promise<void> {
@@ -283,19 +279,26 @@ export class WebhookDispatcher {
    * on with other messages meanwhile, so a receiver that keeps failing holds up no loop.
    */
   async #handle (claimed: Buffer, consumer: Consumer): Promise<Buffer | undefined> {
-    const { envelope, frame } = this.#open(claimed)
+    const sealer = await this.#envelopes()
+    const { envelope, frame } = this.#open(claimed, sealer)
+    if (frame.byteLength > this.options.maxMessageBytes) {
+      // Set aside before anything looks inside: decoding it alone could stall every delivery.
+      return await this.#bury(claimed, envelope, frame, 'too_large',
+        `${frame.byteLength} bytes, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${this.options.maxMessageBytes})`, undefined)
+    }
     let event: BusEvent
+    let body: string
     try {
       event = decodeEvent(frame)
+      body = JSON.stringify(toJsonEvent(event))
     } catch (err) {
-      const reason = err instanceof CodecError ? err.message : 'undecodable'
-      return await this.#bury(claimed, envelope, frame, 'malformed', reason, undefined)
+      const reason = err instanceof CodecError && err.reason === 'too_large' ? 'too_large' : 'malformed'
+      return await this.#bury(claimed, envelope, frame, reason, (err as Error).message, undefined)
     }
     const all = this.#webhooks.filter((w) => w.enabled && this.#matches(w, event.event_name))
     if (all.length === 0) {
       return await this.#bury(claimed, envelope, frame, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
     }
-    const body = JSON.stringify(toJsonEvent(event))
     const now = Date.now()
     const candidates = all.filter((w) => this.#allows(w.id, now))
     if (candidates.length > 0) {
@@ -316,7 +319,7 @@ export class WebhookDispatcher {
     // The retry state goes with the message, so a crash loses neither it nor its id.
     const backoff = Math.min(this.options.backoffMaxMs, this.options.backoffMs * 2 ** envelope.rounds)
     envelope.rounds++
-    await consumer.delay(claimed, this.#seal(envelope, frame), backoff / 2 + Math.random() * backoff / 2)
+    await consumer.delay(claimed, sealer.seal(envelope, frame), backoff / 2 + Math.random() * backoff / 2)
     return undefined
   }
 
@@ -344,9 +347,12 @@ export class WebhookDispatcher {
       const { url, privateLiteral } = this.#target(webhook.url)
       // An IP literal never goes through the connect-time lookup: checked here instead.
       if (!this.options.allowPrivate && privateLiteral) throw new Error(`${url.hostname} is a private address; refused`)
+      // One bound for the whole answer, body included: a receiver that drips its body must not hold the attempt.
+      const signal = AbortSignal.timeout(this.options.timeoutMs)
       const res = await request(url, {
         method: 'POST',
         dispatcher: this.#agent,
+        signal,
         headers: {
           'content-type': 'application/json',
           'user-agent': 'busgate',
@@ -358,7 +364,8 @@ export class WebhookDispatcher {
         headersTimeout: this.options.timeoutMs,
         bodyTimeout: this.options.timeoutMs,
       })
-      await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined)
+      // Past the bound the attempt failed, whatever the status said; a body that breaks off otherwise does not undo it.
+      await res.body.dump({ limit: 64 * 1024, signal }).catch((err: unknown) => { if (signal.aborted) throw err })
       const ok = res.statusCode >= 200 && res.statusCode < 300
       attempt = { ok, status: res.statusCode, error: ok ? null : `HTTP ${res.statusCode}`, retryAfterMs: retryAfter(res.headers['retry-after']) }
     } catch (err) {
@@ -445,19 +452,14 @@ export class WebhookDispatcher {
     return current
   }
 
-  /** The retry state of a claimed value, and the message frame it carries. */
-  #open (claimed: Buffer): { envelope: Envelope, frame: Buffer } {
-    if (claimed.subarray(0, ENVELOPE_PREFIX.length).toString('latin1') === ENVELOPE_PREFIX) {
-      const { frame, ...envelope } = JSON.parse(claimed.subarray(ENVELOPE_PREFIX.length).toString('utf8')) as StoredEnvelope
-      return { envelope: { ...envelope, rounds: envelope.rounds ?? 0 }, frame: Buffer.from(frame, 'base64') }
-    }
+  /**
+   * The retry state of a claimed value, and the message frame it carries. Only what busgate
+   * sealed is an envelope; anything else, whatever it starts with, is a plain message.
+   */
+  #open (claimed: Buffer, sealer: EnvelopeSealer): { envelope: Envelope, frame: Buffer } {
     // Stable across every retry of this message: kept in its envelope once the first round fails.
-    return { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
-  }
-
-  #seal (envelope: Envelope, frame: Buffer): Buffer {
-    const stored: StoredEnvelope = { ...envelope, frame: frame.toString('base64') }
-    return Buffer.from(ENVELOPE_PREFIX + JSON.stringify(stored))
+    return sealer.open(claimed) ??
+      { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
   }
 }
 

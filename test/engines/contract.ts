@@ -341,6 +341,16 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.same((await engine.store.keys(`test.live.${id}.*`)).sort().filter((k) => k.endsWith('.1')), [`test.live.${id}.1`])
   })
 
+  t.test('setIfAbsent keeps the first value, whoever asks later', async (t) => {
+    const engine = await fresh(t)
+    const key = `test.once.${randomUUID()}`
+    t.equal(await engine.store.setIfAbsent(key, 'first'), 'first')
+    t.equal(await engine.store.setIfAbsent(key, 'second'), 'first')
+    const racing = await Promise.all(Array.from({ length: 10 }, async (_, i) => await engine.store.setIfAbsent(`${key}.race`, `v${i}`)))
+    t.equal(new Set(racing).size, 1, 'concurrent callers all get the same value')
+    t.equal(await engine.store.exists(key), true)
+  })
+
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
     const engine = await fresh(t)
     await t.resolves(engine.ping())

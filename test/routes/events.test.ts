@@ -204,3 +204,31 @@ t.test('numbers JSON parses as Infinity are refused, not written as float64 infi
   const ok = await app.inject({ method: 'POST', url: '/events', headers: JSON_CT, payload: '{"event_name":"a","args":[1.7976931348623157e308]}' })
   t.same(ok.json(), { accepted: 1, subscribers: 0, queue_length: 1 }, 'the largest double passes, and nothing before it was written')
 })
+
+t.test('an event larger than the bus takes gets 413 and writes nothing: bytes past BUSGATE_BUS_MAX_MESSAGE_BYTES, or too many values', async (t) => {
+  const app = await testApp(t, undefined, { busMaxMessageBytes: 4096, bodyLimit: 2 ** 20 })
+  const { encode } = await import('@msgpack/msgpack')
+  const { MAX_VALUES } = await import('../../src/codec.js')
+  const cases: Array<[string, Record<string, string>, string | Buffer, RegExp]> = [
+    // 600 floats: under 4 KB of JSON, over 4 KB of msgpack (9 bytes each).
+    ['/events', JSON_CT, JSON.stringify({ event_name: 'a', args: Array.from({ length: 600 }, () => 0.5) }), /body\/\d+ bytes of msgpack, more than BUSGATE_BUS_MAX_MESSAGE_BYTES \(4096\)/],
+    ['/events', { 'content-type': 'application/msgpack' }, Buffer.from(encode({ event_name: 'a', agent_id: 'b', args: ['x'.repeat(5000)] })), /more than BUSGATE_BUS_MAX_MESSAGE_BYTES/],
+    ['/events/batch', JSON_CT, JSON.stringify([{ event_name: 'ok' }, { event_name: 'a', args: ['y'.repeat(5000)] }]), /body\/1\/\d+ bytes of msgpack/]
+  ]
+  for (const [url, headers, payload, message] of cases) {
+    const res = await app.inject({ method: 'POST', url, headers, payload })
+    t.equal(res.statusCode, 413, url)
+    t.match(res.json(), { code: 'BUSGATE_MESSAGE_TOO_LARGE', message }, url)
+  }
+  const big = await testApp(t, undefined)
+  const many = Array.from({ length: MAX_VALUES }, () => 0)
+  for (const [headers, payload] of [
+    [JSON_CT, JSON.stringify({ event_name: 'a', args: many })],
+    [{ 'content-type': 'application/msgpack' }, Buffer.from(encode({ event_name: 'a', agent_id: 'b', args: many }))]
+  ] as const) {
+    const res = await big.inject({ method: 'POST', url: '/events', headers, payload })
+    t.equal(res.statusCode, 413, headers['content-type'])
+    t.match(res.json(), { code: 'BUSGATE_MESSAGE_TOO_LARGE', message: new RegExp(`more than ${MAX_VALUES} values`) })
+  }
+  t.equal(await app.engine.queueLength() + await big.engine.queueLength(), 0, 'nothing was written')
+})

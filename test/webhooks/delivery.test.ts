@@ -7,7 +7,7 @@ import { startReceiver, verifySignature } from '../helpers/receiver.js'
 import { startRedis } from '../helpers/redis.js'
 import { until } from '../helpers/wait.js'
 import type { Config } from '../../src/config.js'
-import { ENVELOPE_PREFIX } from '../../src/webhooks/dispatcher.js'
+import { EnvelopeSealer } from '../../src/webhooks/envelope.js'
 
 const redis = await startRedis(t)
 
@@ -241,11 +241,14 @@ t.test('Redis connections cut again and again mid-delivery: nothing lost, nothin
 })
 
 t.test('what a dead instance held is reclaimed and delivered, an envelope with its id', async (t) => {
-  const { register, names } = await gateway(t, { instanceTtlMs: 600 })
+  const { app, register, names } = await gateway(t, { instanceTtlMs: 600 })
   const receiver = await startReceiver(t)
   await register(receiver.url)
   const bare = Buffer.from(encode({ event_name: 'held_bare', agent_id: 'x', args: [] }))
-  const envelope = ENVELOPE_PREFIX + JSON.stringify({ id: 'msg_from_the_dead', first_seen: Date.now(), attempts: 2, frame: Buffer.from(encode({ event_name: 'held_envelope', agent_id: 'x', args: [] })).toString('base64') })
+  // An envelope as an instance seals it, with the key all instances share.
+  const key = await app.engine.store.setIfAbsent(`${names.keyPrefix}envelope-key`, EnvelopeSealer.newKey())
+  const envelope = new EnvelopeSealer(Buffer.from(key, 'base64'))
+    .seal({ id: 'msg_from_the_dead', first_seen: Date.now(), attempts: 2, rounds: 1 }, Buffer.from(encode({ event_name: 'held_envelope', agent_id: 'x', args: [] })))
   await redis.client.rpush(`${names.keyPrefix}processing:deadbeef0000:0`, bare, envelope)
   const got = await receiver.waitFor(2)
   t.same(got.map((r) => r.json.event_name).sort(), ['held_bare', 'held_envelope'])

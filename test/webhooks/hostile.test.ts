@@ -1,0 +1,131 @@
+import { createServer } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { encode } from '@msgpack/msgpack'
+import t, { type Test } from 'tap'
+import { testApp } from '../helpers/app.js'
+import { uniqueNames } from '../helpers/bus.js'
+import { startReceiver } from '../helpers/receiver.js'
+import { startRedis } from '../helpers/redis.js'
+import { until } from '../helpers/wait.js'
+import type { Config } from '../../src/config.js'
+import { EnvelopeSealer } from '../../src/webhooks/envelope.js'
+
+// The consumer list and the receivers under attack: any producer can RPUSH anything, any
+// receiver can lie or stall.
+const redis = await startRedis(t)
+
+async function gateway (t: Test, overrides: Partial<Config> = {}) {
+  const names = uniqueNames()
+  const app = await testApp(t, redis.url, {
+    ...names, webhookAllowPrivate: true, webhookBackoffMs: 50, webhookBackoffMaxMs: 200, webhookTimeoutMs: 1000, ...overrides
+  })
+  const register = async (url: string, eventNames?: string[]) => {
+    const res = await app.inject({ method: 'POST', url: '/webhooks', payload: { url, ...(eventNames === undefined ? {} : { event_names: eventNames }) } })
+    if (res.statusCode !== 201) throw new Error(res.body)
+    return res.json() as { id: string, secret: string }
+  }
+  const push = async (...values: Array<Buffer | string>) => { await redis.client.rpush(names.prodconsKey, ...values) }
+  const event = (name: string, ...args: unknown[]) => Buffer.from(encode({ event_name: name, agent_id: 'x', args }, { useBigInt64: true }))
+  const deadLetters = async () => (await app.inject({ method: 'GET', url: '/dead-letters' })).json() as
+    { total: number, dead_letters: Array<{ reason: string, frame: string, message_id: string, error: string }> }
+  const held = async (): Promise<number> => {
+    let n = await redis.client.llen(names.prodconsKey) + await redis.client.llen(`${names.keyPrefix}retry`) + await redis.client.zcard(`${names.keyPrefix}delayed`)
+    for (const key of await redis.client.keys(`${names.keyPrefix}processing:*`)) n += await redis.client.llen(key)
+    return n
+  }
+  return { app, names, register, push, event, deadLetters, held }
+}
+
+t.test('a value that only looks like an envelope is a plain message: dead-lettered once, its neighbours delivered once', async (t) => {
+  const { register, push, event, deadLetters, held } = await gateway(t)
+  const receiver = await startReceiver(t)
+  await register(receiver.url)
+  const forged = [
+    'busgate-envelope:v1:{x',
+    'busgate-envelope:v2:{x',
+    // A well-formed envelope of the old, unsealed kind, choosing the webhook-id receivers would see.
+    'busgate-envelope:v1:' + JSON.stringify({ id: 'msg_chosen_by_anyone', first_seen: Date.now(), attempts: 0, rounds: 0, frame: event('forged_v1').toString('base64') }),
+    // The sealed form with a seal made up by the producer.
+    'busgate-envelope:v2:' + 'A'.repeat(43) + ':' + JSON.stringify({ id: 'msg_chosen_by_anyone', first_seen: Date.now(), attempts: 0, rounds: 0, frame: event('forged_v2').toString('base64') })
+  ]
+  await push(event('before', 1), ...forged, event('after', 2))
+  const got = await receiver.waitFor(2)
+  await until(() => false, 1500)
+  t.same(receiver.received.map((r) => r.json.event_name), ['before', 'after'], 'each good neighbour once, nothing forged delivered')
+  t.notOk(receiver.received.some((r) => r.headers['webhook-id'] === 'msg_chosen_by_anyone'), 'no producer chooses the webhook-id')
+  t.equal(got.length, 2)
+  const dead = await deadLetters()
+  t.equal(dead.total, forged.length, 'each forged value dead-lettered once')
+  t.ok(dead.dead_letters.every((d) => d.reason === 'malformed'))
+  t.same(dead.dead_letters.map((d) => Buffer.from(d.frame, 'base64').toString()).sort(), [...forged].sort(), 'with its bytes as they were')
+  await until(() => false, 300)
+  t.equal(await held(), 0, 'nothing left held or retried')
+})
+
+t.test('a sealed envelope made with another key is not one either', async (t) => {
+  const { register, push, event, deadLetters } = await gateway(t)
+  const receiver = await startReceiver(t)
+  await register(receiver.url)
+  const foreign = new EnvelopeSealer(Buffer.from(EnvelopeSealer.newKey(), 'base64'))
+    .seal({ id: 'msg_foreign', first_seen: Date.now(), attempts: 0, rounds: 0 }, event('sealed_elsewhere'))
+  await push(foreign, event('after'))
+  await receiver.waitFor(1)
+  await until(async () => (await deadLetters()).total === 1)
+  t.same(receiver.received.map((r) => r.json.event_name), ['after'])
+  t.match((await deadLetters()).dead_letters, [{ reason: 'malformed' }])
+})
+
+t.test('an event whose timestamp no Date can hold is delivered, not a poison message', async (t) => {
+  const { register, push, deadLetters, held } = await gateway(t)
+  const receiver = await startReceiver(t)
+  await register(receiver.url)
+  const bomb = Buffer.from('83aa6576656e745f6e616d65ae6b65726e656c5f73746172746564a86167656e745f6964a161a46172677391c70cff000000004000000000000000', 'hex')
+  await push(bomb)
+  const [got] = await receiver.waitFor(1)
+  t.same(got?.json, { event_name: 'kernel_started', agent_id: 'a', args: [{ $ext: -1, $base64: 'AAAAAEAAAAAAAAAA' }] })
+  await until(async () => await held() === 0)
+  t.equal((await deadLetters()).total, 0)
+})
+
+t.test('messages above BUSGATE_BUS_MAX_MESSAGE_BYTES are dead-lettered undecoded, with their bytes; the next one flows', async (t) => {
+  const { app, register, push, event, deadLetters } = await gateway(t, { busMaxMessageBytes: 4096 })
+  const receiver = await startReceiver(t)
+  await register(receiver.url)
+  const huge = event('huge', 'x'.repeat(5000))
+  await push(huge, event('after'))
+  await receiver.waitFor(1)
+  await until(async () => (await deadLetters()).total === 1)
+  t.same(receiver.received.map((r) => r.json.event_name), ['after'])
+  const [letter] = (await deadLetters()).dead_letters
+  t.equal(letter?.reason, 'too_large')
+  t.ok(Buffer.from(letter!.frame, 'base64').equals(huge), 'the bytes kept for an operator')
+  t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /busgate_dead_lettered_total\{reason="too_large"\} 1\n/)
+})
+
+t.test('the webhook timeout covers the whole answer: a receiver dripping its body does not hold the deliveries', async (t) => {
+  const { register, push, event } = await gateway(t, { webhookTimeoutMs: 500, webhookConcurrency: 2, webhookCircuitFailures: 1000 })
+  // 200 at once, then a 60,000-byte body at 10 bytes a second.
+  const dripping: number[] = []
+  const slow = createServer((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      dripping.push(Date.now())
+      res.writeHead(200, { 'content-length': '60000' })
+      // A byte every 100 ms: never idle long enough for a timeout between chunks to fire.
+      const timer = setInterval(() => { if (!res.destroyed) res.write('0') }, 100)
+      res.on('close', () => clearInterval(timer))
+    })
+  })
+  await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { slow.closeAllConnections(); slow.close() })
+  const healthy = await startReceiver(t)
+  await register(`http://127.0.0.1:${(slow.address() as { port: number }).port}/hook`, ['slow_*'])
+  await register(healthy.url, ['fast_*'])
+
+  await push(...Array.from({ length: 6 }, (_, i) => event('slow_one', i)), ...Array.from({ length: 20 }, (_, i) => event('fast_one', i)))
+  const started = Date.now()
+  await healthy.waitFor(20, 15_000)
+  t.equal(healthy.received.length, 20, `the healthy webhook got all 20 in ${Date.now() - started} ms`)
+  t.ok(Date.now() - started < 8000, 'each dripping attempt gave up after its bound, not after the body')
+  t.ok(dripping.length >= 6, `the dripping receiver was tried (${dripping.length} attempts)`)
+})
