@@ -1,5 +1,4 @@
 import { createServer } from 'node:http'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { encode } from '@msgpack/msgpack'
 import t, { type Test } from 'tap'
 import { testApp } from '../helpers/app.js'
