@@ -18,7 +18,8 @@ const deadLetters: FastifyPluginAsyncTypebox = async (app) => {
     },
     config: adminOnly
   }, async (request) => {
-    const { deadLetters: list, total } = await app.deadLetters.list(request.query.offset, request.query.limit)
+    const { offset, limit, reason, event_name: eventName } = request.query
+    const { deadLetters: list, total } = await app.deadLetters.list(offset, limit, { reason, event_name: eventName })
     return { dead_letters: list, total }
   })
 
@@ -47,11 +48,7 @@ const deadLetters: FastifyPluginAsyncTypebox = async (app) => {
     },
     config: adminOnly
   }, async (request, reply) => {
-    const letter = await app.deadLetters.get(request.params.id)
-    if (letter === undefined) throw new Errors.NotFound(`No dead letter ${request.params.id}`)
-    // Back on the list first: a failure between the two steps duplicates, never loses.
-    await app.engine.enqueue([Buffer.from(letter.frame, 'base64')])
-    await app.deadLetters.remove(letter.id)
+    if (!await app.deadLetters.redeliver(request.params.id)) throw new Errors.NotFound(`No dead letter ${request.params.id}`)
     return reply.code(202).send({ redelivered: 1 })
   })
 
@@ -64,12 +61,7 @@ const deadLetters: FastifyPluginAsyncTypebox = async (app) => {
     },
     config: adminOnly
   }, async (_request, reply) => {
-    let redelivered = 0
-    for (const letter of (await app.deadLetters.all()).reverse()) {
-      await app.engine.enqueue([Buffer.from(letter.frame, 'base64')])
-      if (await app.deadLetters.remove(letter.id) !== undefined) redelivered++
-    }
-    return reply.code(202).send({ redelivered })
+    return reply.code(202).send({ redelivered: await app.deadLetters.redeliverAll() })
   })
 
   app.delete('/dead-letters/:id', {
@@ -82,7 +74,7 @@ const deadLetters: FastifyPluginAsyncTypebox = async (app) => {
     },
     config: adminOnly
   }, async (request, reply) => {
-    if (await app.deadLetters.remove(request.params.id) === undefined) throw new Errors.NotFound(`No dead letter ${request.params.id}`)
+    if (!await app.deadLetters.remove(request.params.id)) throw new Errors.NotFound(`No dead letter ${request.params.id}`)
     return reply.code(204).send()
   })
 }

@@ -1,14 +1,19 @@
-import { Type } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
+
+export const DEAD_LETTER_REASONS = ['malformed', 'no_matching_webhook', 'delivery_failed', 'too_large'] as const
+
+// An enum, not a union of literals: OpenAPI readers show an enum as the list it is.
+export const DeadLetterReason = Type.Unsafe<typeof DEAD_LETTER_REASONS[number]>({
+  type: 'string',
+  enum: [...DEAD_LETTER_REASONS],
+  description: '`malformed`: not an event; `no_matching_webhook`: no enabled webhook takes its name; `delivery_failed`: retries ran out; ' +
+    '`too_large`: larger than a bus message may be'
+})
 
 export const DeadLetter = Type.Object({
   id: Type.String({ examples: ['dl_W6qZ3nS5d2bHc9Vf'] }),
   message_id: Type.String({ description: 'the webhook-id its deliveries carried' }),
-  reason: Type.Unsafe<'malformed' | 'no_matching_webhook' | 'delivery_failed' | 'too_large'>({
-    type: 'string',
-    enum: ['malformed', 'no_matching_webhook', 'delivery_failed', 'too_large'],
-    description: '`malformed`: not an event; `no_matching_webhook`: no enabled webhook takes its name; `delivery_failed`: retries ran out; ' +
-      '`too_large`: over BUSGATE_BUS_MAX_MESSAGE_BYTES, or more values than busgate decodes, set aside undecoded'
-  }),
+  reason: DeadLetterReason,
   error: Type.String({ description: 'the last error' }),
   event_name: Type.Union([Type.String(), Type.Null()]),
   agent_id: Type.Union([Type.String(), Type.Null()]),
@@ -18,14 +23,26 @@ export const DeadLetter = Type.Object({
   dead_at: Type.String({ format: 'date-time' })
 }, { $id: 'DeadLetter', title: 'DeadLetter', additionalProperties: false, description: 'A message that could not be delivered' })
 
+export type DeadLetter = Static<typeof DeadLetter>
+
+/**
+ * A dead letter as stored: all of it but its id (the key it is kept under) and its bytes (kept
+ * as bytes, not base64). Not part of the HTTP API.
+ */
+export const DeadLetterRecord = Type.Omit(DeadLetter, ['id', 'frame'], { title: 'DeadLetterRecord', description: 'A dead letter as stored' })
+
+export type DeadLetterRecord = Static<typeof DeadLetterRecord>
+
 export const DeadLetterList = Type.Object({
   dead_letters: Type.Array(Type.Ref('DeadLetter')),
-  total: Type.Integer({ description: 'how many the list holds' })
+  total: Type.Integer({ description: 'how many match the filters (without any: how many are kept)' })
 }, { $id: 'DeadLetterList', title: 'DeadLetterList', additionalProperties: false, description: 'Dead letters, newest first' })
 
 export const DeadLetterQuery = Type.Object({
   offset: Type.Integer({ minimum: 0, default: 0 }),
-  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 })
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+  reason: Type.Optional(DeadLetterReason),
+  event_name: Type.Optional(Type.String({ minLength: 1, description: 'only the letters of events of exactly this name' }))
 }, { additionalProperties: false })
 
 export const DeadLetterParams = Type.Object({

@@ -1,3 +1,4 @@
+import type { Static, TSchema } from '@sinclair/typebox'
 import { Ajv, type Options, type ValidateFunction } from 'ajv'
 import * as ajvFormats from 'ajv-formats'
 
@@ -19,4 +20,15 @@ export function buildValidator (externalSchemas: Record<string, unknown>): (rout
   const body = makeAjv({ coerceTypes: false }, externalSchemas)
   const text = makeAjv({ coerceTypes: 'array' }, externalSchemas)
   return ({ schema, httpPart }) => (httpPart === 'body' ? body : text).compile(schema as object)
+}
+
+let stored: Ajv | undefined
+
+/**
+ * A check for what busgate reads back from its own keys, where a hand edit can leave anything:
+ * as strict as a body, and nothing filled in.
+ */
+export function storedRecordCheck<T extends TSchema> (schema: T): (value: unknown) => value is Static<T> {
+  stored ??= makeAjv({ coerceTypes: false, useDefaults: false }, {})
+  return stored.compile<Static<T>>(schema)
 }

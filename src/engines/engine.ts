@@ -115,6 +115,64 @@ export interface Store {
   increment (key: string, by?: number): Promise<number>
 }
 
+/** A dead letter as an engine keeps it. Hand-edited state may lack either part: then null. */
+export interface StoredLetter {
+  id: string
+  /** its description, JSON the engine does not read */
+  meta: string | null
+  /** the message's bytes as they were on the bus */
+  frame: Buffer | null
+}
+
+/** A dead letter being moved in from the old list layout. */
+export interface ImportedLetter {
+  id: string
+  meta: string
+  frame: Buffer
+}
+
+/** Most of the oldest letters one add drops: a lowered BUSGATE_DEAD_LETTER_MAX is caught up with over several adds, not in one long step. */
+export const LETTER_TRIM_MAX = 1000
+
+/**
+ * The dead letters, kept in the order they came (each has a sequence number, rising, that says
+ * so), each findable by id, bounded. Every method is one atomic step of the engine. Letters go
+ * back onto the engine's consumer list in the same step that takes them out, so none can be
+ * both redelivered and kept, or redelivered twice.
+ */
+export interface DeadLetterStore {
+  /** Adds a letter as the newest and drops the oldest past `max` (at most LETTER_TRIM_MAX); returns how many it dropped. */
+  add (letter: ImportedLetter, max: number): Promise<number>
+  count (): Promise<number>
+  get (id: string): Promise<StoredLetter | undefined>
+  /** Newest first, by position (0: the newest), with how many there are. */
+  page (offset: number, limit: number): Promise<{ total: number, letters: StoredLetter[] }>
+  /** Newest first, descriptions only: up to `count` letters whose sequence is below `before` (Infinity: from the newest). */
+  scan (before: number, count: number): Promise<Array<{ id: string, seq: number, meta: string | null }>>
+  /** The bytes of these letters, in their order; null for one that is gone. */
+  frames (ids: readonly string[]): Promise<Array<Buffer | null>>
+  /** true when it was there */
+  remove (id: string): Promise<boolean>
+  /** Appends its bytes to the consumer list and takes it out, in one step; false when it is gone or has no bytes. */
+  redeliver (id: string): Promise<boolean>
+  /**
+   * The same for the oldest letters whose sequence is above `after` (-Infinity: from the oldest)
+   * and at most `upto`, up to `count` of them, oldest first: how many moved, and the sequence of
+   * the last one looked at (null when none was), where the next call goes on.
+   */
+  redeliverOldest (after: number, upto: number, count: number): Promise<{ moved: number, last: number | null }>
+  /** The sequence of the newest letter; 0 when there is none. */
+  newest (): Promise<number>
+  /**
+   * Moves the last values of the list `listKey` (an LPUSHed list: its oldest last, as `tail`
+   * gives them) in, in one step, and only while the list still ends with exactly `tail`:
+   * otherwise nothing changes and it returns false. `letters[i]` is what `tail[i]` holds, or
+   * null when it holds none: that value goes unchanged to the end of the list `<base>:unreadable`.
+   * A letter whose id is already kept is not added again. The oldest past `max` go, as in `add`.
+   */
+  importTail (listKey: string, tail: readonly string[], letters: ReadonlyArray<ImportedLetter | null>, max: number): Promise<boolean>
+}
+
 /**
  * The event bus busgate bridges. Both engines keep the seed's semantics: `produce` writes one
  * copy per event to the broadcast channel and one to the consumer list, all or nothing.
@@ -151,6 +209,8 @@ export interface Engine {
    */
   reclaim (processingKey: string, retryKey: string, envelopePrefix: string): Promise<number>
   readonly store: Store
+  /** The dead letters kept under keys that start with `base` (see each engine); redelivered to the consumer list. */
+  deadLetterStore (base: string): DeadLetterStore
   close (): Promise<void>
 }
 

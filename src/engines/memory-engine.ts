@@ -1,5 +1,9 @@
 import { Errors } from '../errors.js'
-import { checkFrameCount, deliverMessage, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
+import {
+  LETTER_TRIM_MAX, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type ImportedLetter,
+  type MessageHandler, type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
+} from './engine.js'
+import { RankedList, type Ranked } from './ranked-list.js'
 
 /** A FIFO with O(1) push and shift: an array that is compacted once half of it is consumed. */
 class Fifo<T> {
@@ -35,6 +39,19 @@ class Fifo<T> {
 interface Delayed {
   dueAt: number
   value: Buffer
+}
+
+interface Letter {
+  id: string
+  meta: string
+  frame: Buffer
+}
+
+/** One set of dead letters: by id, and in their order (the key of each is its sequence number). */
+interface Letters {
+  seq: number
+  byId: Map<string, Ranked<Letter>>
+  order: RankedList<Letter>
 }
 
 interface Waiter {
@@ -200,6 +217,102 @@ export class MemoryEngine implements Engine {
       const next = (this.#counters.get(key) ?? 0) + by
       this.#counters.set(key, next)
       return next
+    }
+  }
+
+  readonly #letters = new Map<string, Letters>()
+
+  /** Each call a synchronous step, so each is as atomic as a script is in Redis. */
+  deadLetterStore (base: string): DeadLetterStore {
+    const letters = this.#letters.get(base) ?? { seq: 0, byId: new Map(), order: new RankedList<Letter>() }
+    this.#letters.set(base, letters)
+    const { byId, order } = letters
+    const stored = ({ value: { id, meta, frame } }: Ranked<Letter>): StoredLetter => ({ id, meta, frame })
+    const forget = (item: Ranked<Letter>): void => {
+      order.remove(item)
+      byId.delete(item.value.id)
+    }
+    const put = ({ id, meta, frame }: ImportedLetter): void => {
+      const same = byId.get(id)
+      if (same !== undefined) forget(same)
+      byId.set(id, order.push(++letters.seq, { id, meta, frame: Buffer.from(frame) }))
+    }
+    const trim = (max: number): number => {
+      let dropped = 0
+      for (; order.size > max && dropped < LETTER_TRIM_MAX; dropped++) forget(order.at(0) as Ranked<Letter>)
+      return dropped
+    }
+    // As the script does it: the bytes onto the consumer list and the letters out, together.
+    const move = (items: ReadonlyArray<Ranked<Letter>>): number => {
+      this.#assertOpen()
+      for (const item of items) {
+        forget(item)
+        this.#queue.push(item.value.frame)
+        this.#queuedBytes += item.value.frame.byteLength
+      }
+      this.#serveWaiters()
+      return items.length
+    }
+    return {
+      add: async (letter, max) => {
+        put(letter)
+        return trim(max)
+      },
+      count: async () => order.size,
+      get: async (id) => {
+        const item = byId.get(id)
+        return item === undefined ? undefined : stored(item)
+      },
+      page: async (offset, limit) => {
+        const found: StoredLetter[] = []
+        for (let rank = order.size - 1 - offset; rank >= 0 && found.length < limit; rank--) found.push(stored(order.at(rank) as Ranked<Letter>))
+        return { total: order.size, letters: found }
+      },
+      scan: async (before, count) => {
+        const found: Array<{ id: string, seq: number, meta: string }> = []
+        for (let rank = order.countBelow(before) - 1; rank >= 0 && found.length < count; rank--) {
+          const { key, value } = order.at(rank) as Ranked<Letter>
+          found.push({ id: value.id, seq: key, meta: value.meta })
+        }
+        return found
+      },
+      frames: async (ids) => ids.map((id) => byId.get(id)?.value.frame ?? null),
+      remove: async (id) => {
+        const item = byId.get(id)
+        if (item !== undefined) forget(item)
+        return item !== undefined
+      },
+      redeliver: async (id) => {
+        const item = byId.get(id)
+        return item !== undefined && move([item]) === 1
+      },
+      redeliverOldest: async (after, upto, count) => {
+        const items: Array<Ranked<Letter>> = []
+        for (let rank = order.countBelow(after, true); items.length < count; rank++) {
+          const item = order.at(rank)
+          if (item === undefined || item.key > upto) break
+          items.push(item)
+        }
+        return { moved: move(items), last: items[items.length - 1]?.key ?? null }
+      },
+      newest: async () => order.at(order.size - 1)?.key ?? 0,
+      importTail: async (listKey, tail, imported, max) => {
+        const list = this.#lists.get(listKey) ?? []
+        const end = list.slice(list.length - tail.length)
+        if (tail.length === 0 || list.length < tail.length || end.some((v, i) => v !== tail[i])) return false
+        const unreadable = this.#lists.get(`${base}:unreadable`) ?? []
+        // The tail's last value is the list's oldest: in first, so the order stays.
+        for (let i = tail.length - 1; i >= 0; i--) {
+          const letter = imported[i]
+          if (letter === undefined || letter === null) unreadable.push(tail[i] as string)
+          else if (!byId.has(letter.id)) put(letter)
+        }
+        if (unreadable.length > 0) this.#lists.set(`${base}:unreadable`, unreadable)
+        list.length -= tail.length
+        if (list.length === 0) this.#lists.delete(listKey)
+        trim(max)
+        return true
+      }
     }
   }
 

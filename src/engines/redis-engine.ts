@@ -4,7 +4,10 @@ import { Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { describeRedis, type RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
-import { MAX_FRAMES_PER_PRODUCE, checkFrameCount, deliverMessage, type Consumer, type Engine, type EngineOptions, type EngineState, type ProduceResult, type Store, type SubscriptionHandlers } from './engine.js'
+import {
+  LETTER_TRIM_MAX, MAX_FRAMES_PER_PRODUCE, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState,
+  type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
+} from './engine.js'
 
 // RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
 // failed produce leaves nothing behind. A script is atomic, and one command pipelines well.
@@ -129,7 +132,135 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 `
 
+// The dead letters: KEYS[1] a sorted set of ids by sequence number, KEYS[2] a hash of their
+// descriptions, KEYS[3] a hash of their bytes. Bytes stay bytes (Lua has no base64), so a
+// redelivery moves them inside one script.
+const LETTERS_LUA = `
+local function forget (ids)
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('HDEL', KEYS[2], unpack(ids))
+  redis.call('HDEL', KEYS[3], unpack(ids))
+end
+local function trim (max)
+  local over = math.min(redis.call('ZCARD', KEYS[1]) - max, ${LETTER_TRIM_MAX})
+  if over <= 0 then return 0 end
+  local old = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+  forget(old)
+  return #old
+end
+-- Those of the ids that have bytes go to the end of the consumer list (KEYS[4]), in their
+-- order, and out of the letters. The RPUSH is the first write: if Redis refuses it (OOM, a
+-- wrong type), nothing has changed.
+local function move (ids)
+  if #ids == 0 then return 0 end
+  local frames = redis.call('HMGET', KEYS[3], unpack(ids))
+  local bytes, moved = {}, {}
+  for i, id in ipairs(ids) do
+    if frames[i] then
+      bytes[#bytes + 1] = frames[i]
+      moved[#moved + 1] = id
+    end
+  end
+  if #moved == 0 then return 0 end
+  redis.call('RPUSH', KEYS[4], unpack(bytes))
+  forget(moved)
+  return #moved
+end
+`
+
+// KEYS[4]: the sequence counter. ARGV: id, description, bytes, max.
+const LETTER_ADD_LUA = LETTERS_LUA + `
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[1], seq, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+return trim(tonumber(ARGV[4]))
+`
+
+// Newest first, ranks ARGV[1] to ARGV[2]: the total, the ids, their descriptions and bytes.
+const LETTER_PAGE_LUA = `
+local total = redis.call('ZCARD', KEYS[1])
+local ids = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2])
+if #ids == 0 then return {total, {}, {}, {}} end
+return {total, ids, redis.call('HMGET', KEYS[2], unpack(ids)), redis.call('HMGET', KEYS[3], unpack(ids))}
+`
+
+// Newest first, sequence below ARGV[1] (a ZRANGEBYSCORE bound), up to ARGV[2]: ids with their
+// sequence, and their descriptions.
+const LETTER_SCAN_LUA = `
+local found = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+if #found == 0 then return {{}, {}} end
+local ids = {}
+for i = 1, #found, 2 do ids[#ids + 1] = found[i] end
+return {found, redis.call('HMGET', KEYS[2], unpack(ids))}
+`
+
+const LETTER_GET_LUA = `
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
+return {redis.call('HGET', KEYS[2], ARGV[1]), redis.call('HGET', KEYS[3], ARGV[1])}
+`
+
+const LETTER_REMOVE_LUA = LETTERS_LUA + `
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+forget({ARGV[1]})
+return 1
+`
+
+const LETTER_REDELIVER_LUA = LETTERS_LUA + `
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+return move({ARGV[1]})
+`
+
+// The oldest with a sequence within ARGV[1] and ARGV[2] (ZRANGEBYSCORE bounds), up to ARGV[3]:
+// how many moved, and the sequence of the last one looked at ('' for none).
+const LETTER_REDELIVER_OLDEST_LUA = LETTERS_LUA + `
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local ids = {}
+for i = 1, #found, 2 do ids[#ids + 1] = found[i] end
+return {move(ids), found[#found] or ''}
+`
+
+// KEYS[4] the sequence counter, KEYS[5] the old list, KEYS[6] where its unreadable values go.
+// ARGV: max, n, the list's last n values (its oldest last), then per value an id (empty when it
+// holds no letter), a description and bytes. Nothing changes unless the list still ends with
+// exactly those values: two gateways migrating at once, or an old one still writing, cannot
+// make a letter move twice. The INCRBY is the first write, so a refusal changes nothing.
+const LETTER_IMPORT_LUA = LETTERS_LUA + `
+local max, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tail = redis.call('LRANGE', KEYS[5], -n, -1)
+if #tail ~= n then return -1 end
+for i = 1, n do
+  if tail[i] ~= ARGV[2 + i] then return -1 end
+end
+local seq = redis.call('INCRBY', KEYS[4], n) - n
+for i = n, 1, -1 do
+  local at = 2 + n + 3 * (i - 1)
+  local id = ARGV[at + 1]
+  seq = seq + 1
+  if id == '' then
+    redis.call('RPUSH', KEYS[6], ARGV[2 + i])
+  elseif not redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], seq, id)
+    redis.call('HSET', KEYS[2], id, ARGV[at + 2])
+    redis.call('HSET', KEYS[3], id, ARGV[at + 3])
+  end
+end
+redis.call('LTRIM', KEYS[5], 0, -n - 1)
+return trim(max)
+`
+
+type LetterKeys = [ids: string, meta: string, frames: string]
+
 interface ScriptCommands {
+  busgateLetterAdd: (...args: [...LetterKeys, seq: string, id: string, meta: string, frame: Buffer, max: number]) => Promise<number>
+  busgateLetterPageBuffer: (...args: [...LetterKeys, start: number, stop: number]) => Promise<[number, Buffer[], Array<Buffer | null>, Array<Buffer | null>]>
+  busgateLetterScan: (ids: string, meta: string, before: string, count: number) => Promise<[string[], Array<string | null>]>
+  busgateLetterGetBuffer: (...args: [...LetterKeys, id: string]) => Promise<[Buffer | null, Buffer | null] | null>
+  busgateLetterRemove: (...args: [...LetterKeys, id: string]) => Promise<number>
+  busgateLetterRedeliver: (...args: [...LetterKeys, prodcons: string, id: string]) => Promise<number>
+  busgateLetterRedeliverOldest: (...args: [...LetterKeys, prodcons: string, after: string, upto: string, count: number]) => Promise<[number, string]>
+  busgateLetterImport: (...args: [...LetterKeys, seq: string, list: string, unreadable: string, max: number, n: number, ...values: Array<string | Buffer>]) => Promise<number>
+
   busgateClaimBuffer: (processing: string, retry: string, prodcons: string, delayed: string, max: number, sharers: number,
     ...done: Buffer[]) => Promise<[Buffer[], Buffer]>
   busgateDelay: (processing: string, delayed: string, frame: Buffer, next: Buffer, delayMs: number) => Promise<number>
@@ -174,6 +305,14 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateHashMerge', { numberOfKeys: 1, lua: HASH_MERGE_LUA })
     this.#commands.defineCommand('busgateClaim', { numberOfKeys: 4, lua: CLAIM_LUA })
     this.#commands.defineCommand('busgateRelease', { numberOfKeys: 3, lua: RELEASE_LUA })
+    this.#commands.defineCommand('busgateLetterAdd', { numberOfKeys: 4, lua: LETTER_ADD_LUA })
+    this.#commands.defineCommand('busgateLetterPage', { numberOfKeys: 3, lua: LETTER_PAGE_LUA })
+    this.#commands.defineCommand('busgateLetterScan', { numberOfKeys: 2, lua: LETTER_SCAN_LUA })
+    this.#commands.defineCommand('busgateLetterGet', { numberOfKeys: 3, lua: LETTER_GET_LUA })
+    this.#commands.defineCommand('busgateLetterRemove', { numberOfKeys: 3, lua: LETTER_REMOVE_LUA })
+    this.#commands.defineCommand('busgateLetterRedeliver', { numberOfKeys: 4, lua: LETTER_REDELIVER_LUA })
+    this.#commands.defineCommand('busgateLetterRedeliverOldest', { numberOfKeys: 4, lua: LETTER_REDELIVER_OLDEST_LUA })
+    this.#commands.defineCommand('busgateLetterImport', { numberOfKeys: 6, lua: LETTER_IMPORT_LUA })
     this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
   }
 
@@ -373,6 +512,54 @@ export class RedisEngine implements Engine {
     listRemove: async (key, value) => await this.#call(() => this.#commands.lrem(key, 0, value)),
     listLength: async (key) => await this.#call(() => this.#commands.llen(key)),
     increment: async (key, by = 1) => await this.#call(() => this.#commands.incrby(key, by))
+  }
+
+  /**
+   * Under `base`: `:ids` (a sorted set: id by sequence number, from the counter `:seq`), `:meta`
+   * (a hash: id to its description) and `:frames` (a hash: id to the message's bytes).
+   */
+  deadLetterStore (base: string): DeadLetterStore {
+    const keys: LetterKeys = [`${base}:ids`, `${base}:meta`, `${base}:frames`]
+    const seqKey = `${base}:seq`
+    const { prodconsKey } = this.options
+    const text = (b: Buffer | null): string | null => (b === null ? null : b.toString('utf8'))
+    // Sequence numbers are integers well within a double; ZRANGEBYSCORE takes bounds as text.
+    const below = (n: number): string => (n === Infinity ? '+inf' : `(${n}`)
+    const above = (n: number): string => (n === -Infinity ? '-inf' : `(${n}`)
+    return {
+      add: async ({ id, meta, frame }, max) => await this.#call(() => this.#scripts.busgateLetterAdd(...keys, seqKey, id, meta, frame, max)),
+      count: async () => await this.#call(() => this.#commands.zcard(keys[0])),
+      get: async (id) => {
+        const found = await this.#call(() => this.#scripts.busgateLetterGetBuffer(...keys, id))
+        return found === null ? undefined : { id, meta: text(found[0]), frame: found[1] }
+      },
+      page: async (offset, limit) => {
+        const [total, ids, metas, frames] = await this.#call(() => this.#scripts.busgateLetterPageBuffer(...keys, offset, offset + limit - 1))
+        const letters: StoredLetter[] = ids.map((id, i) => ({ id: id.toString('utf8'), meta: text(metas[i] ?? null), frame: frames[i] ?? null }))
+        return { total, letters }
+      },
+      scan: async (before, count) => {
+        const [found, metas] = await this.#call(() => this.#scripts.busgateLetterScan(keys[0], keys[1], below(before), count))
+        return metas.map((meta, i) => ({ id: found[2 * i] as string, seq: Number(found[2 * i + 1]), meta }))
+      },
+      frames: async (ids) => (ids.length === 0 ? [] : await this.#call(() => this.#commands.hmgetBuffer(keys[2], ...ids))),
+      remove: async (id) => (await this.#call(() => this.#scripts.busgateLetterRemove(...keys, id))) === 1,
+      redeliver: async (id) => (await this.#call(() => this.#scripts.busgateLetterRedeliver(...keys, prodconsKey, id))) === 1,
+      redeliverOldest: async (after, upto, count) => {
+        const [moved, last] = await this.#call(() => this.#scripts.busgateLetterRedeliverOldest(...keys, prodconsKey, above(after), String(upto), count))
+        return { moved, last: last === '' ? null : Number(last) }
+      },
+      newest: async () => {
+        const [, seq] = await this.#call(() => this.#commands.zrange(keys[0], -1, '-1', 'WITHSCORES'))
+        return seq === undefined ? 0 : Number(seq)
+      },
+      importTail: async (listKey, tail, letters, max) => {
+        if (tail.length === 0) return false
+        const fields = letters.flatMap((l) => (l === null ? ['', '', ''] : [l.id, l.meta, l.frame]))
+        const dropped = await this.#call(() => this.#scripts.busgateLetterImport(...keys, seqKey, listKey, `${base}:unreadable`, max, tail.length, ...tail, ...fields))
+        return dropped >= 0
+      }
+    }
   }
 
   async #call<T> (command: () => Promise<T>): Promise<T> {

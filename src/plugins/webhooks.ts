@@ -20,7 +20,7 @@ declare module 'fastify' {
  */
 export default fp<{ config: Config }>(async (app, { config }) => {
   const registry = new WebhookRegistry(app.engine.store, config.keyPrefix)
-  const deadLetters = new DeadLetters(app.engine.store, config.keyPrefix, config.deadLetterMax)
+  const deadLetters = new DeadLetters(app.engine, config.keyPrefix, config.deadLetterMax, app.log)
   const { metrics } = app
   const outcomes = {
     delivered: metrics.webhookDeliveries.labels({ outcome: 'delivered' }),
@@ -48,7 +48,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     },
     deadLettered: (reason, dropped) => {
       metrics.deadLettered.inc({ reason })
-      if (dropped) metrics.deadLettersDropped.inc()
+      if (dropped > 0) metrics.deadLettersDropped.inc(dropped)
     },
     circuit: (webhook, open) => metrics.webhookCircuitOpen.set({ webhook }, open ? 1 : 0)
   }, app.log)
@@ -64,6 +64,24 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   busCountGauge(metrics.registry, 'busgate_webhook_delayed', 'Messages waiting for their next delivery round, all instances',
     async () => await dispatcher.delayed())
   busCountGauge(metrics.registry, 'busgate_dead_letters', 'Messages in the dead-letter list', async () => await deadLetters.count())
-  app.addHook('onReady', async () => { await dispatcher.start() })
-  app.addHook('preClose', async () => { await dispatcher.stop() })
+  // Letters an older version kept in its one list move in before anything adds more; and again
+  // now and then, for those an older instance still running adds during a rolling upgrade.
+  const migrate = async (): Promise<void> => {
+    const moved = await deadLetters.migrate().catch((err: unknown) => {
+      app.log.warn({ err: { message: (err as Error).message } }, 'could not move the old dead-letter list yet; will try again')
+      return 0
+    })
+    if (moved > 0) app.log.info({ moved }, 'moved dead letters from the old list to the current layout')
+  }
+  let migration: NodeJS.Timeout | undefined
+  app.addHook('onReady', async () => {
+    await migrate()
+    migration = setInterval(() => { migrate().catch(() => undefined) }, 60_000)
+    migration.unref()
+    await dispatcher.start()
+  })
+  app.addHook('preClose', async () => {
+    clearInterval(migration)
+    await dispatcher.stop()
+  })
 }, { name: 'busgate-webhooks', fastify: '5.x', dependencies: ['busgate-engine', 'busgate-metrics'] })

@@ -1,66 +1,197 @@
 import { randomBytes } from 'node:crypto'
-import type { Store } from '../engines/engine.js'
+import type { FastifyBaseLogger } from 'fastify'
+import { DeadLetter, DeadLetterRecord } from '../../schemas/dead-letter.js'
+import type { DeadLetterStore, Engine, ImportedLetter, StoredLetter } from '../engines/engine.js'
+import { storedRecordCheck } from '../validation.js'
 
-/** A message that could not be delivered, kept with why, until redelivered or deleted. */
-export interface DeadLetter {
-  id: string
-  message_id: string
-  reason: 'malformed' | 'no_matching_webhook' | 'delivery_failed' | 'too_large'
-  error: string
-  event_name: string | null
-  agent_id: string | null
-  /** the message's bytes as they were on the bus, base64 */
-  frame: string
-  attempts: number
-  first_seen: string
-  dead_at: string
+export type { DeadLetter, DeadLetterRecord }
+
+export type NewDeadLetter = Omit<DeadLetterRecord, 'dead_at'> & { frame: Buffer }
+
+export interface DeadLetterFilter {
+  reason?: DeadLetter['reason'] | undefined
+  /** exactly this name */
+  event_name?: string | undefined
 }
 
-export type NewDeadLetter = Omit<DeadLetter, 'id' | 'dead_at'>
+const isRecord = storedRecordCheck(DeadLetterRecord)
+// Older busgate versions kept whole letters, bytes in base64, in one list.
+const isOldLetter = storedRecordCheck(DeadLetter)
+const LETTER_ID = /^dl_[A-Za-z0-9_-]{16}$/
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 
-/** The dead-letter list: newest first, bounded; the oldest go when it is full. */
+/** Letters per step when redelivering all, filtering or migrating: no step holds Redis for long, or much memory here. */
+const CHUNK = 500
+/** Migration steps in a row that found the old list changed under them before giving up for now. */
+const MIGRATION_RETRIES = 100
+
+function matches (record: DeadLetterRecord, filter: DeadLetterFilter): boolean {
+  return (filter.reason === undefined || record.reason === filter.reason) &&
+    (filter.event_name === undefined || record.event_name === filter.event_name)
+}
+
+function toLetter (id: string, record: DeadLetterRecord, frame: Buffer): DeadLetter {
+  return { id, ...record, frame: frame.toString('base64') }
+}
+
+/**
+ * The dead letters: newest first, bounded (the oldest go when it is full), each read, deleted
+ * or redelivered by id in one step of the engine. A stored value that is not a letter (left by
+ * a hand edit) is skipped when reading and logged once, with its id, so it can be deleted; it
+ * is still counted, and its bytes, if it has any, are redelivered like any letter's.
+ */
 export class DeadLetters {
-  readonly #key: string
+  readonly #store: DeadLetterStore
+  readonly #oldKey: string
+  readonly #reported = new Set<string>()
 
-  constructor (private readonly store: Store, keyPrefix: string, private readonly max: number) {
-    this.#key = `${keyPrefix}dead-letters`
+  constructor (private readonly engine: Pick<Engine, 'store' | 'deadLetterStore'>, keyPrefix: string, private readonly max: number,
+    private readonly log?: FastifyBaseLogger) {
+    this.#oldKey = `${keyPrefix}dead-letters`
+    this.#store = engine.deadLetterStore(this.#oldKey)
   }
 
-  /** Adds one; returns false when the list was full and its oldest letter was dropped. */
-  async add (letter: NewDeadLetter): Promise<boolean> {
-    const full: DeadLetter = { id: `dl_${randomBytes(12).toString('base64url')}`, ...letter, dead_at: new Date().toISOString() }
-    return (await this.store.listPushCapped(this.#key, JSON.stringify(full), this.max)) <= this.max
+  /** Adds one as the newest; returns how many of the oldest it pushed out (the bound). */
+  async add ({ frame, ...letter }: NewDeadLetter): Promise<number> {
+    const record: DeadLetterRecord = { ...letter, dead_at: new Date().toISOString() }
+    return await this.#store.add({ id: `dl_${randomBytes(12).toString('base64url')}`, meta: JSON.stringify(record), frame }, this.max)
   }
 
-  async list (offset: number, limit: number): Promise<{ deadLetters: DeadLetter[], total: number }> {
-    const [raw, total] = await Promise.all([this.store.listRange(this.#key, offset, offset + limit - 1), this.store.listLength(this.#key)])
-    return { deadLetters: raw.map((json) => JSON.parse(json) as DeadLetter), total }
+  /**
+   * Newest first. Without a filter a page costs its own size; with one, every description is
+   * read (a chunk at a time: there is no index by reason or name), to count the matches.
+   */
+  async list (offset: number, limit: number, filter: DeadLetterFilter = {}): Promise<{ deadLetters: DeadLetter[], total: number }> {
+    if (filter.reason === undefined && filter.event_name === undefined) {
+      const { total, letters } = await this.#store.page(offset, limit)
+      return { deadLetters: letters.flatMap((stored) => this.#read(stored) ?? []), total }
+    }
+    const found: Array<{ id: string, record: DeadLetterRecord }> = []
+    let total = 0
+    for (let before = Infinity; ;) {
+      const batch = await this.#store.scan(before, CHUNK)
+      for (const { id, meta } of batch) {
+        const record = this.#record(id, meta)
+        if (record === undefined || !matches(record, filter)) continue
+        if (total >= offset && found.length < limit) found.push({ id, record })
+        total++
+      }
+      const last = batch[batch.length - 1]
+      if (last === undefined || batch.length < CHUNK) break
+      before = last.seq
+    }
+    // A letter redelivered or deleted since it was read is left out.
+    const frames = await this.#store.frames(found.map(({ id }) => id))
+    const deadLetters = found.flatMap(({ id, record }, i) => {
+      const frame = frames[i]
+      return frame === null || frame === undefined ? [] : [toLetter(id, record, frame)]
+    })
+    return { deadLetters, total }
   }
 
   async count (): Promise<number> {
-    return await this.store.listLength(this.#key)
+    return await this.#store.count()
   }
 
   async get (id: string): Promise<DeadLetter | undefined> {
-    return (await this.#find(id))?.letter
+    const stored = await this.#store.get(id)
+    return stored === undefined ? undefined : this.#read(stored)
   }
 
-  /** Removes one; the caller has already done what it took it for. */
-  async remove (id: string): Promise<DeadLetter | undefined> {
-    const found = await this.#find(id)
-    if (found === undefined) return undefined
-    return (await this.store.listRemove(this.#key, found.json)) > 0 ? found.letter : undefined
+  /** Drops one for good; false when there was none. */
+  async remove (id: string): Promise<boolean> {
+    return await this.#store.remove(id)
   }
 
-  async all (): Promise<DeadLetter[]> {
-    return (await this.list(0, this.max)).deadLetters
+  /** Puts its bytes back at the end of the consumer list and takes it out, in one step; false when there was none. */
+  async redeliver (id: string): Promise<boolean> {
+    return await this.#store.redeliver(id)
   }
 
-  async #find (id: string): Promise<{ letter: DeadLetter, json: string } | undefined> {
-    for (const json of await this.store.listRange(this.#key, 0, -1)) {
-      const letter = JSON.parse(json) as DeadLetter
-      if (letter.id === id) return { letter, json }
+  /**
+   * Every letter there is when it starts, oldest first, a chunk per step, each step atomic: calls
+   * at the same time move each letter once between them. Letters added meanwhile stay: one that
+   * fails again at once (no webhook takes it) would otherwise come round for ever.
+   */
+  async redeliverAll (): Promise<number> {
+    const upto = await this.#store.newest()
+    let moved = 0
+    for (let after = -Infinity; ;) {
+      const step = await this.#store.redeliverOldest(after, upto, CHUNK)
+      moved += step.moved
+      if (step.last === null) return moved
+      after = step.last
     }
+  }
+
+  /**
+   * Moves the letters of the list older versions kept (`<prefix>dead-letters`, newest first) in,
+   * oldest first, ids and all, a chunk per atomic step that also takes them off the list: a
+   * crash, a second run or another gateway doing the same at once neither loses nor doubles
+   * one. Values that are no letter go, unchanged, to `<prefix>dead-letters:unreadable`. The
+   * list is gone once empty. Returns how many letters moved.
+   */
+  async migrate (): Promise<number> {
+    let moved = 0
+    for (let misses = 0; misses < MIGRATION_RETRIES;) {
+      const tail = await this.engine.store.listRange(this.#oldKey, -CHUNK, -1)
+      if (tail.length === 0) return moved
+      const letters = tail.map((raw) => this.#fromOld(raw))
+      if (await this.#store.importTail(this.#oldKey, tail, letters, this.max)) {
+        misses = 0
+        moved += letters.filter((l) => l !== null).length
+        const unreadable = letters.filter((l) => l === null).length
+        if (unreadable > 0) this.log?.warn({ unreadable, key: `${this.#oldKey}:unreadable` }, 'old dead-letter list: values that are no dead letter were kept aside')
+      } else {
+        misses++
+      }
+    }
+    throw new Error(`the old dead-letter list ${this.#oldKey} kept changing during ${MIGRATION_RETRIES} steps of its migration; will try again`)
+  }
+
+  #fromOld (raw: string): ImportedLetter | null {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(raw)
+    } catch {
+      return null
+    }
+    if (!isOldLetter(parsed) || !LETTER_ID.test(parsed.id) || !BASE64.test(parsed.frame)) return null
+    const { id, frame, ...record } = parsed
+    return { id, meta: JSON.stringify(record), frame: Buffer.from(frame, 'base64') }
+  }
+
+  #read ({ id, meta, frame }: StoredLetter): DeadLetter | undefined {
+    const record = this.#record(id, meta)
+    if (record === undefined) return undefined
+    if (frame === null) {
+      this.#report(id, 'it has no bytes')
+      return undefined
+    }
+    return toLetter(id, record, frame)
+  }
+
+  #record (id: string, meta: string | null): DeadLetterRecord | undefined {
+    if (meta === null) {
+      this.#report(id, 'it has no description')
+      return undefined
+    }
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(meta)
+    } catch {
+      parsed = undefined
+    }
+    if (isRecord(parsed)) return parsed
+    this.#report(id, 'its description is not one')
     return undefined
+  }
+
+  // Once per letter: a listing must not log the same one on every request.
+  #report (id: string, problem: string): void {
+    if (this.#reported.has(id)) return
+    if (this.#reported.size >= 10_000) this.#reported.clear()
+    this.#reported.add(id)
+    this.log?.warn({ dead_letter: id, problem }, 'a stored dead letter cannot be read: it is skipped (DELETE /dead-letters/<id> drops it)')
   }
 }

@@ -36,7 +36,8 @@ export interface DispatcherOptions {
 
 export interface DispatcherMetrics {
   delivery: (outcome: 'delivered' | 'failed' | 'gone' | 'throttled', seconds: number) => void
-  deadLettered: (reason: DeadLetter['reason'], dropped: boolean) => void
+  /** `dropped`: how many of the oldest letters made room for it */
+  deadLettered: (reason: DeadLetter['reason'], dropped: number) => void
   circuit: (webhookId: string, open: boolean) => void
 }
 
@@ -437,18 +438,18 @@ export class WebhookDispatcher {
   /** Moves a message to the dead letters; returns it, to be acknowledged. */
   async #bury (current: Buffer, envelope: Envelope, frame: Buffer, reason: DeadLetter['reason'], error: string,
     event: BusEvent | undefined): Promise<Buffer> {
-    const kept = await this.deadLetters.add({
+    const dropped = await this.deadLetters.add({
       message_id: envelope.id,
       reason,
       error,
       event_name: event?.event_name ?? null,
       agent_id: event?.agent_id ?? null,
-      frame: frame.toString('base64'),
+      frame,
       attempts: envelope.attempts,
       first_seen: new Date(envelope.first_seen).toISOString()
     })
-    this.metrics.deadLettered(reason, !kept)
-    if (!kept) this.log.warn('the dead-letter list is full: its oldest letter was dropped')
+    this.metrics.deadLettered(reason, dropped)
+    if (dropped > 0) this.log.warn({ dropped }, 'the dead letters are at BUSGATE_DEAD_LETTER_MAX: the oldest were dropped')
     return current
   }
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Test } from 'tap'
-import type { Engine } from '../../src/engines/engine.js'
+import { LETTER_TRIM_MAX, type Engine, type ImportedLetter } from '../../src/engines/engine.js'
 import { isUnavailable } from '../../src/errors.js'
 import { claimOne } from '../helpers/bus.js'
 
@@ -349,6 +349,110 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const racing = await Promise.all(Array.from({ length: 10 }, async (_, i) => await engine.store.setIfAbsent(`${key}.race`, `v${i}`)))
     t.equal(new Set(racing).size, 1, 'concurrent callers all get the same value')
     t.equal(await engine.store.exists(key), true)
+  })
+
+  const letter = (n: number, bytes = frame(`bytes ${n}`)): ImportedLetter => ({ id: `dl_${String(n).padStart(16, '0')}`, meta: `{"n":${n}}`, frame: bytes })
+  const drain = async (engine: Engine, t: Test): Promise<string[]> => {
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    const got: string[] = []
+    for (let batch = await consumer.claim(100, { max: 1000 }); batch.length > 0; batch = await consumer.claim(100, { max: 1000 })) got.push(...batch.map(String))
+    return got
+  }
+
+  t.test('dead letters: added newest first, read by id and by page, bounded, removed', async (t) => {
+    const engine = await fresh(t)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    t.same(await letters.page(0, 10), { total: 0, letters: [] })
+    t.equal(await letters.newest(), 0)
+    const raw = Buffer.from([0x00, 0xff, 0xc1, 0x0a])
+    for (let n = 1; n <= 5; n++) t.equal(await letters.add(letter(n, n === 3 ? raw : undefined), 4), n === 5 ? 1 : 0, `add ${n}: drops past the bound`)
+    t.equal(await letters.count(), 4)
+    t.same(await letters.get(letter(3).id), { id: letter(3).id, meta: '{"n":3}', frame: raw }, 'bytes kept as bytes')
+    t.equal(await letters.get(letter(1).id), undefined, 'the oldest went')
+    const page = await letters.page(1, 2)
+    t.equal(page.total, 4)
+    t.same(page.letters.map((l) => l.id), [letter(4).id, letter(3).id], 'newest first, from the offset')
+    t.same((await letters.page(3, 10)).letters.map((l) => l.id), [letter(2).id])
+    t.same((await letters.page(4, 10)).letters, [])
+    const newest = await letters.newest()
+    const scanned = await letters.scan(Infinity, 3)
+    t.same(scanned.map((l) => [l.id, l.meta]), [[letter(5).id, '{"n":5}'], [letter(4).id, '{"n":4}'], [letter(3).id, '{"n":3}']])
+    t.equal(scanned[0]!.seq, newest, 'the newest sequence')
+    t.ok(scanned[0]!.seq > scanned[1]!.seq && scanned[1]!.seq > scanned[2]!.seq, 'sequences fall, newest first')
+    t.same((await letters.scan(scanned[2]!.seq, 3)).map((l) => l.id), [letter(2).id], 'a scan goes on below the last one seen')
+    t.same(await letters.frames([letter(4).id, 'dl_none', letter(3).id]), [frame('bytes 4'), null, raw])
+    t.same(await letters.frames([]), [])
+    t.equal(await letters.remove(letter(4).id), true)
+    t.equal(await letters.remove(letter(4).id), false)
+    t.equal(await letters.get(letter(4).id), undefined)
+    t.same((await letters.page(0, 10)).letters.map((l) => l.id), [letter(5).id, letter(3).id, letter(2).id])
+    t.same((await engine.deadLetterStore(`test.letters.${randomUUID()}`).page(0, 10)).total, 0, 'each base its own')
+  })
+
+  t.test('dead letters: one lowered bound is caught up with over several adds', async (t) => {
+    const engine = await fresh(t)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    for (let n = 0; n < LETTER_TRIM_MAX + 20; n++) await letters.add(letter(n), 1_000_000)
+    t.equal(await letters.add(letter(1_000_001), 10), LETTER_TRIM_MAX, 'no more than LETTER_TRIM_MAX at once')
+    t.equal(await letters.count(), 21)
+    t.equal(await letters.add(letter(1_000_002), 10), 12)
+    t.same((await letters.page(0, 100)).letters.map((l) => l.id).slice(0, 2), [letter(1_000_002).id, letter(1_000_001).id])
+    t.equal(await letters.count(), 10)
+  })
+
+  t.test('dead letters: redelivered to the end of the consumer list, oldest first, each once', async (t) => {
+    const engine = await fresh(t)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    await engine.produce([frame('queued before')])
+    for (let n = 1; n <= 1200; n++) await letters.add(letter(n), 10_000)
+    t.equal(await letters.redeliver(letter(7).id), true)
+    t.equal(await letters.redeliver(letter(7).id), false, 'once')
+    t.equal(await letters.redeliver('dl_none'), false)
+    const upto = await letters.newest()
+    await letters.add(letter(5000), 10_000)
+    // Three at once, in steps of 100: each step is atomic, so no letter moves twice.
+    const runs = await Promise.all([0, 1, 2].map(async () => {
+      let moved = 0
+      for (let after = -Infinity; ;) {
+        const step = await letters.redeliverOldest(after, upto, 100)
+        moved += step.moved
+        if (step.last === null) return moved
+        t.ok(step.last > after, 'the cursor moves on')
+        after = step.last
+      }
+    }))
+    t.equal(runs.reduce((a, b) => a + b, 0), 1199, 'each moved once between them')
+    t.same((await letters.page(0, 10)).letters.map((l) => l.id), [letter(5000).id], 'the one added after `upto` stays')
+    const queued = await drain(engine, t)
+    t.equal(queued.length, 1201)
+    t.same(queued.slice(0, 2), ['queued before', 'bytes 7'], 'after what was queued')
+    t.same(queued.slice(2), Array.from({ length: 1200 }, (_, i) => `bytes ${i + 1}`).filter((b) => b !== 'bytes 7'), 'oldest first')
+    const last = await letters.newest()
+    t.same(await letters.redeliverOldest(-Infinity, last, 10), { moved: 1, last }, 'the last one looked at')
+    t.same(await letters.redeliverOldest(last, last, 10), { moved: 0, last: null }, 'none left to look at')
+    t.equal(await letters.count(), 0)
+  })
+
+  t.test('dead letters: a letter taken in from the tail of an old list, once, only while that tail is there', async (t) => {
+    const engine = await fresh(t)
+    const base = `test.letters.${randomUUID()}`
+    const letters = engine.deadLetterStore(base)
+    const old = `${base}`
+    // An LPUSHed list: newest first, oldest last.
+    for (const v of ['o1', 'o2', 'o3', 'o4', 'o5']) await engine.store.listPushCapped(old, v, 100)
+    await letters.add(letter(100), 100)
+    t.equal(await letters.importTail(old, ['o2', 'o1'], [letter(2), letter(1)], 100), true)
+    t.same(await engine.store.listRange(old, 0, -1), ['o5', 'o4', 'o3'], 'taken off the list')
+    t.equal(await letters.importTail(old, ['o2', 'o1'], [letter(2), letter(1)], 100), false, 'not twice: the tail is gone')
+    t.equal(await letters.importTail(old, ['o4', 'o9'], [letter(4), letter(9)], 100), false, 'not when the tail differs')
+    t.equal(await letters.importTail(old, ['o1', 'o2', 'o3', 'o4', 'o5', 'o6'], Array(6).fill(null), 100), false, 'not when the list is shorter')
+    t.equal(await letters.count(), 3, 'nothing changed by the refused ones')
+    t.equal(await letters.importTail(old, ['o5', 'o4', 'o3'], [letter(5), null, letter(100)], 2), true, 'an id already kept is not added again')
+    t.equal(await engine.store.exists(old), false, 'the emptied list is gone')
+    t.same(await engine.store.listRange(`${base}:unreadable`, 0, -1), ['o4'], 'a value holding no letter is kept aside')
+    t.same((await letters.page(0, 10)).letters.map((l) => l.id), [letter(5).id, letter(2).id], 'in after what was there, oldest first; the bound holds')
+    t.equal(await letters.importTail(`${base}.none`, ['x'], [letter(8)], 100), false)
   })
 
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
