@@ -1,7 +1,7 @@
 import { Errors } from '../errors.js'
 import {
   LETTER_TRIM_MAX, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type ImportedLetter,
-  type MessageHandler, type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
+  type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
 } from './engine.js'
 import { RankedList, type Ranked } from './ranked-list.js'
 
