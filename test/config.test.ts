@@ -21,6 +21,9 @@ t.test('defaults are the design\'s', async (t) => {
     agentId: 'manager',
     corsOrigins: undefined,
     bodyLimit: 1048576,
+    busMaxMessageBytes: 1048576,
+    requestTimeoutMs: 30000,
+    maxConnections: 25000,
     batchMax: 1000
   })
   t.same(defaultConfig(), c)
@@ -44,7 +47,7 @@ t.test('environment variables and flags, a flag winning', async (t) => {
 t.test('every setting has a flag named after its variable', async (t) => {
   t.same(SETTINGS.map((s) => s.flag), [
     'host', 'port', 'redis-url', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
-    'cors-origins', 'body-limit', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
+    'cors-origins', 'body-limit', 'bus-max-message-bytes', 'request-timeout-ms', 'max-connections', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
     'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-max-buffer-bytes',
     'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients', 'webhook-concurrency', 'webhook-timeout-ms',
     'webhook-max-attempts', 'webhook-max-age-ms', 'webhook-backoff-ms', 'webhook-backoff-max-ms', 'webhook-circuit-failures',
@@ -73,6 +76,9 @@ const BAD: Array<[Record<string, string>, string[], RegExp]> = [
   [{ REDIS_URL: 'redis://h?db=4' }, [], /^REDIS_URL: .*query parameters/],
   [{ LOG_LEVEL: 'loud' }, [], /^LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent/],
   [{ BUSGATE_TASK_TRACKING: 'sometimes' }, [], /^BUSGATE_TASK_TRACKING: must be one of watched, always/],
+  [{ BUSGATE_BUS_MAX_MESSAGE_BYTES: String(64 * 1024 * 1024) }, [], /^BUSGATE_BUS_MAX_MESSAGE_BYTES: must be an integer from 1024 to 33554432/],
+  [{ BUSGATE_REQUEST_TIMEOUT_MS: '0' }, [], /^BUSGATE_REQUEST_TIMEOUT_MS: must be an integer from 1000/],
+  [{ BUSGATE_MAX_CONNECTIONS: 'many' }, [], /^BUSGATE_MAX_CONNECTIONS: must be an integer/],
   [{ BUSGATE_TOKENS: 'abc' }, [], /^BUSGATE_TOKENS: entry 1 must look like TOKEN:SCOPE/],
   [{ BUSGATE_TOKENS: 'secrettoken:publish,othersecret:root' }, [], /^BUSGATE_TOKENS: entry 2: an unknown scope after the last colon/],
   [{ BUSGATE_TOKENS: 'secrettoken:publish,secrettoken:admin' }, [], /^BUSGATE_TOKENS: entry 2 repeats a token/],
