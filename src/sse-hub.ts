@@ -71,11 +71,15 @@ interface Client {
   behind: number
   /** the group's byte count when it fell behind: what it lacks of the backlog is the difference */
   behindBytes: number
-  /** frames for this client alone, sent before its share of the backlog: a replay it asked for, its view's own frames */
+  /**
+   * The replay it asked for, read from the history as its socket takes it: the seq of the next
+   * entry to look at (-1 when there is none) and of the last one. Asked for, so not lag.
+   */
+  replayNext: number
+  replayLast: number
+  /** frames for this client alone (its view's own events), sent after the replay and before its share of the backlog */
   own: Buffer[]
   ownBytes: number
-  /** the first bytes of `own` that a replay queued: asked for, so not lag */
-  replayBytes: number
   /** a drain listener is set */
   waiting: boolean
 }
@@ -227,7 +231,7 @@ export class SseHub {
       group = { filter, clients: new Set(), burst: [], backlog: [], backlogStart: 0, totalBytes: 0, lagging: 0 }
       this.#groups.set(filter.key, group)
     }
-    const client: Client = { socket, group, behind: -1, behindBytes: 0, own: [], ownBytes: 0, replayBytes: 0, waiting: false }
+    const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, own: [], ownBytes: 0, waiting: false }
     group.clients.add(client)
     this.#clientCount++
     this.metrics.clients(this.#clientCount)
@@ -339,23 +343,18 @@ export class SseHub {
       return
     }
     this.metrics.resume('hit')
-    // The history is ordered by seq: skip what the client has, queue the rest that matches. The
-    // queue holds the history's own frames, and is fed to the socket as it drains; it does not
-    // count as lag, since the client asked for it.
-    const start = this.#history.length - (this.#seq - seq)
-    for (let i = Math.max(start, 0); i < this.#history.length; i++) {
-      const entry = this.#history.at(i) as HistoryEntry
-      this.#frame(entry)
-      if (entry.frame === undefined || !client.group.filter.matches(entry as Filterable)) continue
-      client.own.push(entry.frame)
-      client.ownBytes += entry.frame.byteLength
-      client.replayBytes += entry.frame.byteLength
-    }
-    this.#trim()
-    if (client.own.length > 0) {
-      if (client.behind < 0) this.#fallBehind(client)
-      this.#catchUp(client)
-    }
+    if (seq === this.#seq) return
+    // Read from the history as the socket drains, however long: a resume costs nothing up front,
+    // and live events wait in the group's backlog behind it.
+    client.replayNext = seq + 1
+    client.replayLast = this.#seq
+    if (client.behind < 0) this.#fallBehind(client)
+    this.#catchUp(client)
+  }
+
+  /** The history entry of a seq, while it is held. */
+  #entry (seq: number): HistoryEntry | undefined {
+    return this.#history.at(this.#history.length - 1 - (this.#seq - seq))
   }
 
   #gapFrame (reason: GapReason, lastEventId: string | undefined): Buffer {
@@ -492,13 +491,17 @@ export class SseHub {
    * newest frame does not count either: one large frame never cuts off a client that reads.
    */
   #tooFarBehind (client: Client, newest: number): boolean {
-    const lag = client.ownBytes - client.replayBytes + client.group.totalBytes - client.behindBytes
+    const lag = client.ownBytes + client.group.totalBytes - client.behindBytes
     if (lag - newest <= this.options.maxBufferBytes) return false
+    this.#cut(client, `${lag} bytes behind`)
+    return true
+  }
+
+  #cut (client: Client, why: string): void {
     this.metrics.slowDisconnect()
-    this.log.info({ behind: lag }, 'stream client too slow: disconnected')
+    this.log.info({ why }, 'stream client too slow: disconnected')
     client.socket.destroy()
     this.#detach(client)
-    return true
   }
 
   /** The socket holds enough: from now on the client is written to as it drains. */
@@ -530,12 +533,29 @@ export class SseHub {
     while (!socket.writableNeedDrain) {
       const parts: Buffer[] = []
       let bytes = 0
+      while (bytes < CATCH_UP_BYTES && client.replayNext >= 0) {
+        if (client.replayNext > client.replayLast) {
+          client.replayNext = -1
+          break
+        }
+        const entry = this.#entry(client.replayNext++)
+        if (entry === undefined) {
+          // The history moved on past what it had not read yet: it is slower than the bus.
+          this.#cut(client, 'its replay fell out of the history')
+          return
+        }
+        this.#frame(entry)
+        if (entry.frame !== undefined && group.filter.matches(entry as Filterable)) {
+          parts.push(entry.frame)
+          bytes += entry.frame.byteLength
+        }
+      }
+      this.#trim()
       while (bytes < CATCH_UP_BYTES && client.own.length > 0) {
         const frame = client.own.shift() as Buffer
         parts.push(frame)
         bytes += frame.byteLength
         client.ownBytes -= frame.byteLength
-        client.replayBytes = Math.max(0, client.replayBytes - frame.byteLength)
       }
       const end = group.backlogStart + group.backlog.length
       while (bytes < CATCH_UP_BYTES && client.behind < end) {
@@ -546,6 +566,7 @@ export class SseHub {
         client.behindBytes += chunk.byteLength
       }
       if (parts.length === 0) {
+        if (client.replayNext >= 0) continue
         this.#catchUpDone(client)
         return
       }

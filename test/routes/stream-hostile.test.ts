@@ -147,3 +147,41 @@ t.test('clients that stop reading cost a bounded share each, are cut off, and ne
   const grown = (heapPeak - heapBefore) / 2 ** 20
   t.ok(grown < 200, `heap grew by ${grown.toFixed(0)} MB at most (${clients} clients, ${bound / 1024} KB bound each)`)
 })
+
+t.test('a resume that never reads costs no copy of the history, and is cut once live events pass the bound', async (t) => {
+  const { app, base, names } = await gateway(t, { sseMaxBufferBytes: 32 * 1024 })
+  const first = await openStream(`${base}/events/stream`)
+  const publisher = redis.connect()
+  const publish = async (n: number, size: number) => {
+    const pipeline = publisher.pipeline()
+    for (let i = 0; i < n; i++) pipeline.publish(names.pubsubChannel, Buffer.from(encode({ event_name: 'h', agent_id: 'a', args: [i, 'q'.repeat(size)] })))
+    await pipeline.exec()
+  }
+  await publish(1, 10)
+  const oldest = (await first.waitFor(1))[0]!.id!
+  first.close()
+  await until(() => app.hub.clientCount === 0)
+  // 10 MB of history while nobody watches (kept raw): more than a socket's kernel buffers.
+  await publish(5000, 2000)
+  await sleep(500)
+
+  // Streams that ask for all of it and read none of it.
+  const { port } = new URL(base)
+  const stuck = await Promise.all(Array.from({ length: 50 }, async () => {
+    const socket = connect(Number(port), '127.0.0.1')
+    socket.on('error', () => {})
+    await new Promise((resolve) => socket.once('connect', resolve))
+    socket.pause()
+    socket.write(`GET /events/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${oldest}\r\n\r\n`)
+    return socket
+  }))
+  t.teardown(() => { for (const s of stuck) s.destroy() })
+  await until(() => app.hub.clientCount === 50)
+  await sleep(300)
+  t.equal(app.hub.clientCount, 50, 'a replay is not lag: all still open')
+  t.ok(await healthMs(base) < 500, 'the gateway answers at once')
+
+  for (let i = 0; i < 20; i++) await publish(10, 2000) // 400 KB live: past the 32 KB bound for each of them
+  await until(() => app.hub.clientCount === 0, 10_000)
+  t.equal(app.hub.clientCount, 0, 'cut off once they fell behind the live events')
+})
