@@ -5,6 +5,10 @@ import { Redis } from 'ioredis'
 // (its bytes as base64, no decoding) and the same buffer written to every socket.
 const clients = new Set<ServerResponse>()
 const server = createServer((req, res) => {
+  if (req.url === '/healthz') {
+    res.end('{"status":"ok"}')
+    return
+  }
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' })
   res.write('retry: 2000\n\n')
   clients.add(res)

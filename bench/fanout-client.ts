@@ -3,7 +3,10 @@
  * counts its events (loss); one in ten also parses them for latency and order.
  *   active URL REDIS_URL CLIENTS RATE SECONDS   N streams; RATE msg/s published to Redis for SECONDS; latency and loss
  *   idle URL CLIENTS HOLD_SECONDS              N streams held open; how many connected, how many stayed
+ *   burst URL REDIS_URL CLIENTS EVENTS          N streams that never read, one that does; EVENTS published at once;
+ *                                               the slowest /healthz answer meanwhile, and how many stuck streams were cut
  */
+import { connect } from 'node:net'
 import { request } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { decode, encode } from '@msgpack/msgpack'
@@ -120,6 +123,64 @@ if (mode === 'active') {
   await sleep(Number(holdText) * 1000)
   process.stdout.write(JSON.stringify({ held: conns.filter((c) => !c.closed).length }) + '\n')
   for (const c of conns) c.destroy()
+} else if (mode === 'burst') {
+  const [redisUrl, clientsText, eventsText] = rest
+  const target = new URL(url!)
+  const events = Number(eventsText)
+  // Streams whose clients send the request and never read a byte.
+  const stuck = await Promise.all(Array.from({ length: Number(clientsText) }, async () => {
+    const socket = connect(Number(target.port), target.hostname)
+    const state = { closed: false }
+    socket.on('error', () => {})
+    socket.on('close', () => { state.closed = true })
+    await new Promise((resolve) => socket.once('connect', resolve))
+    socket.pause()
+    socket.write(`GET ${target.pathname} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n`)
+    return { socket, state }
+  }))
+  const [reader] = await openMany(url!, 1)
+  await sleep(1000)
+  const health = async (): Promise<number> => {
+    const started = performance.now()
+    await new Promise<void>((resolve) => {
+      const req = request(new URL('/healthz', target), { agent: false, timeout: 60_000 }, (res) => { res.resume(); res.on('end', resolve) })
+      req.on('error', () => resolve())
+      req.end()
+    })
+    return performance.now() - started
+  }
+  let slowest = 0
+  const probing = { on: true }
+  const probe = (async () => {
+    while (probing.on) {
+      slowest = Math.max(slowest, await health())
+      await sleep(50)
+    }
+  })()
+  const publisher = new Redis(redisUrl!)
+  const started = performance.now()
+  for (let sent = 0; sent < events; sent += 1000) {
+    const pipeline = publisher.pipeline()
+    for (let seq = sent + 1; seq <= Math.min(events, sent + 1000); seq++) {
+      pipeline.publish('events.pubsub', Buffer.from(encode({ event_name: 'bench_burst', agent_id: 'bench', args: [seq, 0] })))
+    }
+    await pipeline.exec()
+  }
+  while (reader!.received < events && !reader!.closed && performance.now() - started < 120_000) await sleep(20)
+  const drainedMs = performance.now() - started
+  await sleep(1000)
+  probing.on = false
+  await probe
+  process.stdout.write(JSON.stringify({
+    events,
+    received: reader!.received,
+    drainedMs,
+    slowestHealthMs: slowest,
+    stuckCut: stuck.filter((s) => s.state.closed).length
+  }) + '\n')
+  publisher.disconnect()
+  reader!.destroy()
+  for (const s of stuck) s.socket.destroy()
 } else {
   throw new Error(`unknown mode ${mode}`)
 }

@@ -2,10 +2,14 @@
  * bench/fanout: SSE fan-out of the gateway against a bare node:http server that writes one
  * pre-framed buffer to every socket (bench/fanout-baseline.ts), both fed by Redis pub/sub.
  * Each round, for each server: 1,000 streams × 100 msg/s (publish-to-receive latency, loss),
- * then a fresh server with 10,000 idle streams (RSS per stream, all held).
- * Targets: no loss, p99 ≤ 1.3× the baseline's; ≤ 16 KB RSS per idle client; 10,000 held.
+ * then a fresh server with 10,000 idle streams (RSS per stream, all held), then a fresh server
+ * with 1,000 streams that never read and one that does while 60,000 events are published at
+ * once (the slowest /healthz answer meanwhile).
+ * Targets: no loss, p99 ≤ 1.3× the baseline's; ≤ 16 KB RSS per idle client; 10,000 held;
+ * /healthz prompt through the burst (≤ 1 s).
  *
  *   npm run bench:fanout -- [--rounds 5] [--clients 1000] [--rate 100] [--seconds 10] [--idle 10000] [--hold 10]
+ *                           [--burst-clients 1000] [--burst-events 60000]
  */
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -21,7 +25,9 @@ const { values } = parseArgs({
     rate: { type: 'string', default: '100' },
     seconds: { type: 'string', default: '10' },
     idle: { type: 'string', default: '10000' },
-    hold: { type: 'string', default: '10' }
+    hold: { type: 'string', default: '10' },
+    'burst-clients': { type: 'string', default: '1000' },
+    'burst-events': { type: 'string', default: '60000' }
   }
 })
 const root = new URL('..', import.meta.url).pathname
@@ -51,7 +57,10 @@ async function runClient (args: string[], onLine: (line: Record<string, number>)
   if (child.exitCode !== 0) throw new Error(`fanout-client exited with ${child.exitCode}`)
 }
 
-interface RoundResult { p50: number, p99: number, lost: number, outOfOrder: number, disconnected: number, rssPerClient: number, held: number, connected: number }
+interface ActiveResult { p50: number, p99: number, lost: number, outOfOrder: number, disconnected: number }
+interface IdleResult { rssPerClient: number, held: number, connected: number }
+interface BurstResult { burstHealthMs: number, burstDrainedMs: number, burstReceived: number, burstCut: number, burstPeakRss: number }
+type RoundResult = ActiveResult & IdleResult & BurstResult
 
 async function measure (kind: 'baseline' | 'gateway', redisUrl: string): Promise<RoundResult> {
   const result = {} as RoundResult
@@ -78,6 +87,16 @@ async function measure (kind: 'baseline' | 'gateway', redisUrl: string): Promise
   })
   result.rssPerClient = (after - before) / Number(values.idle)
   await stopProcess(idle.proc)
+
+  const burst = await startServer(kind, redisUrl)
+  let peak = 0
+  const sampler = setInterval(() => { try { peak = Math.max(peak, rssBytes(burst.proc.pid!)) } catch {} }, 100)
+  await runClient(['burst', burst.url, redisUrl, values['burst-clients']!, values['burst-events']!], (line) => {
+    Object.assign(result, { burstHealthMs: line.slowestHealthMs, burstDrainedMs: line.drainedMs, burstReceived: line.received, burstCut: line.stuckCut })
+  })
+  clearInterval(sampler)
+  result.burstPeakRss = peak
+  await stopProcess(burst.proc)
   return result
 }
 
@@ -109,6 +128,13 @@ process.stdout.write(table([
   ['out of order / disconnected', `${rounds.reduce((s, r) => s + r.baseline.outOfOrder + r.baseline.disconnected, 0)}`,
     `${rounds.reduce((s, r) => s + r.gateway.outOfOrder + r.gateway.disconnected, 0)}`, '', '0'],
   ['RSS per idle stream', kb(med((r) => r.baseline.rssPerClient)), kb(med((r) => r.gateway.rssPerClient)), '', '≤ 16 KB'],
-  [`idle streams held (of ${values.idle})`, String(Math.min(...rounds.map((r) => r.baseline.held))), String(Math.min(...rounds.map((r) => r.gateway.held))), '', values.idle!]
+  [`idle streams held (of ${values.idle})`, String(Math.min(...rounds.map((r) => r.baseline.held))), String(Math.min(...rounds.map((r) => r.gateway.held))), '', values.idle!],
+  [`burst: slowest /healthz (${values['burst-events']} events, ${values['burst-clients']} stuck streams)`, ms(med((r) => r.baseline.burstHealthMs)),
+    ms(med((r) => r.gateway.burstHealthMs)), `${med((r) => r.gateway.burstHealthMs / r.baseline.burstHealthMs).toFixed(2)}×`, '≤ 1 s'],
+  ['burst: reading stream got all, after', ms(med((r) => r.baseline.burstDrainedMs)), ms(med((r) => r.gateway.burstDrainedMs)), '', ''],
+  ['burst: events the reading stream missed (all rounds)', String(rounds.reduce((s, r) => s + Number(values['burst-events']) - r.baseline.burstReceived, 0)),
+    String(rounds.reduce((s, r) => s + Number(values['burst-events']) - r.gateway.burstReceived, 0)), '', '0'],
+  ['burst: stuck streams cut', String(med((r) => r.baseline.burstCut)), String(med((r) => r.gateway.burstCut)), '', ''],
+  ['burst: peak RSS', kb(med((r) => r.baseline.burstPeakRss)), kb(med((r) => r.gateway.burstPeakRss)), '', '']
 ]) + '\n')
 process.stdout.write(`per-round p99 ratios: ${rounds.map((r) => (r.gateway.p99 / r.baseline.p99).toFixed(2)).join(', ')}\n`)

@@ -82,6 +82,8 @@ interface Client {
   ownBytes: number
   /** a drain listener is set */
   waiting: boolean
+  /** waits for a later turn's write budget */
+  deferred: boolean
 }
 
 interface FilterGroup {
@@ -122,6 +124,20 @@ export interface BusListener {
 const HEARTBEAT = Buffer.from(':\n\n')
 /** most bytes one catch-up write gathers: a client far behind is fed in pieces, as its socket drains */
 const CATCH_UP_BYTES = 256 * 1024
+/**
+ * What the streams' writes may cost in one turn of the event loop, in bytes, a write counting
+ * WRITE_COST more (its system call). A socket whose client does not read still takes megabytes
+ * into the kernel before it pushes back: a burst to thousands of them would be gigabytes copied
+ * in one go, while /healthz and the produce routes wait. What the budget does not cover goes
+ * out in the next turns, in order.
+ */
+const TURN_BUDGET = 8 * 1024 * 1024
+const WRITE_COST = 4096
+/**
+ * A client behind because the budget ran out, not because its socket pushes back, is not slow:
+ * it is cut only this many times further behind than BUSGATE_SSE_MAX_BUFFER_BYTES.
+ */
+const DEFERRED_SLACK = 16
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
   const names = eventNames === undefined || eventNames === '*' ? undefined : globList(eventNames)
@@ -172,6 +188,12 @@ export class SseHub {
   #malformedLogged = 0
   #failures = 0
   #flushing: NodeJS.Immediate | undefined
+  /** what this turn's writes have cost (see TURN_BUDGET) */
+  #spent = 0
+  #budgetReset: NodeJS.Immediate | undefined
+  /** clients owed bytes that a turn's budget did not cover, in the order they were put off */
+  readonly #deferred = new Set<Client>()
+  #serving: NodeJS.Immediate | undefined
 
   constructor (
     private readonly engine: Engine,
@@ -231,7 +253,7 @@ export class SseHub {
       group = { filter, clients: new Set(), burst: [], backlog: [], backlogStart: 0, totalBytes: 0, lagging: 0 }
       this.#groups.set(filter.key, group)
     }
-    const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, own: [], ownBytes: 0, waiting: false }
+    const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, own: [], ownBytes: 0, waiting: false, deferred: false }
     group.clients.add(client)
     this.#clientCount++
     this.metrics.clients(this.#clientCount)
@@ -367,6 +389,7 @@ export class SseHub {
     const { group } = client
     if (!group.clients.delete(client)) return
     if (client.behind >= 0) this.#catchUpDone(client)
+    this.#deferred.delete(client)
     client.own = []
     this.#clientCount--
     this.metrics.clients(this.#clientCount)
@@ -462,7 +485,8 @@ export class SseHub {
   }
 
   #send (group: FilterGroup, chunk: Buffer): void {
-    if (group.lagging > 0) group.backlog.push(chunk)
+    let kept = group.lagging > 0
+    if (kept) group.backlog.push(chunk)
     group.totalBytes += chunk.byteLength
     let oldestNeeded = Infinity
     for (const client of group.clients) {
@@ -473,6 +497,18 @@ export class SseHub {
       }
       const { socket } = client
       if (socket.destroyed) continue
+      if (this.#spent >= TURN_BUDGET) {
+        // This turn's budget is spent: it gets this chunk from the backlog in a later one.
+        if (!kept) {
+          group.backlog.push(chunk)
+          kept = true
+        }
+        this.#fallBehind(client, chunk.byteLength)
+        oldestNeeded = Math.min(oldestNeeded, client.behind)
+        this.#defer(client)
+        continue
+      }
+      this.#charge(chunk.byteLength)
       socket.write(chunk)
       if (socket.writableNeedDrain) this.#fallBehind(client)
     }
@@ -492,7 +528,8 @@ export class SseHub {
    */
   #tooFarBehind (client: Client, newest: number): boolean {
     const lag = client.ownBytes + client.group.totalBytes - client.behindBytes
-    if (lag - newest <= this.options.maxBufferBytes) return false
+    const bound = this.options.maxBufferBytes * (client.deferred && !client.socket.writableNeedDrain ? DEFERRED_SLACK : 1)
+    if (lag - newest <= bound) return false
     this.#cut(client, `${lag} bytes behind`)
     return true
   }
@@ -504,13 +541,45 @@ export class SseHub {
     this.#detach(client)
   }
 
-  /** The socket holds enough: from now on the client is written to as it drains. */
-  #fallBehind (client: Client): void {
+  /**
+   * The socket holds enough (or this turn's budget is spent): from now on the client is written
+   * to as it drains, from the backlog's end, or from the last `owed` bytes of it.
+   */
+  #fallBehind (client: Client, owed = 0): void {
     const { group } = client
-    client.behind = group.backlogStart + group.backlog.length
-    client.behindBytes = group.totalBytes
+    client.behind = group.backlogStart + group.backlog.length - (owed > 0 ? 1 : 0)
+    client.behindBytes = group.totalBytes - owed
     group.lagging++
-    this.#awaitDrain(client)
+    if (owed === 0) this.#awaitDrain(client)
+  }
+
+  /** Counts a write against this turn's budget, which the next turn finds full again. */
+  #charge (bytes: number): void {
+    this.#spent += bytes + WRITE_COST
+    this.#budgetReset ??= setImmediate(() => {
+      this.#budgetReset = undefined
+      this.#spent = 0
+    })
+  }
+
+  #defer (client: Client): void {
+    if (client.deferred) return
+    client.deferred = true
+    this.#deferred.add(client)
+    // Runs after the budget's reset, which was scheduled first.
+    this.#serving ??= setImmediate(() => {
+      this.#serving = undefined
+      const due = [...this.#deferred]
+      this.#deferred.clear()
+      for (const c of due) {
+        c.deferred = false
+        try {
+          this.#catchUp(c)
+        } catch (err) {
+          if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'writing to a stream failed')
+        }
+      }
+    })
   }
 
   #awaitDrain (client: Client): void {
@@ -531,6 +600,10 @@ export class SseHub {
     const { socket, group } = client
     if (!group.clients.has(client) || socket.destroyed) return
     while (!socket.writableNeedDrain) {
+      if (this.#spent >= TURN_BUDGET) {
+        this.#defer(client)
+        return
+      }
       const parts: Buffer[] = []
       let bytes = 0
       while (bytes < CATCH_UP_BYTES && client.replayNext >= 0) {
@@ -570,6 +643,7 @@ export class SseHub {
         this.#catchUpDone(client)
         return
       }
+      this.#charge(bytes)
       socket.write(parts.length === 1 ? parts[0] as Buffer : Buffer.concat(parts))
     }
     this.#awaitDrain(client)
