@@ -11,10 +11,11 @@ for (const [net, prefix] of [
 ] as const) blocked.addSubnet(net, prefix, 'ipv4')
 // Site-local fec0::/10 is deprecated but still routed inside some networks; local-use NAT64
 // 64:ff9b:1::/48 (RFC 8215) leads into the operator's own network whatever IPv4 address it
-// carries; 3fff::/20 is documentation, 2001:10::/28 and 2001:20::/28 are ORCHID identifiers.
+// carries; 3fff::/20 is documentation, 2001:10::/28 and 2001:20::/28 are ORCHID identifiers,
+// 2001:2::/48 is benchmarking (IPv4's 198.18.0.0/15 is refused too).
 for (const [net, prefix] of [
   ['::', 128], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['2001:db8::', 32],
-  ['100::', 64], ['64:ff9b:1::', 48], ['3fff::', 20], ['2001:10::', 28], ['2001:20::', 28]
+  ['100::', 64], ['64:ff9b:1::', 48], ['3fff::', 20], ['2001:10::', 28], ['2001:20::', 28], ['2001:2::', 48]
 ] as const) blocked.addSubnet(net, prefix, 'ipv6')
 
 /** The eight 16-bit groups of an IPv6 address, or undefined when the text is not one. */

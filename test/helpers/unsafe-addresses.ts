@@ -19,6 +19,8 @@ export const unsafeIPv6 = [
   '2001:0:808:808::80ff:fffe', '2001:0:808:808:8000:63bf:5601:5601', '2001:0:4136:e378:8000:63bf:3fff:fdd2',
   // site-local fec0::/10, documentation 3fff::/20, ORCHID 2001:10::/28, ORCHIDv2 2001:20::/28
   'fec0::1', 'fed0::1', 'feff:ffff::1', '3fff::1', '3fff:fff::1', '2001:10::1', '2001:1f::1', '2001:20::1', '2001:2f:ffff::1',
+  // benchmarking 2001:2::/48, as 198.18.0.0/15 is for IPv4
+  '2001:2::1', '2001:2:0:ffff::1',
   // what was refused before
   '::1', '::', 'fe80::1', 'febf::1', 'fd00:ec2::254', 'fc00::1', 'ff02::1', '2001:db8::1', '100::1'
 ]
