@@ -58,11 +58,20 @@ interface HistoryEntry extends Partial<Filterable> {
 }
 
 /**
- * A stream. While its socket takes what it is given, frames are written as they come. Once the
- * socket holds more than it should (a write returned false), the client falls behind: it is
- * written nothing more until the socket drains, and what it misses meanwhile is a position in
- * its group's backlog, shared with every other client of the group that is behind, so a client
- * that stops reading costs a few numbers, not a queued write per frame.
+ * A stream. What it misses while behind is a position in its group's backlog, shared with every
+ * other client of the group that is behind: a client that stops reading costs a few numbers,
+ * not a queued write per frame.
+ *
+ * | state      | fields                  | written                                                  |
+ * |------------|-------------------------|----------------------------------------------------------|
+ * | keeping up | behind = -1             | each flush writes the group's chunk to its socket        |
+ * | behind     | behind >= 0, waiting    | when its socket drains: replay, own frames, backlog      |
+ * | behind     | behind >= 0, deferred   | in a later turn, when the write budget lasts             |
+ *
+ * keeping up → behind: a write left the socket needing drain (owed from the next chunk on), the
+ * turn's budget ran out before this chunk (owed from it), or a replay began. behind → keeping
+ * up: #catchUp wrote all it was owed and the socket takes more. Any → gone: closed, ended, or
+ * cut (owed more than the bound, see #tooFarBehind).
  */
 interface Client {
   socket: Socket
@@ -186,7 +195,9 @@ export class SseHub {
   readonly #listeners = new Set<BusListener>()
   #closing = false
   #malformedLogged = 0
-  #failures = 0
+  /** failures by kind, so that each kind is logged the first time and then once in a thousand */
+  readonly #failures = new Map<string, number>()
+  #sending = false
   #flushing: NodeJS.Immediate | undefined
   /** what this turn's writes have cost (see TURN_BUDGET) */
   #spent = 0
@@ -247,7 +258,7 @@ export class SseHub {
       return undefined
     }
     // What this turn heard goes out first: it is in the history, so a replay would repeat it.
-    this.#flush()
+    this.#flush(true)
     let group = this.#groups.get(filter.key)
     if (group === undefined) {
       group = { filter, clients: new Set(), burst: [], backlog: [], backlogStart: 0, totalBytes: 0, lagging: 0 }
@@ -264,12 +275,12 @@ export class SseHub {
     return {
       write: (frame) => this.#writeOwn(client, frame),
       end: (frame) => {
-        // Detached first: nothing of the hub's (a heartbeat, the shutdown) writes after the end.
+        // What waits for it goes first: the end must not overtake it. Then detached: nothing of
+        // the hub's (a heartbeat, the shutdown) writes after the end.
+        const owed = client.own
         this.#detach(client)
         if (socket.destroyed) return
-        // What waits for it goes first: the end must not overtake it.
-        if (client.own.length > 0) socket.write(Buffer.concat(client.own))
-        socket.end(frame)
+        socket.end(owed.length > 0 ? Buffer.concat([...owed, frame]) : frame)
       }
     }
   }
@@ -370,7 +381,7 @@ export class SseHub {
     // and live events wait in the group's backlog behind it.
     client.replayNext = seq + 1
     client.replayLast = this.#seq
-    if (client.behind < 0) this.#fallBehind(client)
+    if (client.behind < 0) this.#fallBehindNow(client)
     this.#catchUp(client)
   }
 
@@ -416,7 +427,7 @@ export class SseHub {
     try {
       this.#take(raw)
     } catch (err) {
-      if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures, preview: hexPreview(raw) }, 'a bus message could not be handled')
+      this.#failed('message', err, { preview: hexPreview(raw) })
     }
   }
 
@@ -445,7 +456,7 @@ export class SseHub {
       try {
         listener.event(event)
       } catch (err) {
-        if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'a bus event listener failed')
+        this.#failed('listener', err)
       }
     }
 
@@ -461,70 +472,89 @@ export class SseHub {
   /** Adds a frame to what the group's clients get at the end of this turn of the event loop. */
   #queue (group: FilterGroup, frame: Buffer): void {
     group.burst.push(frame)
-    if (this.#flushing === undefined) this.#flushing = setImmediate(() => this.#flush())
+    this.#flushing ??= setImmediate(() => this.#flush(false))
   }
 
   /**
    * Writes each group's frames of this turn as one chunk: a burst of events costs one write per
-   * client, not one per event and client. The chunk is the same bytes for the whole group.
+   * client, not one per event and client. The chunk is the same bytes for the whole group. A
+   * group the turn's budget does not reach keeps its frames for the next turn, unless `all`
+   * (a stream about to attach must not find frames of the history still queued).
    */
-  #flush (): void {
+  #flush (all: boolean): void {
     if (this.#flushing === undefined) return
     clearImmediate(this.#flushing)
     this.#flushing = undefined
     for (const group of this.#groups.values()) {
       if (group.burst.length === 0) continue
+      if (!all && this.#spent >= TURN_BUDGET) {
+        this.#flushing ??= setImmediate(() => this.#flush(false))
+        continue
+      }
       const chunk = group.burst.length === 1 ? group.burst[0] as Buffer : Buffer.concat(group.burst)
+      // Each group's chunk is a copy of its own: many groups that take the same events cost as much.
+      if (group.burst.length > 1) this.#charge(chunk.byteLength)
       group.burst = []
       try {
         this.#send(group, chunk)
       } catch (err) {
-        if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'writing to streams failed')
+        this.#failed('send', err)
       }
-    }
-  }
-
-  #send (group: FilterGroup, chunk: Buffer): void {
-    let kept = group.lagging > 0
-    if (kept) group.backlog.push(chunk)
-    group.totalBytes += chunk.byteLength
-    let oldestNeeded = Infinity
-    for (const client of group.clients) {
-      if (client.behind >= 0) {
-        if (this.#tooFarBehind(client, chunk.byteLength)) continue
-        oldestNeeded = Math.min(oldestNeeded, client.behind)
-        continue
-      }
-      const { socket } = client
-      if (socket.destroyed) continue
-      if (this.#spent >= TURN_BUDGET) {
-        // This turn's budget is spent: it gets this chunk from the backlog in a later one.
-        if (!kept) {
-          group.backlog.push(chunk)
-          kept = true
-        }
-        this.#fallBehind(client, chunk.byteLength)
-        oldestNeeded = Math.min(oldestNeeded, client.behind)
-        this.#defer(client)
-        continue
-      }
-      this.#charge(chunk.byteLength)
-      socket.write(chunk)
-      if (socket.writableNeedDrain) this.#fallBehind(client)
-    }
-    // What every client behind has had is dropped.
-    if (group.lagging === 0) {
-      group.backlogStart += group.backlog.length
-      group.backlog = []
-    } else if (oldestNeeded !== Infinity && oldestNeeded > group.backlogStart) {
-      group.backlog.splice(0, oldestNeeded - group.backlogStart)
-      group.backlogStart = oldestNeeded
     }
   }
 
   /**
-   * Bytes queued for a client beyond its socket, not counting a replay it asked for. The
-   * newest frame does not count either: one large frame never cuts off a client that reads.
+   * One chunk for every client of the group. It joins the backlog first, so a client that
+   * falls behind on it, or that this turn's budget does not reach, finds it there; what no
+   * client behind still needs is dropped once every client has been seen.
+   */
+  #send (group: FilterGroup, chunk: Buffer): void {
+    const index = group.backlogStart + group.backlog.length
+    group.backlog.push(chunk)
+    group.totalBytes += chunk.byteLength
+    this.#sending = true
+    try {
+      for (const client of group.clients) {
+        if (client.behind >= 0) {
+          this.#tooFarBehind(client, chunk.byteLength)
+          continue
+        }
+        const { socket } = client
+        if (socket.destroyed) continue
+        if (this.#spent >= TURN_BUDGET) {
+          this.#fallBehind(client, index, group.totalBytes - chunk.byteLength)
+          this.#defer(client)
+          continue
+        }
+        this.#charge(chunk.byteLength)
+        socket.write(chunk)
+        if (socket.writableNeedDrain) {
+          this.#fallBehind(client, index + 1, group.totalBytes)
+          this.#awaitDrain(client)
+        }
+      }
+    } finally {
+      this.#sending = false
+    }
+    this.#trimBacklog(group)
+  }
+
+  /** Drops the chunks every client behind has had; all of them when none is behind. */
+  #trimBacklog (group: FilterGroup): void {
+    let oldest = group.backlogStart + group.backlog.length
+    if (group.lagging > 0) {
+      for (const client of group.clients) if (client.behind >= 0 && client.behind < oldest) oldest = client.behind
+    }
+    if (oldest > group.backlogStart) {
+      group.backlog.splice(0, oldest - group.backlogStart)
+      group.backlogStart = oldest
+    }
+  }
+
+  /**
+   * What a client is owed beyond its socket, a replay it asked for aside. The newest frame does
+   * not count: one large frame never cuts off a client that reads. A client only waiting for
+   * the write budget is not slow: the gateway is, and it gets DEFERRED_SLACK times the room.
    */
   #tooFarBehind (client: Client, newest: number): boolean {
     const lag = client.ownBytes + client.group.totalBytes - client.behindBytes
@@ -541,19 +571,20 @@ export class SseHub {
     this.#detach(client)
   }
 
-  /**
-   * The socket holds enough (or this turn's budget is spent): from now on the client is written
-   * to as it drains, from the backlog's end, or from the last `owed` bytes of it.
-   */
-  #fallBehind (client: Client, owed = 0): void {
-    const { group } = client
-    client.behind = group.backlogStart + group.backlog.length - (owed > 0 ? 1 : 0)
-    client.behindBytes = group.totalBytes - owed
-    group.lagging++
-    if (owed === 0) this.#awaitDrain(client)
+  /** From now on the client is owed the backlog from chunk `behind` on (see Client's states). */
+  #fallBehind (client: Client, behind: number, behindBytes: number): void {
+    client.behind = behind
+    client.behindBytes = behindBytes
+    client.group.lagging++
   }
 
-  /** Counts a write against this turn's budget, which the next turn finds full again. */
+  /** Falls behind at the backlog's end: the client has had everything so far. */
+  #fallBehindNow (client: Client): void {
+    const { group } = client
+    this.#fallBehind(client, group.backlogStart + group.backlog.length, group.totalBytes)
+  }
+
+  /** Counts work against this turn's budget, which the next turn finds full again. */
   #charge (bytes: number): void {
     this.#spent += bytes + WRITE_COST
     this.#budgetReset ??= setImmediate(() => {
@@ -576,7 +607,7 @@ export class SseHub {
         try {
           this.#catchUp(c)
         } catch (err) {
-          if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'writing to a stream failed')
+          this.#failed('catch-up', err)
         }
       }
     })
@@ -590,12 +621,16 @@ export class SseHub {
       try {
         this.#catchUp(client)
       } catch (err) {
-        if (this.#failures++ % 1000 === 0) this.log.error({ err, seen: this.#failures }, 'writing to a stream failed')
+        this.#failed('catch-up', err)
       }
     })
   }
 
-  /** Writes what the client missed, a piece at a time, while its socket takes it. */
+  /**
+   * Writes what the client is owed, a piece at a time, while its socket takes it and the turn's
+   * budget lasts: the replay, then its own frames, then the backlog. All of it written and the
+   * socket still taking more, it keeps up again.
+   */
   #catchUp (client: Client): void {
     const { socket, group } = client
     if (!group.clients.has(client) || socket.destroyed) return
@@ -606,7 +641,7 @@ export class SseHub {
       }
       const parts: Buffer[] = []
       let bytes = 0
-      while (bytes < CATCH_UP_BYTES && client.replayNext >= 0) {
+      while (bytes < CATCH_UP_BYTES && client.replayNext >= 0 && this.#spent < TURN_BUDGET) {
         if (client.replayNext > client.replayLast) {
           client.replayNext = -1
           break
@@ -617,6 +652,9 @@ export class SseHub {
           this.#cut(client, 'its replay fell out of the history')
           return
         }
+        // Framing what nobody watched costs a decoding: a resume whose filter matches little
+        // must not decode the whole history in one turn.
+        if (entry.raw !== undefined) this.#charge(entry.raw.byteLength)
         this.#frame(entry)
         if (entry.frame !== undefined && group.filter.matches(entry as Filterable)) {
           parts.push(entry.frame)
@@ -629,6 +667,12 @@ export class SseHub {
         parts.push(frame)
         bytes += frame.byteLength
         client.ownBytes -= frame.byteLength
+      }
+      if (client.behind < group.backlogStart) {
+        // Never meant to happen: the chunks it is owed are gone. Cut rather than skip them silently.
+        this.#failed('backlog', new Error(`a stream owed chunk ${client.behind} of a backlog starting at ${group.backlogStart}`))
+        this.#cut(client, 'its backlog was lost')
+        return
       }
       const end = group.backlogStart + group.backlog.length
       while (bytes < CATCH_UP_BYTES && client.behind < end) {
@@ -652,10 +696,8 @@ export class SseHub {
   #catchUpDone (client: Client): void {
     const { group } = client
     client.behind = -1
-    if (--group.lagging === 0) {
-      group.backlogStart += group.backlog.length
-      group.backlog = []
-    }
+    // In the middle of a send the chunk being sent may still be owed to a client further on.
+    if (--group.lagging === 0 && !this.#sending) this.#trimBacklog(group)
   }
 
   /**
@@ -738,7 +780,10 @@ export class SseHub {
     if (socket.destroyed) return
     if (client.behind < 0) {
       socket.write(frame)
-      if (socket.writableNeedDrain) this.#fallBehind(client)
+      if (socket.writableNeedDrain) {
+        this.#fallBehindNow(client)
+        this.#awaitDrain(client)
+      }
       return
     }
     client.own.push(frame)
@@ -755,6 +800,13 @@ export class SseHub {
     }
   }
 
+  /** Logged the first time for each kind of failure, then once in a thousand: nothing here may flood the log. */
+  #failed (kind: string, err: unknown, extra: Record<string, unknown> = {}): void {
+    const seen = (this.#failures.get(kind) ?? 0) + 1
+    this.#failures.set(kind, seen)
+    if (seen % 1000 === 1) this.log.error({ err, kind, seen, ...extra }, 'stream hub: a step failed and was skipped')
+  }
+
   #id (seq: number): string {
     return `${this.instance}:${seq}`
   }
@@ -765,7 +817,7 @@ export class SseHub {
     this.#closing = true
     clearInterval(this.#heartbeat)
     clearTimeout(this.#linger)
-    this.#flush()
+    this.#flush(true)
     const bye = this.#retryFrame
     for (const group of [...this.#groups.values()]) {
       for (const { socket, behind } of [...group.clients]) {
