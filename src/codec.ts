@@ -320,7 +320,8 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
  */
 export function fromJsonValue (value: unknown, path = 'args'): unknown {
   // Most events carry no bin: check first, and copy only when something must change.
-  return needsConversion(value, [path], { values: 0 }) ? convert(value) : value
+  // Counted as the msgpack scan counts the whole event: the map, its three keys, two strs, then args.
+  return needsConversion(value, [path], { values: 6 }) ? convert(value) : value
 }
 
 function isBase64Object (value: object): value is { $base64: unknown } {
@@ -376,6 +377,8 @@ function needsConversion (value: unknown, path: Array<string | number>, seen: { 
   for (const key in value) {
     path.push(key)
     if (!key.isWellFormed()) throw new CodecError('wrong_shape', `${formatPath(path)}: the key holds a lone UTF-16 surrogate`)
+    // A key is a value of its own in msgpack.
+    if (++seen.values > MAX_VALUES) throw tooManyValues()
     if (needsConversion((value as Record<string, unknown>)[key], path, seen)) found = true
     path.pop()
   }
