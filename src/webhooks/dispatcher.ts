@@ -8,7 +8,7 @@ import type { Consumer, Engine } from '../engines/engine.js'
 import { globList } from '../glob.js'
 import type { DeadLetter, DeadLetters } from './dead-letters.js'
 import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './registry.js'
-import { ENVELOPE_PREFIX, EnvelopeSealer, type Envelope } from './envelope.js'
+import { ENVELOPE_PREFIX, EnvelopeSealer, looksSealed, type Envelope } from './envelope.js'
 import { signatureHeader } from './signing.js'
 import { guardedLookup, isPrivateAddress, urlHost } from './ssrf.js'
 
@@ -88,6 +88,9 @@ export class WebhookDispatcher {
   /** attempt-log lines waiting to be written, by webhook: one write per webhook per flush */
   #attempts = new Map<string, string[]>()
   #sealer: Promise<EnvelopeSealer> | undefined
+  /** when the envelope key was last read again because a value would not open (performance.now()) */
+  #keyReadAt = 0
+  #unopened = 0
 
   constructor (
     private readonly engine: Engine,
@@ -129,11 +132,37 @@ export class WebhookDispatcher {
 
   /** The key every instance seals envelopes with: made by the first one, read by the others. */
   async #envelopes (): Promise<EnvelopeSealer> {
-    this.#sealer ??= this.engine.store.setIfAbsent(`${this.options.keyPrefix}envelope-key`, EnvelopeSealer.newKey())
-      .then((key) => new EnvelopeSealer(Buffer.from(key, 'base64')))
+    const key = `${this.options.keyPrefix}envelope-key`
+    this.#sealer ??= this.engine.store.setIfAbsent(key, EnvelopeSealer.newKey()).then((value) => {
+      try {
+        return new EnvelopeSealer(Buffer.from(value, 'base64'))
+      } catch (err) {
+        throw new Error(`${key} holds no valid envelope key (${(err as Error).message}): delete it, and busgate makes a new one`)
+      }
+    })
     // A bus that is down now must not leave a failed read behind for good.
     this.#sealer.catch(() => { this.#sealer = undefined })
     return await this.#sealer
+  }
+
+  /**
+   * Opens a value that starts like an envelope. One that does not open may have been sealed
+   * under a key that has changed since this instance read it (a Redis that lost its data, say):
+   * the key is read again, at most once in ten seconds, before the value counts as a plain message.
+   */
+  async #openSealed (claimed: Buffer, sealer: EnvelopeSealer): Promise<{ envelope: Envelope, frame: Buffer } | undefined> {
+    const opened = sealer.open(claimed)
+    if (opened !== undefined || performance.now() - this.#keyReadAt < 10_000) return opened ?? this.#notOpened()
+    this.#keyReadAt = performance.now()
+    this.#sealer = undefined
+    return (await this.#envelopes()).open(claimed) ?? this.#notOpened()
+  }
+
+  #notOpened (): undefined {
+    if (this.#unopened++ % 1000 === 0) {
+      this.log.warn({ seen: this.#unopened }, 'a value on the consumer list starts like an envelope but is not sealed with this bus\'s key: taken as a plain message')
+    }
+    return undefined
   }
 
   async start (): Promise<void> {
@@ -281,7 +310,11 @@ export class WebhookDispatcher {
    */
   async #handle (claimed: Buffer, consumer: Consumer): Promise<Buffer | undefined> {
     const sealer = await this.#envelopes()
-    const { envelope, frame } = this.#open(claimed, sealer)
+    // An envelope holds its message in base64: larger than that, it cannot be one busgate sealed.
+    const opened = looksSealed(claimed) && claimed.byteLength <= this.options.maxMessageBytes * 4 / 3 + 4096
+      ? await this.#openSealed(claimed, sealer)
+      : undefined
+    const { envelope, frame } = opened ?? this.#fresh(claimed)
     if (frame.byteLength > this.options.maxMessageBytes) {
       // Set aside before anything looks inside: decoding it alone could stall every delivery.
       return await this.#bury(claimed, envelope, frame, 'too_large',
@@ -365,8 +398,9 @@ export class WebhookDispatcher {
         headersTimeout: this.options.timeoutMs,
         bodyTimeout: this.options.timeoutMs,
       })
-      // Past the bound the attempt failed, whatever the status said; a body that breaks off otherwise does not undo it.
-      await res.body.dump({ limit: 64 * 1024, signal }).catch((err: unknown) => { if (signal.aborted) throw err })
+      // The receiver has answered: a body it then drips is cut at the bound, and a 2xx still
+      // stands (failing it would deliver the message again to a receiver that took it).
+      await res.body.dump({ limit: 64 * 1024, signal }).catch(() => undefined)
       const ok = res.statusCode >= 200 && res.statusCode < 300
       attempt = { ok, status: res.statusCode, error: ok ? null : `HTTP ${res.statusCode}`, retryAfterMs: retryAfter(res.headers['retry-after']) }
     } catch (err) {
@@ -454,13 +488,12 @@ export class WebhookDispatcher {
   }
 
   /**
-   * The retry state of a claimed value, and the message frame it carries. Only what busgate
-   * sealed is an envelope; anything else, whatever it starts with, is a plain message.
+   * A plain message's first state. Only what busgate sealed is an envelope; anything else,
+   * whatever it starts with, is a plain message. Its id stays the same across every retry: it
+   * is kept in its envelope once the first round fails.
    */
-  #open (claimed: Buffer, sealer: EnvelopeSealer): { envelope: Envelope, frame: Buffer } {
-    // Stable across every retry of this message: kept in its envelope once the first round fails.
-    return sealer.open(claimed) ??
-      { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
+  #fresh (claimed: Buffer): { envelope: Envelope, frame: Buffer } {
+    return { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
   }
 }
 
