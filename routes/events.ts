@@ -14,9 +14,10 @@ export const MSGPACK = 'application/msgpack'
 // The bytes of each msgpack body, kept beside the decoded event so they reach Redis unchanged.
 const wireBytes = new WeakMap<object, Buffer>()
 
-function refusal (err: CodecError, where: string): Error {
+/** The answer to a body the codec refuses; a JSON body is never "undecodable" msgpack. */
+function refusal (err: CodecError, where: string, json: boolean): Error {
   if (err.reason === 'too_large') return new Errors.MessageTooLarge(`${where}${err.message}`)
-  return err.reason === 'undecodable' ? new Errors.InvalidMsgpack(err.message) : new Errors.InvalidEvent(err.message)
+  return err.reason === 'undecodable' && !json ? new Errors.InvalidMsgpack(err.message) : new Errors.InvalidEvent(err.message)
 }
 
 /**
@@ -40,7 +41,7 @@ function encodeInput (input: EventInput, defaultAgentId: string, maxBytes: numbe
       args: fromJsonValue(input.args ?? [], `${where}args`) as unknown[]
     })
   } catch (err) {
-    if (err instanceof CodecError) throw err.reason === 'too_large' ? refusal(err, where) : new Errors.InvalidEvent(err.message)
+    if (err instanceof CodecError) throw refusal(err, where, true)
     throw err
   }
   return checkSize(frame, maxBytes, where)
@@ -62,7 +63,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
         done(null, event)
       } catch (err) {
         if (!(err instanceof CodecError)) return done(err as Error)
-        done(refusal(err, ''))
+        done(refusal(err, '', false))
       }
     })
 

@@ -45,8 +45,10 @@ export const DeadLetterQuery = Type.Object({
   event_name: Type.Optional(Type.String({ minLength: 1, description: 'only the letters of events of exactly this name' }))
 }, { additionalProperties: false })
 
+export const DEAD_LETTER_ID = '^dl_[A-Za-z0-9_-]{16}$'
+
 export const DeadLetterParams = Type.Object({
-  id: Type.String({ pattern: '^dl_[A-Za-z0-9_-]{16}$', description: 'the dead letter id' })
+  id: Type.String({ pattern: DEAD_LETTER_ID, description: 'the dead letter id' })
 })
 
 export const Redelivered = Type.Object({

@@ -35,7 +35,8 @@ export function redactUrl (url: string): string {
   const pairs = url.slice(q + 1).split('&').map((pair) => {
     const eq = pair.indexOf('=')
     const name = eq < 0 ? pair : pair.slice(0, eq)
-    return decodeName(name) === 'access_token' ? `${name}=[redacted]` : pair
+    // Any case: only access_token is the parser's token, but a client that gets the case wrong sends its token all the same.
+    return decodeName(name).toLowerCase() === 'access_token' ? `${name}=[redacted]` : pair
   })
   return `${url.slice(0, q + 1)}${pairs.join('&')}`
 }

@@ -310,7 +310,8 @@ export function toJsonEvent (event: BusEvent): JsonEvent {
   return { event_name: event.event_name, agent_id: event.agent_id, args: event.args.map(toJsonValue) }
 }
 
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
+/** Padded base64, as `{"$base64": …}` and stored bytes carry it. */
+export const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 
 /**
  * The inverse for events entering as JSON: `{"$base64": "…"}` (that one key alone) becomes

@@ -41,11 +41,7 @@ interface Delayed {
   value: Buffer
 }
 
-interface Letter {
-  id: string
-  meta: string
-  frame: Buffer
-}
+type Letter = ImportedLetter
 
 /** One set of dead letters: by id, and in their order (the key of each is its sequence number). */
 interface Letters {

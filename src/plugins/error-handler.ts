@@ -54,10 +54,14 @@ export function clientErrorHandler (requestTimeoutMs: number) {
     const body = clientErrorBody(err, requestTimeoutMs)
     this.metrics.clientErrors.inc({ code: body.code })
     this.log.debug({ code: body.code, reason: err.code }, 'malformed or incomplete request: connection closed')
-    if (socket.writable) {
+    // Not in the middle of another answer on this connection (pipelined requests), as Node's own handler.
+    const answering = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true
+    if (socket.writable && !answering) {
       const json = JSON.stringify(body)
       socket.write(`HTTP/1.1 ${body.statusCode} ${body.error}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`)
     }
     socket.destroySoon()
+    // A peer that does not read would keep the answer, and the socket, for ever.
+    setTimeout(() => socket.destroy(), 1000).unref()
   }
 }

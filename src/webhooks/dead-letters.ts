@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import { DeadLetter, DeadLetterRecord } from '../../schemas/dead-letter.js'
+import { DEAD_LETTER_ID, DeadLetter, DeadLetterRecord } from '../../schemas/dead-letter.js'
+import { BASE64 } from '../codec.js'
 import type { DeadLetterStore, Engine, ImportedLetter, StoredLetter } from '../engines/engine.js'
 import { storedRecordCheck } from '../validation.js'
 
@@ -17,8 +18,7 @@ export interface DeadLetterFilter {
 const isRecord = storedRecordCheck(DeadLetterRecord)
 // Older busgate versions kept whole letters, bytes in base64, in one list.
 const isOldLetter = storedRecordCheck(DeadLetter)
-const LETTER_ID = /^dl_[A-Za-z0-9_-]{16}$/
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
+const LETTER_ID = new RegExp(DEAD_LETTER_ID)
 
 /** Letters per step when redelivering all, filtering or migrating: no step holds Redis for long, or much memory here. */
 const CHUNK = 500
