@@ -48,6 +48,12 @@ export interface ClaimOptions {
   max?: number
   sharers?: number
   done?: readonly Buffer[]
+  /**
+   * Values longer than `maxBytes` are not returned: they go, in the same step, to the end of the
+   * list `key` (where the caller takes them in, see DeadLetterStore.adoptHeld), and `setAside`
+   * hears how many. A value of any size a producer pushed must not travel to the gateway.
+   */
+  oversized?: { maxBytes: number, key: string, setAside: (count: number) => void }
 }
 
 /**
@@ -171,6 +177,13 @@ export interface DeadLetterStore {
    * A letter whose id is already kept is not added again. The oldest past `max` go, as in `add`.
    */
   importTail (listKey: string, tail: readonly string[], letters: ReadonlyArray<ImportedLetter | null>, max: number): Promise<boolean>
+  /**
+   * Takes the oldest value of the list `listKey` (values a claim set aside, see
+   * ClaimOptions.oversized) in as the letter `letter` describes, its bytes moving inside the
+   * engine, in one step; the oldest past `max` go, as in `add`. Returns the value's size and how
+   * many letters the bound dropped, or null when the list is empty.
+   */
+  adoptHeld (listKey: string, letter: { id: string, meta: string }, max: number): Promise<{ bytes: number, dropped: number } | null>
 }
 
 /**

@@ -308,6 +308,12 @@ export class MemoryEngine implements Engine {
         if (list.length === 0) this.#lists.delete(listKey)
         trim(max)
         return true
+      },
+      adoptHeld: async (listKey, { id, meta }, max) => {
+        const frame = this.#held.get(listKey)?.shift()
+        if (frame === undefined) return null
+        put({ id, meta, frame })
+        return { bytes: frame.byteLength, dropped: trim(max) }
       }
     }
   }
@@ -342,6 +348,15 @@ export class MemoryEngine implements Engine {
     return set
   }
 
+  /** Lists of values set aside by claims (see ClaimOptions.oversized), by key. */
+  readonly #held = new Map<string, Buffer[]>()
+
+  #heldList (key: string): Buffer[] {
+    const list = this.#held.get(key) ?? []
+    this.#held.set(key, list)
+    return list
+  }
+
   #retryList (key: string): Buffer[] {
     const list = this.#retries.get(key) ?? []
     this.#retries.set(key, list)
@@ -360,7 +375,7 @@ export class MemoryEngine implements Engine {
       return i >= 0
     }
     return {
-      claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
+      claim: async (timeoutMs, { max = 1, sharers = 1, done = [], oversized } = {}) => {
         this.#assertOpen()
         for (const frame of done) remove(frame)
         const deadline = performance.now() + timeoutMs
@@ -374,9 +389,16 @@ export class MemoryEngine implements Engine {
             const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
             for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
           }
+          // As the script does: what is past the bound goes to its list, not to the caller.
+          const aside = oversized === undefined ? [] : taken.filter((f) => f.byteLength > oversized.maxBytes)
+          if (aside.length > 0 && oversized !== undefined) {
+            taken = taken.filter((f) => f.byteLength <= oversized.maxBytes)
+            this.#heldList(oversized.key).push(...aside)
+            oversized.setAside(aside.length)
+          }
           processing.push(...taken)
           // produce() hands messages to blocked consumers at once, so a queued message means none waits.
-          if (taken.length > 0 || max === 0) return taken
+          if (taken.length > 0 || aside.length > 0 || max === 0) return taken
           const until = Math.min(deadline, delayed[0]?.dueAt ?? Infinity)
           const frame = await new Promise<Buffer | null>((resolve) => {
             const waiter: Waiter = {

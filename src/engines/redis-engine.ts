@@ -52,33 +52,42 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // Acknowledges what the caller finished with, moves one delayed message that is due to the
 // retry list (one per claim, so a loop does not take a run of retries for a failing receiver
 // at once), then takes up to ARGV[1] messages: put-back ones first, else a fair share
-// (1/ARGV[2], at least one) of what is queued. Returns them, and in how many ms the next
-// delayed one is due ('' for none).
+// (1/ARGV[2], at least one) of what is queued. A value longer than ARGV[3] (0: no bound) goes
+// to the list KEYS[5] instead, so it never travels to the gateway (see Consumer.claim). Returns
+// what it took, in how many ms the next delayed one is due ('' for none), and how many it set aside.
 const CLAIM_LUA = NOW_MS + `
-for i = 3, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
-local max = tonumber(ARGV[1])
-local out = {}
+for i = 4, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+local max, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local out, aside = {}, 0
+local function keep (v)
+  if limit > 0 and #v > limit then
+    redis.call('RPUSH', KEYS[5], redis.call('RPOP', KEYS[1]))
+    aside = aside + 1
+  else
+    out[#out + 1] = v
+  end
+end
 if max > 0 then
   for _, v in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1)) do
     redis.call('ZREM', KEYS[4], v)
     redis.call('RPUSH', KEYS[2], v)
   end
 end
-while #out < max do
+while #out + aside < max do
   local v = redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT')
   if not v then break end
-  out[#out + 1] = v
+  keep(v)
 end
-if #out == 0 and max > 0 then
+if #out + aside == 0 and max > 0 then
   local n = math.min(max, math.max(1, math.floor(redis.call('LLEN', KEYS[3]) / tonumber(ARGV[2]))))
   for i = 1, n do
     local v = redis.call('LMOVE', KEYS[3], KEYS[1], 'LEFT', 'RIGHT')
     if not v then break end
-    out[#out + 1] = v
+    keep(v)
   end
 end
 local due = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
-return {out, due and tostring(math.max(0, tonumber(due) - now)) or ''}
+return {out, due and tostring(math.max(0, tonumber(due) - now)) or '', aside}
 `
 
 // Out of the processing list, into the delay set, due ARGV[3] ms from now (the score).
@@ -249,6 +258,18 @@ redis.call('LTRIM', KEYS[5], 0, -n - 1)
 return trim(max)
 `
 
+// KEYS[4] the sequence counter, KEYS[5] the list a claim set values aside in. ARGV: id,
+// description, max. The value never leaves Redis: how large it was is all that comes back.
+const LETTER_ADOPT_LUA = LETTERS_LUA + `
+local v = redis.call('LPOP', KEYS[5])
+if not v then return false end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[1], seq, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], v)
+return {#v, trim(tonumber(ARGV[3]))}
+`
+
 type LetterKeys = [ids: string, meta: string, frames: string]
 
 interface ScriptCommands {
@@ -260,9 +281,10 @@ interface ScriptCommands {
   busgateLetterRedeliver: (...args: [...LetterKeys, prodcons: string, id: string]) => Promise<number>
   busgateLetterRedeliverOldest: (...args: [...LetterKeys, prodcons: string, after: string, upto: string, count: number]) => Promise<[number, string]>
   busgateLetterImport: (...args: [...LetterKeys, seq: string, list: string, unreadable: string, max: number, n: number, ...values: Array<string | Buffer>]) => Promise<number>
+  busgateLetterAdopt: (...args: [...LetterKeys, seq: string, list: string, id: string, meta: string, max: number]) => Promise<[number, number] | null>
 
-  busgateClaimBuffer: (processing: string, retry: string, prodcons: string, delayed: string, max: number, sharers: number,
-    ...done: Buffer[]) => Promise<[Buffer[], Buffer]>
+  busgateClaimBuffer: (processing: string, retry: string, prodcons: string, delayed: string, oversized: string, max: number, sharers: number,
+    maxBytes: number, ...done: Buffer[]) => Promise<[Buffer[], Buffer, number]>
   busgateDelay: (processing: string, delayed: string, frame: Buffer, next: Buffer, delayMs: number) => Promise<number>
   busgateRelease: (processing: string, retry: string, prodcons: string, prefix: string, ...frames: Buffer[]) => Promise<number>
   busgateHashMerge: (key: string, ...args: string[]) => Promise<number>
@@ -303,7 +325,7 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateReclaim', { numberOfKeys: 3, lua: RECLAIM_LUA })
     this.#commands.defineCommand('busgateDelay', { numberOfKeys: 2, lua: DELAY_LUA })
     this.#commands.defineCommand('busgateHashMerge', { numberOfKeys: 1, lua: HASH_MERGE_LUA })
-    this.#commands.defineCommand('busgateClaim', { numberOfKeys: 4, lua: CLAIM_LUA })
+    this.#commands.defineCommand('busgateClaim', { numberOfKeys: 5, lua: CLAIM_LUA })
     this.#commands.defineCommand('busgateRelease', { numberOfKeys: 3, lua: RELEASE_LUA })
     this.#commands.defineCommand('busgateLetterAdd', { numberOfKeys: 4, lua: LETTER_ADD_LUA })
     this.#commands.defineCommand('busgateLetterPage', { numberOfKeys: 3, lua: LETTER_PAGE_LUA })
@@ -313,6 +335,7 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateLetterRedeliver', { numberOfKeys: 4, lua: LETTER_REDELIVER_LUA })
     this.#commands.defineCommand('busgateLetterRedeliverOldest', { numberOfKeys: 4, lua: LETTER_REDELIVER_OLDEST_LUA })
     this.#commands.defineCommand('busgateLetterImport', { numberOfKeys: 6, lua: LETTER_IMPORT_LUA })
+    this.#commands.defineCommand('busgateLetterAdopt', { numberOfKeys: 5, lua: LETTER_ADOPT_LUA })
     this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
   }
 
@@ -558,6 +581,10 @@ export class RedisEngine implements Engine {
         const fields = letters.flatMap((l) => (l === null ? ['', '', ''] : [l.id, l.meta, l.frame]))
         const dropped = await this.#call(() => this.#scripts.busgateLetterImport(...keys, seqKey, listKey, `${base}:unreadable`, max, tail.length, ...tail, ...fields))
         return dropped >= 0
+      },
+      adoptHeld: async (listKey, { id, meta }, max) => {
+        const adopted = await this.#call(() => this.#scripts.busgateLetterAdopt(...keys, seqKey, listKey, id, meta, max))
+        return adopted === null ? null : { bytes: adopted[0], dropped: adopted[1] }
       }
     }
   }
@@ -604,14 +631,16 @@ export class RedisEngine implements Engine {
     // Only the blocking wait uses the consumer's own connection: the scripts go on the shared
     // one, whose commands time out, so a stop while Redis is away cannot hang on them.
     return {
-      claim: async (timeoutMs, { max = 1, sharers = 1, done = [] } = {}) => {
+      claim: async (timeoutMs, { max = 1, sharers = 1, done = [], oversized } = {}) => {
         // A monotonic clock: a step of the wall clock must not stretch the wait.
         const deadline = performance.now() + timeoutMs
         for (let acks = done; ; acks = []) {
           // Acks and the non-blocking take in one script; the blocking wait only when it found
           // nothing, and no longer than until the next delayed message is due.
-          const [taken, nextDueIn] = await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, max, sharers, ...acks))
-          if (taken.length > 0 || max === 0) return taken
+          const [taken, nextDueIn, aside] = await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed,
+            oversized?.key ?? `${processingKey}:oversized`, max, sharers, oversized?.maxBytes ?? 0, ...acks))
+          if (aside > 0) oversized?.setAside(aside)
+          if (taken.length > 0 || aside > 0 || max === 0) return taken
           const left = deadline - performance.now()
           const wait = Math.min(left, nextDueIn.length > 0 ? Number(nextDueIn.toString()) : Infinity)
           const frame = await this.#call(() => conn.blmoveBuffer(prodconsKey, processingKey, 'LEFT', 'RIGHT', Math.max(wait, 1) / 1000))
@@ -627,7 +656,7 @@ export class RedisEngine implements Engine {
       },
       ack: async (...frames) => {
         if (frames.length === 1) await this.#call(() => this.#commands.lrem(processingKey, 1, frames[0] as Buffer))
-        else if (frames.length > 1) await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, 0, 1, ...frames))
+        else if (frames.length > 1) await this.#call(() => this.#scripts.busgateClaimBuffer(processingKey, retry, prodconsKey, delayed, `${processingKey}:oversized`, 0, 1, 0, ...frames))
       },
       pending: async () => {
         try {

@@ -30,6 +30,10 @@ function matches (record: DeadLetterRecord, filter: DeadLetterFilter): boolean {
     (filter.event_name === undefined || record.event_name === filter.event_name)
 }
 
+function newLetterId (): string {
+  return `dl_${randomBytes(12).toString('base64url')}`
+}
+
 function toLetter (id: string, record: DeadLetterRecord, frame: Buffer): DeadLetter {
   return { id, ...record, frame: frame.toString('base64') }
 }
@@ -54,7 +58,32 @@ export class DeadLetters {
   /** Adds one as the newest; returns how many of the oldest it pushed out (the bound). */
   async add ({ frame, ...letter }: NewDeadLetter): Promise<number> {
     const record: DeadLetterRecord = { ...letter, dead_at: new Date().toISOString() }
-    return await this.#store.add({ id: `dl_${randomBytes(12).toString('base64url')}`, meta: JSON.stringify(record), frame }, this.max)
+    return await this.#store.add({ id: newLetterId(), meta: JSON.stringify(record), frame }, this.max)
+  }
+
+  /**
+   * Takes in, as letters (`too_large`), the values claims set aside in `listKey` for being larger
+   * than `maxBytes`: their bytes move inside the engine and never reach the gateway. Returns, for
+   * each, how many of the oldest letters it pushed out.
+   */
+  async adoptOversized (listKey: string, maxBytes: number): Promise<number[]> {
+    const dropped: number[] = []
+    for (;;) {
+      const now = new Date().toISOString()
+      const record: DeadLetterRecord = {
+        message_id: `msg_${randomBytes(9).toString('base64url')}`,
+        reason: 'too_large',
+        error: `more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${maxBytes} bytes): set aside as it was claimed, never decoded`,
+        event_name: null,
+        agent_id: null,
+        attempts: 0,
+        first_seen: now,
+        dead_at: now
+      }
+      const adopted = await this.#store.adoptHeld(listKey, { id: newLetterId(), meta: JSON.stringify(record) }, this.max)
+      if (adopted === null) return dropped
+      dropped.push(adopted.dropped)
+    }
   }
 
   /**

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import { Agent, request } from 'undici'
 import { CodecError, decodeEvent, toJsonEvent, type BusEvent } from '../codec.js'
-import type { Consumer, Engine } from '../engines/engine.js'
+import type { ClaimOptions, Consumer, Engine } from '../engines/engine.js'
 import { globList } from '../glob.js'
 import type { DeadLetter, DeadLetters } from './dead-letters.js'
 import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './registry.js'
@@ -209,7 +209,31 @@ export class WebhookDispatcher {
   }
 
   /** Puts back what instances that stopped beating were holding. */
+  /**
+   * Values a claim found larger than BUSGATE_BUS_MAX_MESSAGE_BYTES wait in `<prefix>oversized`,
+   * never brought here (a producer may push any size): they become dead letters inside the engine.
+   */
+  get #oversized (): NonNullable<ClaimOptions['oversized']> {
+    return {
+      maxBytes: this.options.maxMessageBytes,
+      key: `${this.options.keyPrefix}oversized`,
+      setAside: () => { this.#adoptOversized().catch(() => undefined) }
+    }
+  }
+
+  #adopting: Promise<void> | undefined
+
+  /** One at a time; what a crash left in the list is taken in by the next one (the sweep runs it too). */
+  async #adoptOversized (): Promise<void> {
+    this.#adopting ??= this.deadLetters.adoptOversized(this.#oversized.key, this.options.maxMessageBytes).then((dropped) => {
+      for (const n of dropped) this.metrics.deadLettered('too_large', n)
+      if (dropped.length > 0) this.log.warn({ count: dropped.length, maxBytes: this.options.maxMessageBytes }, 'messages larger than BUSGATE_BUS_MAX_MESSAGE_BYTES on the consumer list: dead-lettered undecoded')
+    }).finally(() => { this.#adopting = undefined })
+    await this.#adopting
+  }
+
   async #reclaimOrphans (): Promise<void> {
+    await this.#adoptOversized()
     const prefix = `${this.options.keyPrefix}processing:`
     for (const key of await this.engine.store.keys(`${prefix}*`)) {
       const instance = key.slice(prefix.length).split(':')[0] ?? ''
@@ -274,7 +298,7 @@ export class WebhookDispatcher {
           continue
         }
         if (batch.length === 0) {
-          batch = await consumer.claim(1000, { max: CLAIM_MAX, sharers: this.options.concurrency, done })
+          batch = await consumer.claim(1000, { max: CLAIM_MAX, sharers: this.options.concurrency, done, oversized: this.#oversized })
           done = []
           continue
         }

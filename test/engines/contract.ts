@@ -455,6 +455,28 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await letters.importTail(`${base}.none`, ['x'], [letter(8)], 100), false)
   })
 
+  t.test('a claim sets values past its bound aside, never returning them; they become letters inside the engine', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    const consumer = engine.consumer(`test.processing.${id}`, `test.retry.${id}`, `test.delayed.${id}`)
+    t.teardown(() => consumer.close())
+    const huge = Buffer.alloc(5000, 7)
+    await engine.produce([frame('small'), huge, frame('after')])
+    const asides: number[] = []
+    const oversized = { maxBytes: 4096, key: `test.oversized.${id}`, setAside: (n: number) => asides.push(n) }
+    const taken: string[] = []
+    for (let i = 0; i < 5 && taken.length < 2; i++) taken.push(...(await consumer.claim(100, { max: 8, oversized })).map(String))
+    t.same(taken, ['small', 'after'], 'only what is within the bound comes back')
+    t.same(asides, [1])
+    t.equal(await consumer.pending(), 2, 'the set-aside value is not held either')
+    const letters = engine.deadLetterStore(`test.letters.${id}`)
+    t.same(await letters.adoptHeld(oversized.key, { id: 'dl_0000000000000001', meta: '{"reason":"too_large"}' }, 100), { bytes: 5000, dropped: 0 })
+    t.same(await letters.adoptHeld(oversized.key, { id: 'dl_0000000000000002', meta: '{}' }, 100), null, 'then the list is empty')
+    const kept = await letters.get('dl_0000000000000001')
+    t.ok(kept?.frame?.equals(huge), 'its bytes intact')
+    t.equal(kept?.meta, '{"reason":"too_large"}')
+  })
+
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
     const engine = await fresh(t)
     await t.resolves(engine.ping())

@@ -166,3 +166,23 @@ t.test('a key cut short by hand is refused with a clear warning, and nothing is 
   await receiver.waitFor(1)
   t.same(receiver.received.map((r) => r.json.event_name), ['waits'], 'delivered once the key is gone and made anew')
 })
+
+t.test('a value of any size on the consumer list never travels to the gateway: it is dead-lettered inside Redis', async (t) => {
+  const { app, register, push, event, names } = await gateway(t, { busMaxMessageBytes: 64 * 1024 })
+  const huge = Buffer.alloc(40 * 1024 * 1024, 0x61)
+  await push(event('before'), huge, event('after'))
+  const sent = async () => Number(/total_net_output_bytes:(\d+)/.exec(await redis.client.info('stats'))?.[1])
+  const before = await sent()
+  const receiver = await startReceiver(t)
+  await register(receiver.url)
+  await receiver.waitFor(2)
+  t.same(receiver.received.map((r) => r.json.event_name), ['before', 'after'])
+  const letters = `${names.keyPrefix}dead-letters`
+  await until(async () => await redis.client.zcard(`${letters}:ids`) === 1, 5000)
+  const [id] = await redis.client.zrange(`${letters}:ids`, 0, -1)
+  t.equal(await redis.client.hstrlen(`${letters}:frames`, id!), huge.byteLength, 'kept whole, for an operator')
+  t.match(JSON.parse(await redis.client.hget(`${letters}:meta`, id!) ?? '{}'), { reason: 'too_large', event_name: null })
+  t.ok(await sent() - before < 8 * 1024 * 1024, `Redis sent ${((await sent() - before) / 2 ** 20).toFixed(1)} MB meanwhile, not the 40 MB value`)
+  t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /busgate_dead_lettered_total\{reason="too_large"\} 1\n/)
+  t.equal(await redis.client.llen(`${names.keyPrefix}oversized`), 0)
+})
