@@ -17,7 +17,11 @@ export const DeadLetter = Type.Object({
   error: Type.String({ description: 'the last error' }),
   event_name: Type.Union([Type.String(), Type.Null()]),
   agent_id: Type.Union([Type.String(), Type.Null()]),
-  frame: Type.String({ description: 'the message as it was on the bus, base64' }),
+  frame: Type.Union([Type.String(), Type.Null()], {
+    description: 'the message as it was on the bus, base64; null when it is larger than BUSGATE_BUS_MAX_MESSAGE_BYTES ' +
+      '(its bytes are kept and redelivered, but not shown)'
+  }),
+  frame_bytes: Type.Integer({ minimum: 0, description: 'the size of the message as kept, in bytes' }),
   attempts: Type.Integer(),
   first_seen: Type.String({ format: 'date-time' }),
   dead_at: Type.String({ format: 'date-time' })
@@ -27,11 +31,15 @@ export type DeadLetter = Static<typeof DeadLetter>
 
 /**
  * A dead letter as stored: all of it but its id (the key it is kept under) and its bytes (kept
- * as bytes, not base64). Not part of the HTTP API.
+ * as bytes, not base64, their size known from them). Not part of the HTTP API.
  */
-export const DeadLetterRecord = Type.Omit(DeadLetter, ['id', 'frame'], { title: 'DeadLetterRecord', description: 'A dead letter as stored' })
+export const DeadLetterRecord = Type.Omit(DeadLetter, ['id', 'frame', 'frame_bytes'], { title: 'DeadLetterRecord', description: 'A dead letter as stored' })
 
 export type DeadLetterRecord = Static<typeof DeadLetterRecord>
+
+/** A dead letter as busgate before the current layout kept it, whole, bytes in base64, in one list. Not part of the HTTP API. */
+export const OldDeadLetter = Type.Composite([Type.Omit(DeadLetter, ['frame', 'frame_bytes']), Type.Object({ frame: Type.String() })],
+  { title: 'OldDeadLetter', additionalProperties: false })
 
 export const DeadLetterList = Type.Object({
   dead_letters: Type.Array(Type.Ref('DeadLetter')),

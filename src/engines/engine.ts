@@ -121,13 +121,23 @@ export interface Store {
   increment (key: string, by?: number): Promise<number>
 }
 
-/** A dead letter as an engine keeps it. Hand-edited state may lack either part: then null. */
-export interface StoredLetter {
+/**
+ * A dead letter's bytes as read under a bound: they are what a hostile producer put on the bus,
+ * of any size, so a reader gets them only when they are within the bound it gives, and their
+ * size always.
+ */
+export interface LetterBytes {
+  /** the message's bytes as they were on the bus; null when there are none (`frameBytes` 0) or more than the bound */
+  frame: Buffer | null
+  /** how many bytes it keeps; 0 when it keeps none */
+  frameBytes: number
+}
+
+/** A dead letter as an engine keeps it. Hand-edited state may lack either part: then null (no bytes: `frameBytes` 0 too). */
+export interface StoredLetter extends LetterBytes {
   id: string
   /** its description, JSON the engine does not read */
   meta: string | null
-  /** the message's bytes as they were on the bus */
-  frame: Buffer | null
 }
 
 /** A dead letter being moved in from the old list layout. */
@@ -150,13 +160,14 @@ export interface DeadLetterStore {
   /** Adds a letter as the newest and drops the oldest past `max` (at most LETTER_TRIM_MAX); returns how many it dropped. */
   add (letter: ImportedLetter, max: number): Promise<number>
   count (): Promise<number>
-  get (id: string): Promise<StoredLetter | undefined>
+  /** Its bytes only when they are at most `maxFrameBytes`, as in `page` and `frames`. */
+  get (id: string, maxFrameBytes: number): Promise<StoredLetter | undefined>
   /** Newest first, by position (0: the newest), with how many there are. */
-  page (offset: number, limit: number): Promise<{ total: number, letters: StoredLetter[] }>
+  page (offset: number, limit: number, maxFrameBytes: number): Promise<{ total: number, letters: StoredLetter[] }>
   /** Newest first, descriptions only: up to `count` letters whose sequence is below `before` (Infinity: from the newest). */
   scan (before: number, count: number): Promise<Array<{ id: string, seq: number, meta: string | null }>>
-  /** The bytes of these letters, in their order; null for one that is gone. */
-  frames (ids: readonly string[]): Promise<Array<Buffer | null>>
+  /** The bytes of these letters, in their order; for one that is gone, no frame and 0 bytes. */
+  frames (ids: readonly string[], maxFrameBytes: number): Promise<LetterBytes[]>
   /** true when it was there */
   remove (id: string): Promise<boolean>
   /** Appends its bytes to the consumer list and takes it out, in one step; false when it is gone or has no bytes. */

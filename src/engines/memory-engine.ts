@@ -1,7 +1,7 @@
 import { Errors } from '../errors.js'
 import {
   LETTER_TRIM_MAX, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type ImportedLetter,
-  type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
+  type LetterBytes, type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
 } from './engine.js'
 import { RankedList, type Ranked } from './ranked-list.js'
 
@@ -223,7 +223,9 @@ export class MemoryEngine implements Engine {
     const letters = this.#letters.get(base) ?? { seq: 0, byId: new Map(), order: new RankedList<Letter>() }
     this.#letters.set(base, letters)
     const { byId, order } = letters
-    const stored = ({ value: { id, meta, frame } }: Ranked<Letter>): StoredLetter => ({ id, meta, frame })
+    // As the scripts read them: bytes past the bound stay where they are, only their size goes out.
+    const bytes = (frame: Buffer, maxFrameBytes: number): LetterBytes => ({ frame: frame.byteLength <= maxFrameBytes ? frame : null, frameBytes: frame.byteLength })
+    const stored = ({ value: { id, meta, frame } }: Ranked<Letter>, maxFrameBytes: number): StoredLetter => ({ id, meta, ...bytes(frame, maxFrameBytes) })
     const forget = (item: Ranked<Letter>): void => {
       order.remove(item)
       byId.delete(item.value.id)
@@ -255,13 +257,13 @@ export class MemoryEngine implements Engine {
         return trim(max)
       },
       count: async () => order.size,
-      get: async (id) => {
+      get: async (id, maxFrameBytes) => {
         const item = byId.get(id)
-        return item === undefined ? undefined : stored(item)
+        return item === undefined ? undefined : stored(item, maxFrameBytes)
       },
-      page: async (offset, limit) => {
+      page: async (offset, limit, maxFrameBytes) => {
         const found: StoredLetter[] = []
-        for (let rank = order.size - 1 - offset; rank >= 0 && found.length < limit; rank--) found.push(stored(order.at(rank) as Ranked<Letter>))
+        for (let rank = order.size - 1 - offset; rank >= 0 && found.length < limit; rank--) found.push(stored(order.at(rank) as Ranked<Letter>, maxFrameBytes))
         return { total: order.size, letters: found }
       },
       scan: async (before, count) => {
@@ -272,7 +274,10 @@ export class MemoryEngine implements Engine {
         }
         return found
       },
-      frames: async (ids) => ids.map((id) => byId.get(id)?.value.frame ?? null),
+      frames: async (ids, maxFrameBytes) => ids.map((id) => {
+        const item = byId.get(id)
+        return item === undefined ? { frame: null, frameBytes: 0 } : bytes(item.value.frame, maxFrameBytes)
+      }),
       remove: async (id) => {
         const item = byId.get(id)
         if (item !== undefined) forget(item)

@@ -186,12 +186,35 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 return trim(tonumber(ARGV[4]))
 `
 
-// Newest first, ranks ARGV[1] to ARGV[2]: the total, the ids, their descriptions and bytes.
-const LETTER_PAGE_LUA = `
+// Reading letters: their sizes, and their bytes only up to a bound. A letter keeps whatever a
+// producer put on the bus, hundreds of MB if it likes; HSTRLEN is O(1), so one too large to
+// show never leaves Redis (a redelivery moves it inside a script). HSTRLEN is 0 for bytes that
+// are not there, and HGET tells those from empty ones.
+const LETTER_READ_LUA = `
+local function read (ids, max)
+  local sizes, frames = {}, {}
+  for i, id in ipairs(ids) do
+    sizes[i] = redis.call('HSTRLEN', KEYS[3], id)
+    frames[i] = sizes[i] <= max and redis.call('HGET', KEYS[3], id)
+  end
+  return sizes, frames
+end
+`
+
+// Newest first, ranks ARGV[1] to ARGV[2], bytes up to ARGV[3]: the total, the ids, their
+// descriptions, sizes and bytes.
+const LETTER_PAGE_LUA = LETTER_READ_LUA + `
 local total = redis.call('ZCARD', KEYS[1])
 local ids = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2])
-if #ids == 0 then return {total, {}, {}, {}} end
-return {total, ids, redis.call('HMGET', KEYS[2], unpack(ids)), redis.call('HMGET', KEYS[3], unpack(ids))}
+if #ids == 0 then return {total, {}, {}, {}, {}} end
+local sizes, frames = read(ids, tonumber(ARGV[3]))
+return {total, ids, redis.call('HMGET', KEYS[2], unpack(ids)), sizes, frames}
+`
+
+// ARGV: the bound, then the ids: their sizes and bytes.
+const LETTER_FRAMES_LUA = LETTER_READ_LUA + `
+local sizes, frames = read({unpack(ARGV, 2)}, tonumber(ARGV[1]))
+return {sizes, frames}
 `
 
 // Newest first, sequence below ARGV[1] (a ZRANGEBYSCORE bound), up to ARGV[2]: ids with their
@@ -204,9 +227,11 @@ for i = 1, #found, 2 do ids[#ids + 1] = found[i] end
 return {found, redis.call('HMGET', KEYS[2], unpack(ids))}
 `
 
-const LETTER_GET_LUA = `
+// ARGV: the id, the bound. Its description, size and bytes.
+const LETTER_GET_LUA = LETTER_READ_LUA + `
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
-return {redis.call('HGET', KEYS[2], ARGV[1]), redis.call('HGET', KEYS[3], ARGV[1])}
+local sizes, frames = read({ARGV[1]}, tonumber(ARGV[2]))
+return {redis.call('HGET', KEYS[2], ARGV[1]), sizes[1], frames[1]}
 `
 
 const LETTER_REMOVE_LUA = LETTERS_LUA + `
@@ -274,9 +299,10 @@ type LetterKeys = [ids: string, meta: string, frames: string]
 
 interface ScriptCommands {
   busgateLetterAdd: (...args: [...LetterKeys, seq: string, id: string, meta: string, frame: Buffer, max: number]) => Promise<number>
-  busgateLetterPageBuffer: (...args: [...LetterKeys, start: number, stop: number]) => Promise<[number, Buffer[], Array<Buffer | null>, Array<Buffer | null>]>
+  busgateLetterPageBuffer: (...args: [...LetterKeys, start: number, stop: number, maxFrameBytes: number]) => Promise<[number, Buffer[], Array<Buffer | null>, number[], Array<Buffer | null>]>
   busgateLetterScan: (ids: string, meta: string, before: string, count: number) => Promise<[string[], Array<string | null>]>
-  busgateLetterGetBuffer: (...args: [...LetterKeys, id: string]) => Promise<[Buffer | null, Buffer | null] | null>
+  busgateLetterFramesBuffer: (...args: [...LetterKeys, maxFrameBytes: number, ...ids: string[]]) => Promise<[number[], Array<Buffer | null>]>
+  busgateLetterGetBuffer: (...args: [...LetterKeys, id: string, maxFrameBytes: number]) => Promise<[Buffer | null, number, Buffer | null] | null>
   busgateLetterRemove: (...args: [...LetterKeys, id: string]) => Promise<number>
   busgateLetterRedeliver: (...args: [...LetterKeys, prodcons: string, id: string]) => Promise<number>
   busgateLetterRedeliverOldest: (...args: [...LetterKeys, prodcons: string, after: string, upto: string, count: number]) => Promise<[number, string]>
@@ -330,6 +356,7 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateLetterAdd', { numberOfKeys: 4, lua: LETTER_ADD_LUA })
     this.#commands.defineCommand('busgateLetterPage', { numberOfKeys: 3, lua: LETTER_PAGE_LUA })
     this.#commands.defineCommand('busgateLetterScan', { numberOfKeys: 2, lua: LETTER_SCAN_LUA })
+    this.#commands.defineCommand('busgateLetterFrames', { numberOfKeys: 3, lua: LETTER_FRAMES_LUA })
     this.#commands.defineCommand('busgateLetterGet', { numberOfKeys: 3, lua: LETTER_GET_LUA })
     this.#commands.defineCommand('busgateLetterRemove', { numberOfKeys: 3, lua: LETTER_REMOVE_LUA })
     this.#commands.defineCommand('busgateLetterRedeliver', { numberOfKeys: 4, lua: LETTER_REDELIVER_LUA })
@@ -552,20 +579,24 @@ export class RedisEngine implements Engine {
     return {
       add: async ({ id, meta, frame }, max) => await this.#call(() => this.#scripts.busgateLetterAdd(...keys, seqKey, id, meta, frame, max)),
       count: async () => await this.#call(() => this.#commands.zcard(keys[0])),
-      get: async (id) => {
-        const found = await this.#call(() => this.#scripts.busgateLetterGetBuffer(...keys, id))
-        return found === null ? undefined : { id, meta: text(found[0]), frame: found[1] }
+      get: async (id, maxFrameBytes) => {
+        const found = await this.#call(() => this.#scripts.busgateLetterGetBuffer(...keys, id, maxFrameBytes))
+        return found === null ? undefined : { id, meta: text(found[0]), frameBytes: found[1], frame: found[2] }
       },
-      page: async (offset, limit) => {
-        const [total, ids, metas, frames] = await this.#call(() => this.#scripts.busgateLetterPageBuffer(...keys, offset, offset + limit - 1))
-        const letters: StoredLetter[] = ids.map((id, i) => ({ id: id.toString('utf8'), meta: text(metas[i] ?? null), frame: frames[i] ?? null }))
+      page: async (offset, limit, maxFrameBytes) => {
+        const [total, ids, metas, sizes, frames] = await this.#call(() => this.#scripts.busgateLetterPageBuffer(...keys, offset, offset + limit - 1, maxFrameBytes))
+        const letters: StoredLetter[] = ids.map((id, i) => ({ id: id.toString('utf8'), meta: text(metas[i] ?? null), frame: frames[i] ?? null, frameBytes: sizes[i] ?? 0 }))
         return { total, letters }
       },
       scan: async (before, count) => {
         const [found, metas] = await this.#call(() => this.#scripts.busgateLetterScan(keys[0], keys[1], below(before), count))
         return metas.map((meta, i) => ({ id: found[2 * i] as string, seq: Number(found[2 * i + 1]), meta }))
       },
-      frames: async (ids) => (ids.length === 0 ? [] : await this.#call(() => this.#commands.hmgetBuffer(keys[2], ...ids))),
+      frames: async (ids, maxFrameBytes) => {
+        if (ids.length === 0) return []
+        const [sizes, frames] = await this.#call(() => this.#scripts.busgateLetterFramesBuffer(...keys, maxFrameBytes, ...ids))
+        return ids.map((_, i) => ({ frame: frames[i] ?? null, frameBytes: sizes[i] ?? 0 }))
+      },
       remove: async (id) => (await this.#call(() => this.#scripts.busgateLetterRemove(...keys, id))) === 1,
       redeliver: async (id) => (await this.#call(() => this.#scripts.busgateLetterRedeliver(...keys, prodconsKey, id))) === 1,
       redeliverOldest: async (after, upto, count) => {

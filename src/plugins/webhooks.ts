@@ -20,7 +20,7 @@ declare module 'fastify' {
  */
 export default fp<{ config: Config }>(async (app, { config }) => {
   const registry = new WebhookRegistry(app.engine.store, config.keyPrefix)
-  const deadLetters = new DeadLetters(app.engine, config.keyPrefix, config.deadLetterMax, app.log)
+  const deadLetters = new DeadLetters(app.engine, config.keyPrefix, { max: config.deadLetterMax, maxFrameBytes: config.busMaxMessageBytes }, app.log)
   const { metrics } = app
   const outcomes = {
     delivered: metrics.webhookDeliveries.labels({ outcome: 'delivered' }),

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import { DEAD_LETTER_ID, DeadLetter, DeadLetterRecord } from '../../schemas/dead-letter.js'
+import { DEAD_LETTER_ID, DeadLetter, DeadLetterRecord, OldDeadLetter } from '../../schemas/dead-letter.js'
 import { BASE64 } from '../codec.js'
-import type { DeadLetterStore, Engine, ImportedLetter, StoredLetter } from '../engines/engine.js'
+import type { DeadLetterStore, Engine, ImportedLetter, LetterBytes, StoredLetter } from '../engines/engine.js'
 import { storedRecordCheck } from '../validation.js'
 
 export type { DeadLetter, DeadLetterRecord }
@@ -17,7 +17,7 @@ export interface DeadLetterFilter {
 
 const isRecord = storedRecordCheck(DeadLetterRecord)
 // Older busgate versions kept whole letters, bytes in base64, in one list.
-const isOldLetter = storedRecordCheck(DeadLetter)
+const isOldLetter = storedRecordCheck(OldDeadLetter)
 const LETTER_ID = new RegExp(DEAD_LETTER_ID)
 
 /** Letters per step when redelivering all, filtering or migrating: no step holds Redis for long, or much memory here. */
@@ -34,8 +34,24 @@ function newLetterId (): string {
   return `dl_${randomBytes(12).toString('base64url')}`
 }
 
-function toLetter (id: string, record: DeadLetterRecord, frame: Buffer): DeadLetter {
-  return { id, ...record, frame: frame.toString('base64') }
+// No bytes at all (a hand edit) is no letter; bytes past the bound are one, shown by its size.
+function hasBytes ({ frame, frameBytes }: LetterBytes): boolean {
+  return frame !== null || frameBytes > 0
+}
+
+function toLetter (id: string, record: DeadLetterRecord, { frame, frameBytes }: LetterBytes): DeadLetter {
+  return { id, ...record, frame: frame === null ? null : frame.toString('base64'), frame_bytes: frameBytes }
+}
+
+/** How many letters are kept, and the most bytes of one letter a read brings into the gateway. */
+export interface DeadLetterLimits {
+  /** BUSGATE_DEAD_LETTER_MAX */
+  max: number
+  /**
+   * BUSGATE_BUS_MAX_MESSAGE_BYTES: a letter keeps its message's bytes whatever their size (a
+   * producer chooses it); past this one is shown without them, and its bytes stay in the engine.
+   */
+  maxFrameBytes: number
 }
 
 /**
@@ -49,7 +65,7 @@ export class DeadLetters {
   readonly #oldKey: string
   readonly #reported = new Set<string>()
 
-  constructor (private readonly engine: Pick<Engine, 'store' | 'deadLetterStore'>, keyPrefix: string, private readonly max: number,
+  constructor (private readonly engine: Pick<Engine, 'store' | 'deadLetterStore'>, keyPrefix: string, private readonly limits: DeadLetterLimits,
     private readonly log?: FastifyBaseLogger) {
     this.#oldKey = `${keyPrefix}dead-letters`
     this.#store = engine.deadLetterStore(this.#oldKey)
@@ -58,7 +74,7 @@ export class DeadLetters {
   /** Adds one as the newest; returns how many of the oldest it pushed out (the bound). */
   async add ({ frame, ...letter }: NewDeadLetter): Promise<number> {
     const record: DeadLetterRecord = { ...letter, dead_at: new Date().toISOString() }
-    return await this.#store.add({ id: newLetterId(), meta: JSON.stringify(record), frame }, this.max)
+    return await this.#store.add({ id: newLetterId(), meta: JSON.stringify(record), frame }, this.limits.max)
   }
 
   /**
@@ -80,7 +96,7 @@ export class DeadLetters {
         first_seen: now,
         dead_at: now
       }
-      const adopted = await this.#store.adoptHeld(listKey, { id: newLetterId(), meta: JSON.stringify(record) }, this.max)
+      const adopted = await this.#store.adoptHeld(listKey, { id: newLetterId(), meta: JSON.stringify(record) }, this.limits.max)
       if (adopted === null) return dropped
       dropped.push(adopted.dropped)
     }
@@ -92,7 +108,7 @@ export class DeadLetters {
    */
   async list (offset: number, limit: number, filter: DeadLetterFilter = {}): Promise<{ deadLetters: DeadLetter[], total: number }> {
     if (filter.reason === undefined && filter.event_name === undefined) {
-      const { total, letters } = await this.#store.page(offset, limit)
+      const { total, letters } = await this.#store.page(offset, limit, this.limits.maxFrameBytes)
       return { deadLetters: letters.flatMap((stored) => this.#read(stored) ?? []), total }
     }
     const found: Array<{ id: string, record: DeadLetterRecord }> = []
@@ -110,10 +126,10 @@ export class DeadLetters {
       before = last.seq
     }
     // A letter redelivered or deleted since it was read is left out.
-    const frames = await this.#store.frames(found.map(({ id }) => id))
+    const frames = await this.#store.frames(found.map(({ id }) => id), this.limits.maxFrameBytes)
     const deadLetters = found.flatMap(({ id, record }, i) => {
-      const frame = frames[i]
-      return frame === null || frame === undefined ? [] : [toLetter(id, record, frame)]
+      const bytes = frames[i]
+      return bytes === undefined || !hasBytes(bytes) ? [] : [toLetter(id, record, bytes)]
     })
     return { deadLetters, total }
   }
@@ -123,7 +139,7 @@ export class DeadLetters {
   }
 
   async get (id: string): Promise<DeadLetter | undefined> {
-    const stored = await this.#store.get(id)
+    const stored = await this.#store.get(id, this.limits.maxFrameBytes)
     return stored === undefined ? undefined : this.#read(stored)
   }
 
@@ -166,7 +182,7 @@ export class DeadLetters {
       const tail = await this.engine.store.listRange(this.#oldKey, -CHUNK, -1)
       if (tail.length === 0) return moved
       const letters = tail.map((raw) => this.#fromOld(raw))
-      if (await this.#store.importTail(this.#oldKey, tail, letters, this.max)) {
+      if (await this.#store.importTail(this.#oldKey, tail, letters, this.limits.max)) {
         misses = 0
         moved += letters.filter((l) => l !== null).length
         const unreadable = letters.filter((l) => l === null).length
@@ -190,14 +206,14 @@ export class DeadLetters {
     return { id, meta: JSON.stringify(record), frame: Buffer.from(frame, 'base64') }
   }
 
-  #read ({ id, meta, frame }: StoredLetter): DeadLetter | undefined {
+  #read ({ id, meta, ...bytes }: StoredLetter): DeadLetter | undefined {
     const record = this.#record(id, meta)
     if (record === undefined) return undefined
-    if (frame === null) {
+    if (!hasBytes(bytes)) {
       this.#report(id, 'it has no bytes')
       return undefined
     }
-    return toLetter(id, record, frame)
+    return toLetter(id, record, bytes)
   }
 
   #record (id: string, meta: string | null): DeadLetterRecord | undefined {

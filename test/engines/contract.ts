@@ -351,6 +351,8 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await engine.store.exists(key), true)
   })
 
+  // A bound no letter of these tests reaches.
+  const ANY_SIZE = 1024 * 1024
   const letter = (n: number, bytes = frame(`bytes ${n}`)): ImportedLetter => ({ id: `dl_${String(n).padStart(16, '0')}`, meta: `{"n":${n}}`, frame: bytes })
   const drain = async (engine: Engine, t: Test): Promise<string[]> => {
     const consumer = engine.consumer(`test.processing.${randomUUID()}`)
@@ -363,31 +365,31 @@ export function engineContract (t: Test, make: EngineFactory): void {
   t.test('dead letters: added newest first, read by id and by page, bounded, removed', async (t) => {
     const engine = await fresh(t)
     const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
-    t.same(await letters.page(0, 10), { total: 0, letters: [] })
+    t.same(await letters.page(0, 10, ANY_SIZE), { total: 0, letters: [] })
     t.equal(await letters.newest(), 0)
     const raw = Buffer.from([0x00, 0xff, 0xc1, 0x0a])
     for (let n = 1; n <= 5; n++) t.equal(await letters.add(letter(n, n === 3 ? raw : undefined), 4), n === 5 ? 1 : 0, `add ${n}: drops past the bound`)
     t.equal(await letters.count(), 4)
-    t.same(await letters.get(letter(3).id), { id: letter(3).id, meta: '{"n":3}', frame: raw }, 'bytes kept as bytes')
-    t.equal(await letters.get(letter(1).id), undefined, 'the oldest went')
-    const page = await letters.page(1, 2)
+    t.same(await letters.get(letter(3).id, ANY_SIZE), { id: letter(3).id, meta: '{"n":3}', frame: raw, frameBytes: 4 }, 'bytes kept as bytes')
+    t.equal(await letters.get(letter(1).id, ANY_SIZE), undefined, 'the oldest went')
+    const page = await letters.page(1, 2, ANY_SIZE)
     t.equal(page.total, 4)
     t.same(page.letters.map((l) => l.id), [letter(4).id, letter(3).id], 'newest first, from the offset')
-    t.same((await letters.page(3, 10)).letters.map((l) => l.id), [letter(2).id])
-    t.same((await letters.page(4, 10)).letters, [])
+    t.same((await letters.page(3, 10, ANY_SIZE)).letters.map((l) => l.id), [letter(2).id])
+    t.same((await letters.page(4, 10, ANY_SIZE)).letters, [])
     const newest = await letters.newest()
     const scanned = await letters.scan(Infinity, 3)
     t.same(scanned.map((l) => [l.id, l.meta]), [[letter(5).id, '{"n":5}'], [letter(4).id, '{"n":4}'], [letter(3).id, '{"n":3}']])
     t.equal(scanned[0]!.seq, newest, 'the newest sequence')
     t.ok(scanned[0]!.seq > scanned[1]!.seq && scanned[1]!.seq > scanned[2]!.seq, 'sequences fall, newest first')
     t.same((await letters.scan(scanned[2]!.seq, 3)).map((l) => l.id), [letter(2).id], 'a scan goes on below the last one seen')
-    t.same(await letters.frames([letter(4).id, 'dl_none', letter(3).id]), [frame('bytes 4'), null, raw])
-    t.same(await letters.frames([]), [])
+    t.same(await letters.frames([letter(4).id, 'dl_none', letter(3).id], ANY_SIZE), [{ frame: frame('bytes 4'), frameBytes: 7 }, { frame: null, frameBytes: 0 }, { frame: raw, frameBytes: 4 }])
+    t.same(await letters.frames([], ANY_SIZE), [])
     t.equal(await letters.remove(letter(4).id), true)
     t.equal(await letters.remove(letter(4).id), false)
-    t.equal(await letters.get(letter(4).id), undefined)
-    t.same((await letters.page(0, 10)).letters.map((l) => l.id), [letter(5).id, letter(3).id, letter(2).id])
-    t.same((await engine.deadLetterStore(`test.letters.${randomUUID()}`).page(0, 10)).total, 0, 'each base its own')
+    t.equal(await letters.get(letter(4).id, ANY_SIZE), undefined)
+    t.same((await letters.page(0, 10, ANY_SIZE)).letters.map((l) => l.id), [letter(5).id, letter(3).id, letter(2).id])
+    t.same((await engine.deadLetterStore(`test.letters.${randomUUID()}`).page(0, 10, ANY_SIZE)).total, 0, 'each base its own')
   })
 
   t.test('dead letters: one lowered bound is caught up with over several adds', async (t) => {
@@ -397,7 +399,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await letters.add(letter(1_000_001), 10), LETTER_TRIM_MAX, 'no more than LETTER_TRIM_MAX at once')
     t.equal(await letters.count(), 21)
     t.equal(await letters.add(letter(1_000_002), 10), 12)
-    t.same((await letters.page(0, 100)).letters.map((l) => l.id).slice(0, 2), [letter(1_000_002).id, letter(1_000_001).id])
+    t.same((await letters.page(0, 100, ANY_SIZE)).letters.map((l) => l.id).slice(0, 2), [letter(1_000_002).id, letter(1_000_001).id])
     t.equal(await letters.count(), 10)
   })
 
@@ -423,7 +425,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
       }
     }))
     t.equal(runs.reduce((a, b) => a + b, 0), 1199, 'each moved once between them')
-    t.same((await letters.page(0, 10)).letters.map((l) => l.id), [letter(5000).id], 'the one added after `upto` stays')
+    t.same((await letters.page(0, 10, ANY_SIZE)).letters.map((l) => l.id), [letter(5000).id], 'the one added after `upto` stays')
     const queued = await drain(engine, t)
     t.equal(queued.length, 1201)
     t.same(queued.slice(0, 2), ['queued before', 'bytes 7'], 'after what was queued')
@@ -451,7 +453,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await letters.importTail(old, ['o5', 'o4', 'o3'], [letter(5), null, letter(100)], 2), true, 'an id already kept is not added again')
     t.equal(await engine.store.exists(old), false, 'the emptied list is gone')
     t.same(await engine.store.listRange(`${base}:unreadable`, 0, -1), ['o4'], 'a value holding no letter is kept aside')
-    t.same((await letters.page(0, 10)).letters.map((l) => l.id), [letter(5).id, letter(2).id], 'in after what was there, oldest first; the bound holds')
+    t.same((await letters.page(0, 10, ANY_SIZE)).letters.map((l) => l.id), [letter(5).id, letter(2).id], 'in after what was there, oldest first; the bound holds')
     t.equal(await letters.importTail(`${base}.none`, ['x'], [letter(8)], 100), false)
   })
 
@@ -472,9 +474,41 @@ export function engineContract (t: Test, make: EngineFactory): void {
     const letters = engine.deadLetterStore(`test.letters.${id}`)
     t.same(await letters.adoptHeld(oversized.key, { id: 'dl_0000000000000001', meta: '{"reason":"too_large"}' }, 100), { bytes: 5000, dropped: 0 })
     t.same(await letters.adoptHeld(oversized.key, { id: 'dl_0000000000000002', meta: '{}' }, 100), null, 'then the list is empty')
-    const kept = await letters.get('dl_0000000000000001')
+    const kept = await letters.get('dl_0000000000000001', 2 ** 20)
     t.ok(kept?.frame?.equals(huge), 'its bytes intact')
     t.equal(kept?.meta, '{"reason":"too_large"}')
+  })
+
+  t.test('dead letters: bytes past the bound a reader gives stay in the engine, their size read; redelivered whole', async (t) => {
+    const engine = await fresh(t)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const large = Buffer.from(Array.from({ length: 5000 }, (_, i) => i % 251))
+    const empty = Buffer.alloc(0)
+    await letters.add(letter(1), 100)
+    await letters.add(letter(2, large), 100)
+    await letters.add(letter(3, empty), 100)
+    const bound = 4096
+    t.same(await letters.get(letter(2).id, bound), { id: letter(2).id, meta: '{"n":2}', frame: null, frameBytes: 5000 }, 'its size, not its bytes')
+    t.same(await letters.get(letter(2).id, 5000), { id: letter(2).id, meta: '{"n":2}', frame: large, frameBytes: 5000 }, 'the bound is the most bytes read')
+    t.same(await letters.get(letter(3).id, bound), { id: letter(3).id, meta: '{"n":3}', frame: empty, frameBytes: 0 }, 'no bytes to read is not none kept')
+    t.same(await letters.page(0, 10, bound), {
+      total: 3,
+      letters: [
+        { id: letter(3).id, meta: '{"n":3}', frame: empty, frameBytes: 0 },
+        { id: letter(2).id, meta: '{"n":2}', frame: null, frameBytes: 5000 },
+        { id: letter(1).id, meta: '{"n":1}', frame: frame('bytes 1'), frameBytes: 7 }
+      ]
+    }, 'a page the same way')
+    t.same(await letters.frames([letter(1).id, letter(2).id, 'dl_none', letter(3).id], bound), [
+      { frame: frame('bytes 1'), frameBytes: 7 }, { frame: null, frameBytes: 5000 }, { frame: null, frameBytes: 0 }, { frame: empty, frameBytes: 0 }
+    ], 'and the bytes of a filtered page')
+    t.equal(await letters.redeliver(letter(2).id), true)
+    const consumer = engine.consumer(`test.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    const queued = await consumer.claim(100, { max: 10 })
+    t.equal(queued.length, 1)
+    t.ok(queued[0]?.equals(large), 'the bytes too large to read went back whole')
+    t.equal(await letters.get(letter(2).id, bound), undefined)
   })
 
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
