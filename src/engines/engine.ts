@@ -147,6 +147,13 @@ export interface ImportedLetter {
   frame: Buffer
 }
 
+/**
+ * Most bytes of letters one read (a page, the bytes of a filtered page) brings into the gateway,
+ * or `maxFrameBytes` if that is more: a thousand letters of a megabyte each would make a JSON
+ * answer past V8's longest string. Letters past it are shown by their size, as ones too large.
+ */
+export const READ_FRAME_BUDGET = 16 * 1024 * 1024
+
 /** Most of the oldest letters one add drops: a lowered BUSGATE_DEAD_LETTER_MAX is caught up with over several adds, not in one long step. */
 export const LETTER_TRIM_MAX = 1000
 

@@ -1,6 +1,6 @@
 import { Errors } from '../errors.js'
 import {
-  LETTER_TRIM_MAX, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type ImportedLetter,
+  LETTER_TRIM_MAX, READ_FRAME_BUDGET, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type ImportedLetter,
   type LetterBytes, type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
 } from './engine.js'
 import { RankedList, type Ranked } from './ranked-list.js'
@@ -223,9 +223,17 @@ export class MemoryEngine implements Engine {
     const letters = this.#letters.get(base) ?? { seq: 0, byId: new Map(), order: new RankedList<Letter>() }
     this.#letters.set(base, letters)
     const { byId, order } = letters
-    // As the scripts read them: bytes past the bound stay where they are, only their size goes out.
-    const bytes = (frame: Buffer, maxFrameBytes: number): LetterBytes => ({ frame: frame.byteLength <= maxFrameBytes ? frame : null, frameBytes: frame.byteLength })
-    const stored = ({ value: { id, meta, frame } }: Ranked<Letter>, maxFrameBytes: number): StoredLetter => ({ id, meta, ...bytes(frame, maxFrameBytes) })
+    // As the scripts read them: bytes past the bound, or past what one read brings in, stay where
+    // they are; only their size goes out.
+    const reader = (maxFrameBytes: number): (frame: Buffer) => LetterBytes => {
+      let budget = Math.max(maxFrameBytes, READ_FRAME_BUDGET)
+      return (frame) => {
+        const shown = frame.byteLength <= maxFrameBytes && frame.byteLength <= budget
+        if (shown) budget -= frame.byteLength
+        return { frame: shown ? frame : null, frameBytes: frame.byteLength }
+      }
+    }
+    const stored = ({ value: { id, meta, frame } }: Ranked<Letter>, read: (frame: Buffer) => LetterBytes): StoredLetter => ({ id, meta, ...read(frame) })
     const forget = (item: Ranked<Letter>): void => {
       order.remove(item)
       byId.delete(item.value.id)
@@ -259,11 +267,12 @@ export class MemoryEngine implements Engine {
       count: async () => order.size,
       get: async (id, maxFrameBytes) => {
         const item = byId.get(id)
-        return item === undefined ? undefined : stored(item, maxFrameBytes)
+        return item === undefined ? undefined : stored(item, reader(maxFrameBytes))
       },
       page: async (offset, limit, maxFrameBytes) => {
         const found: StoredLetter[] = []
-        for (let rank = order.size - 1 - offset; rank >= 0 && found.length < limit; rank--) found.push(stored(order.at(rank) as Ranked<Letter>, maxFrameBytes))
+        const read = reader(maxFrameBytes)
+        for (let rank = order.size - 1 - offset; rank >= 0 && found.length < limit; rank--) found.push(stored(order.at(rank) as Ranked<Letter>, read))
         return { total: order.size, letters: found }
       },
       scan: async (before, count) => {
@@ -274,10 +283,13 @@ export class MemoryEngine implements Engine {
         }
         return found
       },
-      frames: async (ids, maxFrameBytes) => ids.map((id) => {
-        const item = byId.get(id)
-        return item === undefined ? { frame: null, frameBytes: 0 } : bytes(item.value.frame, maxFrameBytes)
-      }),
+      frames: async (ids, maxFrameBytes) => {
+        const read = reader(maxFrameBytes)
+        return ids.map((id) => {
+          const item = byId.get(id)
+          return item === undefined ? { frame: null, frameBytes: 0 } : read(item.value.frame)
+        })
+      },
       remove: async (id) => {
         const item = byId.get(id)
         if (item !== undefined) forget(item)

@@ -5,7 +5,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { describeRedis, type RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
 import {
-  LETTER_TRIM_MAX, MAX_FRAMES_PER_PRODUCE, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState,
+  LETTER_TRIM_MAX, MAX_FRAMES_PER_PRODUCE, READ_FRAME_BUDGET, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState,
   type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
 } from './engine.js'
 
@@ -192,10 +192,11 @@ return trim(tonumber(ARGV[4]))
 // are not there, and HGET tells those from empty ones.
 const LETTER_READ_LUA = `
 local function read (ids, max)
-  local sizes, frames = {}, {}
+  local sizes, frames, budget = {}, {}, math.max(max, ${READ_FRAME_BUDGET})
   for i, id in ipairs(ids) do
     sizes[i] = redis.call('HSTRLEN', KEYS[3], id)
-    frames[i] = sizes[i] <= max and redis.call('HGET', KEYS[3], id)
+    frames[i] = sizes[i] <= max and sizes[i] <= budget and redis.call('HGET', KEYS[3], id)
+    if frames[i] then budget = budget - sizes[i] end
   end
   return sizes, frames
 end

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Test } from 'tap'
-import { LETTER_TRIM_MAX, type Engine, type ImportedLetter } from '../../src/engines/engine.js'
+import { LETTER_TRIM_MAX, READ_FRAME_BUDGET, type Engine, type ImportedLetter } from '../../src/engines/engine.js'
 import { isUnavailable } from '../../src/errors.js'
 import { claimOne } from '../helpers/bus.js'
 
@@ -509,6 +509,21 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(queued.length, 1)
     t.ok(queued[0]?.equals(large), 'the bytes too large to read went back whole')
     t.equal(await letters.get(letter(2).id, bound), undefined)
+  })
+
+  t.test('dead letters: one read brings in at most READ_FRAME_BUDGET of bytes; the rest are shown by their size', async (t) => {
+    const engine = await fresh(t)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const mb = Buffer.alloc(2 ** 20, 1)
+    const count = READ_FRAME_BUDGET / mb.byteLength + 4
+    for (let n = 1; n <= count; n++) await letters.add(letter(n, mb), 1000)
+    const { letters: page } = await letters.page(0, 100, 2 * mb.byteLength)
+    t.equal(page.length, count)
+    t.equal(page.filter((l) => l.frame !== null).length, READ_FRAME_BUDGET / mb.byteLength, 'as many as the budget holds')
+    t.ok(page.every((l) => l.frameBytes === mb.byteLength), 'every size told')
+    t.ok((await letters.get(page[count - 1]!.id, 2 * mb.byteLength))?.frame?.equals(mb), 'one read by id brings its own bytes')
+    const bytes = await letters.frames(page.map((l) => l.id), 2 * mb.byteLength)
+    t.equal(bytes.filter((b) => b.frame !== null).length, READ_FRAME_BUDGET / mb.byteLength, 'the bytes of a filtered page alike')
   })
 
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
