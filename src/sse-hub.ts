@@ -11,7 +11,7 @@ import { RingBuffer } from './ring-buffer.js'
 export const CONTROL_PREFIX = 'busgate.'
 export const GAP_EVENT = `${CONTROL_PREFIX}gap`
 
-export type GapReason = 'unknown_id' | 'too_old' | 'other_instance' | 'bus_reconnected'
+export type GapReason = 'unknown_id' | 'too_old' | 'other_instance' | 'bus_reconnected' | 'overloaded'
 
 export interface HubOptions {
   /** how long the subscription outlives the last stream, so that reconnects can resume */
@@ -95,19 +95,32 @@ interface Client {
   deferred: boolean
 }
 
+/** What one flush gives a group: the frames of a turn, with their size; joined once for a large group. */
+interface Chunk {
+  frames: Buffer[]
+  bytes: number
+  joined?: Buffer
+}
+
 interface FilterGroup {
   filter: Filter
   clients: Set<Client>
   /** frames of this turn of the event loop, written together when it ends */
   burst: Buffer[]
+  burstBytes: number
   /** chunks written to the clients that kept up, kept for those behind; oldest first */
-  backlog: Buffer[]
+  backlog: Chunk[]
   /** the index of backlog[0] among every chunk the group has had */
   backlogStart: number
   /** bytes of every chunk the group has had */
   totalBytes: number
   /** clients behind */
   lagging: number
+}
+
+/** A gap to tell the streams of, in its place among the messages still to be delivered. */
+interface PendingGap {
+  gap: Buffer
 }
 
 /** A stream the caller writes to itself (a view other than the bus events), after `open`. */
@@ -131,22 +144,40 @@ export interface BusListener {
 }
 
 const HEARTBEAT = Buffer.from(':\n\n')
-/** most bytes one catch-up write gathers: a client far behind is fed in pieces, as its socket drains */
-const CATCH_UP_BYTES = 256 * 1024
 /**
- * What the streams' writes may cost in one turn of the event loop, in bytes, a write counting
- * WRITE_COST more (its system call). A socket whose client does not read still takes megabytes
- * into the kernel before it pushes back: a burst to thousands of them would be gigabytes copied
- * in one go, while /healthz and the produce routes wait. What the budget does not cover goes
- * out in the next turns, in order.
+ * Most bytes one write to a stream gathers: a client far behind is fed in pieces, as its socket
+ * drains, and one that stops reading holds no more than this (and the socket's own 16 KiB).
  */
-const TURN_BUDGET = 8 * 1024 * 1024
-const WRITE_COST = 4096
+const WRITE_BYTES = 128 * 1024
+/** Bursts are kept in chunks of about this size, so a write can take a few of them and stop. */
+const CHUNK_BYTES = 32 * 1024
 /**
- * A client behind because the budget ran out, not because its socket pushes back, is not slow:
- * it is cut only this many times further behind than BUSGATE_SSE_MAX_BUFFER_BYTES.
+ * How long the hub works in one turn of the event loop (decoding, matching filters, writing)
+ * before it lets the rest of the gateway run, and goes on in the next turn. A burst of heavy
+ * messages, or writes to thousands of sockets whose clients do not read (each still takes
+ * megabytes into the kernel before it pushes back), would otherwise hold /healthz, the produce
+ * routes and the bus itself for seconds.
+ */
+const SLICE_MS = 8
+/**
+ * A client behind because the hub ran out of time for it, not because its socket pushes back,
+ * is not slow: it is cut only this many times further behind than BUSGATE_SSE_MAX_BUFFER_BYTES.
  */
 const DEFERRED_SLACK = 16
+/**
+ * Most bytes of messages heard and not yet decoded. Past it the hub cannot keep up with the
+ * channel: what waits is not decoded for the streams (it stays in the history, raw), and they
+ * are told with a gap event (`overloaded`), rather than the backlog growing without bound.
+ */
+const PENDING_MAX_BYTES = 16 * 1024 * 1024
+/**
+ * Groups of this many clients or more write one joined copy of each chunk to every client that
+ * keeps up. Backlogs hold the frames themselves (shared with the history and every other group):
+ * many filters, or many clients behind, do not mean many copies.
+ */
+const JOIN_MIN = 4
+/** Event names and agent ids whose matching groups are remembered: a producer may send any number of them. */
+const MATCH_CACHE_MAX = 1024
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
   const names = eventNames === undefined || eventNames === '*' ? undefined : globList(eventNames)
@@ -169,15 +200,20 @@ function unsafeName (name: string): string | undefined {
  * Fans the broadcast channel out to SSE clients: one subscription per process, each message
  * decoded, mapped to JSON and framed once, and the same bytes written to every client whose
  * filter matches. Keeps a bounded history for resumes. A client whose unsent bytes pass the
- * bound is cut off, so a slow reader never holds memory or delays the others.
+ * bound is cut off, so a slow reader never holds memory or delays the others. Its work is done
+ * in slices of SLICE_MS a turn, so no burst, heavy message or crowd of streams holds the process.
  */
 export class SseHub {
   /** Distinguishes this process's ids from any other's: an id of another instance cannot resume here. */
   readonly instance = randomBytes(4).toString('hex')
   #seq = 0
+  /** the newest seq delivered to the streams (decoded, matched, queued); later ones are pending */
+  #deliveredSeq = 0
   readonly #history: RingBuffer<HistoryEntry>
   #historyBytes = 0
   readonly #groups = new Map<string, FilterGroup>()
+  /** which groups take an event of this name and agent: the filters are tested once per pair */
+  readonly #matching = new Map<string, FilterGroup[]>()
   #clientCount = 0
   #heartbeat: NodeJS.Timeout | undefined
   #subscription: Promise<() => Promise<void>> | undefined
@@ -197,12 +233,16 @@ export class SseHub {
   #malformedLogged = 0
   /** failures by kind, so that each kind is logged the first time and then once in a thousand */
   readonly #failures = new Map<string, number>()
+  /** heard, remembered, not yet delivered: messages in order, and gaps in their place */
+  #pending: Array<HistoryEntry | PendingGap> = []
+  #pendingHead = 0
+  #pendingBytes = 0
+  #processing: NodeJS.Immediate | undefined
   #sending = false
   #flushing: NodeJS.Immediate | undefined
-  /** what this turn's writes have cost (see TURN_BUDGET) */
-  #spent = 0
-  #budgetReset: NodeJS.Immediate | undefined
-  /** clients owed bytes that a turn's budget did not cover, in the order they were put off */
+  /** when the current slice of work ends (performance.now()) */
+  #sliceEnds = 0
+  /** clients owed bytes that a turn's slice did not cover, in the order they were put off */
   readonly #deferred = new Set<Client>()
   #serving: NodeJS.Immediate | undefined
 
@@ -257,12 +297,14 @@ export class SseHub {
       socket.end(this.#retryFrame)
       return undefined
     }
-    // What this turn heard goes out first: it is in the history, so a replay would repeat it.
+    // What was delivered and not yet written goes out first: it is in the history up to
+    // #deliveredSeq, so a replay would repeat it. What is still pending comes to this client live.
     this.#flush(true)
     let group = this.#groups.get(filter.key)
     if (group === undefined) {
-      group = { filter, clients: new Set(), burst: [], backlog: [], backlogStart: 0, totalBytes: 0, lagging: 0 }
+      group = { filter, clients: new Set(), burst: [], burstBytes: 0, backlog: [], backlogStart: 0, totalBytes: 0, lagging: 0 }
       this.#groups.set(filter.key, group)
+      this.#matching.clear()
     }
     const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, own: [], ownBytes: 0, waiting: false, deferred: false }
     group.clients.add(client)
@@ -376,11 +418,12 @@ export class SseHub {
       return
     }
     this.metrics.resume('hit')
-    if (seq === this.#seq) return
+    // What is still pending reaches this client live, like every other.
+    if (seq >= this.#deliveredSeq) return
     // Read from the history as the socket drains, however long: a resume costs nothing up front,
     // and live events wait in the group's backlog behind it.
     client.replayNext = seq + 1
-    client.replayLast = this.#seq
+    client.replayLast = this.#deliveredSeq
     if (client.behind < 0) this.#fallBehindNow(client)
     this.#catchUp(client)
   }
@@ -404,7 +447,10 @@ export class SseHub {
     client.own = []
     this.#clientCount--
     this.metrics.clients(this.#clientCount)
-    if (group.clients.size === 0) this.#groups.delete(group.filter.key)
+    if (group.clients.size === 0) {
+      this.#groups.delete(group.filter.key)
+      this.#matching.clear()
+    }
     this.#lingerIfIdle()
   }
 
@@ -431,6 +477,7 @@ export class SseHub {
     }
   }
 
+  /** Remembers a message and queues it for delivery: decoding waits for the hub's next slice. */
   #take (raw: Buffer): void {
     const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bytes: raw.byteLength }
     if (raw.byteLength > this.options.maxMessageBytes) {
@@ -439,15 +486,75 @@ export class SseHub {
       entry.bytes = 0
       this.#remember(entry)
       this.#malformed(raw, 'too_large', `${raw.byteLength} bytes, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${this.options.maxMessageBytes})`)
+      this.#delivered(entry.seq)
       return
     }
     if (this.#clientCount === 0 && this.#holds === 0) {
       // The subscriber's buffer may be shared with other messages: keep a copy of our own.
       entry.raw = Buffer.from(raw)
       this.#remember(entry)
+      this.#delivered(entry.seq)
       return
     }
     this.#remember(entry)
+    if (this.#pendingBytes + raw.byteLength > PENDING_MAX_BYTES) this.#overloaded()
+    this.#pending.push(entry)
+    this.#pendingBytes += raw.byteLength
+    this.#processing ??= setImmediate(() => this.#process())
+  }
+
+  /** An entry of this seq has been dealt with, and every one before it. */
+  #delivered (seq: number): void {
+    if (this.#pendingHead === this.#pending.length) this.#deliveredSeq = seq
+  }
+
+  /**
+   * The hub cannot keep up: what waits is left in the history undecoded (copied, so the
+   * subscriber's buffers go), and the streams are told, in its place, that events are missing.
+   */
+  #overloaded (): void {
+    let dropped = 0
+    for (let i = this.#pendingHead; i < this.#pending.length; i++) {
+      const item = this.#pending[i] as HistoryEntry | PendingGap
+      if ('gap' in item || item.raw === undefined) continue
+      item.raw = Buffer.from(item.raw)
+      dropped++
+    }
+    this.#pending = [{ gap: this.#gapFrame('overloaded', undefined) }]
+    this.#pendingHead = 0
+    this.#pendingBytes = 0
+    this.#failed('overloaded', new Error(`${dropped} messages heard faster than the hub decodes them were not streamed`))
+  }
+
+  /** Delivers what is pending, in order, for one slice of the turn; the rest in the next turns. */
+  #process (): void {
+    this.#processing = undefined
+    this.#beginSlice()
+    while (this.#pendingHead < this.#pending.length) {
+      if (this.#outOfTime()) {
+        this.#processing = setImmediate(() => this.#process())
+        return
+      }
+      const item = this.#pending[this.#pendingHead++] as HistoryEntry | PendingGap
+      try {
+        if ('gap' in item) {
+          this.#queueGap(item.gap)
+          continue
+        }
+        this.#pendingBytes -= item.raw?.byteLength ?? 0
+        this.#deliver(item)
+      } catch (err) {
+        this.#failed('deliver', err)
+      }
+    }
+    this.#pending = []
+    this.#pendingHead = 0
+    this.#pendingBytes = 0
+    this.#deliveredSeq = this.#seq
+  }
+
+  #deliver (entry: HistoryEntry): void {
+    this.#deliveredSeq = entry.seq
     const event = this.#frame(entry)
     this.#trim()
     if (event === undefined) return
@@ -459,44 +566,65 @@ export class SseHub {
         this.#failed('listener', err)
       }
     }
-
     let delivered = 0
-    for (const group of this.#groups.values()) {
-      if (group.clients.size === 0 || !group.filter.matches(event)) continue
+    for (const group of this.#groupsFor(event)) {
       this.#queue(group, frame)
       delivered += group.clients.size
     }
     if (delivered > 0) this.metrics.delivered(delivered)
   }
 
+  /** The groups whose filter takes this event: tested once per name and agent while the groups stay the same. */
+  #groupsFor (event: Filterable): FilterGroup[] {
+    const key = `${event.event_name}\u0000${event.agent_id}`
+    let found = this.#matching.get(key)
+    if (found === undefined) {
+      found = []
+      for (const group of this.#groups.values()) if (group.clients.size > 0 && group.filter.matches(event)) found.push(group)
+      if (this.#matching.size >= MATCH_CACHE_MAX) this.#matching.clear()
+      this.#matching.set(key, found)
+    }
+    return found
+  }
+
+  /** Streams of bus events get a gap event after what they were sent before it; the others' owners learn of it from the listeners. */
+  #queueGap (gap: Buffer): void {
+    for (const group of this.#groups.values()) {
+      if (group.filter !== NO_EVENTS && group.clients.size > 0) this.#queue(group, gap)
+    }
+  }
+
   /** Adds a frame to what the group's clients get at the end of this turn of the event loop. */
   #queue (group: FilterGroup, frame: Buffer): void {
     group.burst.push(frame)
+    group.burstBytes += frame.byteLength
     this.#flushing ??= setImmediate(() => this.#flush(false))
   }
 
   /**
    * Writes each group's frames of this turn as one chunk: a burst of events costs one write per
-   * client, not one per event and client. The chunk is the same bytes for the whole group. A
-   * group the turn's budget does not reach keeps its frames for the next turn, unless `all`
-   * (a stream about to attach must not find frames of the history still queued).
+   * client, not one per event and client, and the frames are the same bytes for the whole group
+   * (and every other group that takes them). A group the turn's slice does not reach keeps its
+   * frames for the next turn, unless `all` (a stream about to attach must not find frames of the
+   * history still queued).
    */
   #flush (all: boolean): void {
     if (this.#flushing === undefined) return
     clearImmediate(this.#flushing)
     this.#flushing = undefined
+    this.#beginSlice()
     for (const group of this.#groups.values()) {
       if (group.burst.length === 0) continue
-      if (!all && this.#spent >= TURN_BUDGET) {
+      if (!all && this.#outOfTime()) {
         this.#flushing ??= setImmediate(() => this.#flush(false))
         continue
       }
-      const chunk = group.burst.length === 1 ? group.burst[0] as Buffer : Buffer.concat(group.burst)
-      // Each group's chunk is a copy of its own: many groups that take the same events cost as much.
-      if (group.burst.length > 1) this.#charge(chunk.byteLength)
+      const frames = group.burst
+      const bytes = group.burstBytes
       group.burst = []
+      group.burstBytes = 0
       try {
-        this.#send(group, chunk)
+        this.#send(group, frames, bytes)
       } catch (err) {
         this.#failed('send', err)
       }
@@ -504,38 +632,43 @@ export class SseHub {
   }
 
   /**
-   * One chunk for every client of the group. It joins the backlog first, so a client that
-   * falls behind on it, or that this turn's budget does not reach, finds it there; what no
-   * client behind still needs is dropped once every client has been seen.
+   * A burst for every client of the group. It joins the backlog first, in chunks; then every
+   * client that keeps up is owed it like any other and caught up at once (in one write, as far as
+   * its socket takes it and the slice lasts); what no client behind still needs is dropped once
+   * every client has been seen.
    */
-  #send (group: FilterGroup, chunk: Buffer): void {
+  #send (group: FilterGroup, frames: Buffer[], bytes: number): void {
     const index = group.backlogStart + group.backlog.length
-    group.backlog.push(chunk)
-    group.totalBytes += chunk.byteLength
+    const join = group.clients.size >= JOIN_MIN
+    let chunk: Chunk = { frames: [], bytes: 0 }
+    for (const frame of frames) {
+      if (chunk.bytes > 0 && chunk.bytes + frame.byteLength > CHUNK_BYTES) {
+        group.backlog.push(sealChunk(chunk, join))
+        chunk = { frames: [], bytes: 0 }
+      }
+      chunk.frames.push(frame)
+      chunk.bytes += frame.byteLength
+    }
+    group.backlog.push(sealChunk(chunk, join))
+    group.totalBytes += bytes
+    const newest = frames[frames.length - 1]?.byteLength ?? 0
     this.#sending = true
     try {
       for (const client of group.clients) {
         if (client.behind >= 0) {
-          this.#tooFarBehind(client, chunk.byteLength)
+          this.#tooFarBehind(client, newest)
           continue
         }
-        const { socket } = client
-        if (socket.destroyed) continue
-        if (this.#spent >= TURN_BUDGET) {
-          this.#fallBehind(client, index, group.totalBytes - chunk.byteLength)
-          this.#defer(client)
-          continue
-        }
-        this.#charge(chunk.byteLength)
-        socket.write(chunk)
-        if (socket.writableNeedDrain) {
-          this.#fallBehind(client, index + 1, group.totalBytes)
-          this.#awaitDrain(client)
-        }
+        if (client.socket.destroyed) continue
+        this.#fallBehind(client, index, group.totalBytes - bytes)
+        if (this.#outOfTime()) this.#defer(client)
+        else this.#catchUp(client)
       }
     } finally {
       this.#sending = false
     }
+    // Those behind catch up from the frames; the joined copies live on only in sockets' writes.
+    for (let i = index - group.backlogStart; i < group.backlog.length; i++) delete (group.backlog[i] as Chunk).joined
     this.#trimBacklog(group)
   }
 
@@ -554,7 +687,7 @@ export class SseHub {
   /**
    * What a client is owed beyond its socket, a replay it asked for aside. The newest frame does
    * not count: one large frame never cuts off a client that reads. A client only waiting for
-   * the write budget is not slow: the gateway is, and it gets DEFERRED_SLACK times the room.
+   * the hub's next slice is not slow: the gateway is, and it gets DEFERRED_SLACK times the room.
    */
   #tooFarBehind (client: Client, newest: number): boolean {
     const lag = client.ownBytes + client.group.totalBytes - client.behindBytes
@@ -584,22 +717,26 @@ export class SseHub {
     this.#fallBehind(client, group.backlogStart + group.backlog.length, group.totalBytes)
   }
 
-  /** Counts work against this turn's budget, which the next turn finds full again. */
-  #charge (bytes: number): void {
-    this.#spent += bytes + WRITE_COST
-    this.#budgetReset ??= setImmediate(() => {
-      this.#budgetReset = undefined
-      this.#spent = 0
-    })
+  /**
+   * Decoding, flushing and serving the streams put off each get a slice of their own in a turn,
+   * so none of them starves the others. A socket that drains between them finds the slice
+   * over, and is served with the put-off ones.
+   */
+  #beginSlice (): void {
+    this.#sliceEnds = performance.now() + SLICE_MS
+  }
+
+  #outOfTime (): boolean {
+    return performance.now() > this.#sliceEnds
   }
 
   #defer (client: Client): void {
     if (client.deferred) return
     client.deferred = true
     this.#deferred.add(client)
-    // Runs after the budget's reset, which was scheduled first.
     this.#serving ??= setImmediate(() => {
       this.#serving = undefined
+      this.#beginSlice()
       const due = [...this.#deferred]
       this.#deferred.clear()
       for (const c of due) {
@@ -628,20 +765,22 @@ export class SseHub {
 
   /**
    * Writes what the client is owed, a piece at a time, while its socket takes it and the turn's
-   * budget lasts: the replay, then its own frames, then the backlog. All of it written and the
+   * slice lasts: the replay, then its own frames, then the backlog. All of it written and the
    * socket still taking more, it keeps up again.
    */
   #catchUp (client: Client): void {
     const { socket, group } = client
     if (!group.clients.has(client) || socket.destroyed) return
     while (!socket.writableNeedDrain) {
-      if (this.#spent >= TURN_BUDGET) {
+      if (this.#outOfTime()) {
         this.#defer(client)
         return
       }
       const parts: Buffer[] = []
       let bytes = 0
-      while (bytes < CATCH_UP_BYTES && client.replayNext >= 0 && this.#spent < TURN_BUDGET) {
+      // Framing what nobody watched is decoding: a resume whose filter matches little must not
+      // decode the whole history in one turn, so the slice is checked per entry.
+      while (bytes < WRITE_BYTES && client.replayNext >= 0 && !this.#outOfTime()) {
         if (client.replayNext > client.replayLast) {
           client.replayNext = -1
           break
@@ -652,9 +791,6 @@ export class SseHub {
           this.#cut(client, 'its replay fell out of the history')
           return
         }
-        // Framing what nobody watched costs a decoding: a resume whose filter matches little
-        // must not decode the whole history in one turn.
-        if (entry.raw !== undefined) this.#charge(entry.raw.byteLength)
         this.#frame(entry)
         if (entry.frame !== undefined && group.filter.matches(entry as Filterable)) {
           parts.push(entry.frame)
@@ -662,7 +798,7 @@ export class SseHub {
         }
       }
       this.#trim()
-      while (bytes < CATCH_UP_BYTES && client.own.length > 0) {
+      while (bytes < WRITE_BYTES && client.own.length > 0) {
         const frame = client.own.shift() as Buffer
         parts.push(frame)
         bytes += frame.byteLength
@@ -675,20 +811,20 @@ export class SseHub {
         return
       }
       const end = group.backlogStart + group.backlog.length
-      while (bytes < CATCH_UP_BYTES && client.behind < end) {
-        const chunk = group.backlog[client.behind - group.backlogStart] as Buffer
-        parts.push(chunk)
-        bytes += chunk.byteLength
+      while (bytes < WRITE_BYTES && client.behind < end) {
+        const chunk = group.backlog[client.behind - group.backlogStart] as Chunk
+        if (chunk.joined !== undefined) parts.push(chunk.joined)
+        else parts.push(...chunk.frames)
+        bytes += chunk.bytes
         client.behind++
-        client.behindBytes += chunk.byteLength
+        client.behindBytes += chunk.bytes
       }
       if (parts.length === 0) {
         if (client.replayNext >= 0) continue
         this.#catchUpDone(client)
         return
       }
-      this.#charge(bytes)
-      socket.write(parts.length === 1 ? parts[0] as Buffer : Buffer.concat(parts))
+      writeParts(socket, parts, bytes)
     }
     this.#awaitDrain(client)
   }
@@ -752,12 +888,9 @@ export class SseHub {
     // What was published while the subscription was down is not in the history either.
     this.#markBreak()
     this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
-    const gap = this.#gapFrame('bus_reconnected', undefined)
-    // Streams of bus events get the gap event, after what they were sent before it; the others'
-    // owners learn of it below.
-    for (const group of this.#groups.values()) {
-      if (group.filter !== NO_EVENTS && group.clients.size > 0) this.#queue(group, gap)
-    }
+    // In its place: after every message heard before it.
+    this.#pending.push({ gap: this.#gapFrame('bus_reconnected', undefined) })
+    this.#processing ??= setImmediate(() => this.#process())
     for (const listener of this.#listeners) listener.gap?.()
   }
 
@@ -828,4 +961,27 @@ export class SseHub {
     }
     await this.#unwatch()
   }
+}
+
+/**
+ * One write of at most WRITE_BYTES: all a socket that stops reading keeps. A few shared buffers
+ * (a large group's joined chunks) go as they are, in one writev; many small frames are copied
+ * into one buffer, which costs less than a queued entry per frame.
+ */
+function writeParts (socket: Socket, parts: readonly Buffer[], bytes: number): void {
+  if (parts.length === 1) {
+    socket.write(parts[0] as Buffer)
+  } else if (parts.length <= 16) {
+    socket.cork()
+    for (const part of parts) socket.write(part)
+    socket.uncork()
+  } else {
+    socket.write(Buffer.concat(parts, bytes))
+  }
+}
+
+/** A chunk as kept: a large group's joined once, for all its clients. */
+function sealChunk (chunk: Chunk, join: boolean): Chunk {
+  if (join && chunk.frames.length > 1) chunk.joined = Buffer.concat(chunk.frames, chunk.bytes)
+  return chunk
 }

@@ -101,7 +101,7 @@ t.test('a frame larger than BUSGATE_SSE_MAX_BUFFER_BYTES, then another event, cu
 })
 
 t.test('clients that stop reading cost a bounded share each, are cut off, and never stall the gateway', async (t) => {
-  const bound = 64 * 1024
+  const bound = 256 * 1024
   const { app, base, names, metrics } = await gateway(t, { sseMaxBufferBytes: bound })
   const reader = await openStream(`${base}/events/stream`)
   t.teardown(() => reader.close())
@@ -190,4 +190,92 @@ t.test('a resume that never reads costs no copy of the history, and is cut once 
   for (let i = 0; i < 20; i++) await publish(10, 2000) // 400 KB live: past the 32 KB bound for each of them
   await until(() => app.hub.clientCount === 0, 10_000)
   t.equal(app.hub.clientCount, 0, 'cut off once they fell behind the live events')
+})
+
+/** A valid event that takes tens of milliseconds to decode: one map of many keys. */
+function heavyEvent (i: number): Buffer {
+  return Buffer.from(encode({ event_name: 'heavy', agent_id: 'a', args: [i, Object.fromEntries(Array.from({ length: 20_000 }, (_, k) => [`key${k}`, k]))] }))
+}
+
+/** The slowest /healthz answer while `work` runs, probing every 20 ms. */
+async function slowestHealth (base: string, work: () => Promise<void>): Promise<number> {
+  let slowest = 0
+  const probing = { on: true }
+  const probe = (async () => {
+    while (probing.on) {
+      slowest = Math.max(slowest, await healthMs(base))
+      await sleep(20)
+    }
+  })()
+  await work()
+  probing.on = false
+  await probe
+  return slowest
+}
+
+t.test('heavy messages are decoded a slice at a time: a burst of them, live or replayed, never holds the gateway', async (t) => {
+  const { app, base, names } = await gateway(t)
+  const first = await openStream(`${base}/events/stream`)
+  const publisher = redis.connect()
+  await publisher.publish(names.pubsubChannel, Buffer.from(encode({ event_name: 'start', agent_id: 'a', args: [] })))
+  const oldest = (await first.waitFor(1))[0]!.id!
+  first.close()
+  await until(() => app.hub.clientCount === 0)
+  const heavy = Array.from({ length: 60 }, (_, i) => heavyEvent(i))
+  const pipeline = publisher.pipeline()
+  for (const bytes of heavy) pipeline.publish(names.pubsubChannel, bytes)
+  await pipeline.exec()
+  await sleep(300)
+
+  // A resume whose filter takes none of them: nothing is written, everything must be decoded.
+  const replaySlowest = await slowestHealth(base, async () => {
+    const resumed = await openStream(`${base}/events/stream?event_name=nothing_matches`, { 'last-event-id': oldest })
+    t.teardown(() => resumed.close())
+    await sleep(2500)
+  })
+  t.ok(replaySlowest < 500, `/healthz within ${replaySlowest.toFixed(0)} ms while a resume decodes 60 heavy messages`)
+
+  // The same, live, to a stream that takes them.
+  const live = await openStream(`${base}/events/stream?event_name=heavy`)
+  t.teardown(() => live.close())
+  const liveSlowest = await slowestHealth(base, async () => {
+    const again = publisher.pipeline()
+    for (const bytes of heavy) again.publish(names.pubsubChannel, bytes)
+    await again.exec()
+    await live.waitFor(60, 30_000)
+  })
+  t.equal(live.events.length, 60, 'all of them streamed')
+  t.ok(liveSlowest < 500, `/healthz within ${liveSlowest.toFixed(0)} ms while 60 heavy messages stream`)
+})
+
+t.test('a thousand streams with filters of their own cost no more than their matching, and never stall the gateway', async (t) => {
+  const { app, base, names } = await gateway(t, { sseMaxClients: 5000 })
+  const { port } = new URL(base)
+  // 50 globs each, that match nothing: every event is tested against every one of them.
+  const sockets = await Promise.all(Array.from({ length: 1000 }, async (_, i) => {
+    const globs = Array.from({ length: 50 }, (_, k) => `*${'q'.repeat(20)}${i}x${k}*`).join(',')
+    const socket = connect(Number(port), '127.0.0.1')
+    socket.on('error', () => {})
+    await new Promise((resolve) => socket.once('connect', resolve))
+    socket.write(`GET /events/stream?event_name=${globs} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    socket.resume()
+    return socket
+  }))
+  t.teardown(() => { for (const s of sockets) s.destroy() })
+  const reader = await openStream(`${base}/events/stream?event_name=wanted_*`)
+  t.teardown(() => reader.close())
+  await until(() => app.hub.clientCount === 1001, 10_000)
+  const publisher = redis.connect()
+  const slowest = await slowestHealth(base, async () => {
+    for (let batch = 0; batch < 10; batch++) {
+      const pipeline = publisher.pipeline()
+      // Names that differ each time: nothing can be remembered from one event to the next.
+      for (let i = 0; i < 500; i++) pipeline.publish(names.pubsubChannel, Buffer.from(encode({ event_name: `wanted_${batch}_${i}`, agent_id: 'a', args: [] })))
+      await pipeline.exec()
+      await sleep(100)
+    }
+    await reader.waitFor(5000, 30_000)
+  })
+  t.equal(reader.events.length, 5000, 'the stream that wants them got them all')
+  t.ok(slowest < 500, `/healthz within ${slowest.toFixed(0)} ms`)
 })
