@@ -47,7 +47,7 @@ export const DeadLetterList = Type.Object({
 }, { $id: 'DeadLetterList', title: 'DeadLetterList', additionalProperties: false, description: 'Dead letters, newest first' })
 
 export const DeadLetterQuery = Type.Object({
-  offset: Type.Integer({ minimum: 0, default: 0 }),
+  offset: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 0, description: 'at most BUSGATE_DEAD_LETTER_MAX can be kept' }),
   limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
   reason: Type.Optional(DeadLetterReason),
   event_name: Type.Optional(Type.String({ minLength: 1, description: 'only the letters of events of exactly this name' }))

@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http'
 import cors from '@fastify/cors'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify, { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
@@ -5,11 +6,12 @@ import type { Config } from './config.js'
 import { registerOpenApi } from './openapi.js'
 import authPlugin from './plugins/auth.js'
 import enginePlugin from './plugins/engine.js'
-import errorHandler, { clientErrorHandler } from './plugins/error-handler.js'
+import errorHandler, { clientErrorHandler, frameworkErrorHandler, rawErrorAnswer } from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import ssePlugin from './plugins/sse-hub.js'
 import tasksPlugin from './plugins/tasks.js'
 import webhooksPlugin from './plugins/webhooks.js'
+import { Errors } from './errors.js'
 import { buildValidator } from './validation.js'
 import docsRoutes from '../routes/docs.js'
 import eventRoutes from '../routes/events.js'
@@ -30,15 +32,17 @@ import { SecretRotated, Webhook, WebhookCreated, WebhookInput, WebhookList, Webh
  * parameter), so no spelling the gateway accepts slips past.
  */
 export function redactUrl (url: string): string {
-  const q = url.indexOf('?')
+  // The router ends the path at any of these, and a client may put its token after each.
+  const q = url.search(/[?#;]/)
   if (q < 0) return url
-  const pairs = url.slice(q + 1).split('&').map((pair) => {
+  const pairs = url.slice(q + 1).split(/([&;#?])/).map((pair) => {
     const eq = pair.indexOf('=')
     const name = eq < 0 ? pair : pair.slice(0, eq)
-    // Any case: only access_token is the parser's token, but a client that gets the case wrong sends its token all the same.
-    return decodeName(name).toLowerCase() === 'access_token' ? `${name}=[redacted]` : pair
+    // Any spelling near the parser's own (another case, `access_token[]`, a stray byte): a
+    // client that gets the name wrong sends its token all the same.
+    return decodeName(name).toLowerCase().includes('access_token') ? `${name}=[redacted]` : pair
   })
-  return `${url.slice(0, q + 1)}${pairs.join('&')}`
+  return `${url.slice(0, q + 1)}${pairs.join('')}`
 }
 
 function decodeName (name: string): string {
@@ -86,8 +90,11 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     // A client gets this long to send a whole request, headers and body: a slow sender
     // (slowloris) cannot hold a connection, and the check runs every second rather than Node's 30.
     requestTimeout: config.requestTimeoutMs,
-    http: { headersTimeout: config.requestTimeoutMs, connectionsCheckingInterval: Math.min(1000, config.requestTimeoutMs) },
+    // No Host is no reason to refuse a request here (routing does not use it), and Node's own
+    // refusal would not be in the error shape.
+    http: { headersTimeout: config.requestTimeoutMs, connectionsCheckingInterval: Math.min(1000, config.requestTimeoutMs), requireHostHeader: false },
     clientErrorHandler: clientErrorHandler(config.requestTimeoutMs),
+    frameworkErrors: frameworkErrorHandler,
     logController: new AccessLog(),
     schemaController: { compilersFactory: { buildValidator } }
   }).withTypeProvider<TypeBoxTypeProvider>()
@@ -127,6 +134,15 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   })
   // Past the bound Node closes new connections at once: file descriptors stay for Redis and receivers.
   app.server.maxConnections = config.maxConnections
+  // Requests Node answers itself otherwise, without the error shape (or, for CONNECT, not at all).
+  app.server.on('checkExpectation', (_req, res) => {
+    rawErrorAnswer(res.socket, new Errors.ExpectationFailed())
+    res.socket?.destroySoon()
+  })
+  app.server.on('connect', (req: IncomingMessage) => {
+    rawErrorAnswer(req.socket, new Errors.BadRequest('CONNECT is not served here'))
+    req.socket.destroySoon()
+  })
 
   await app.register(healthRoutes)
   await app.register(eventRoutes, { config })

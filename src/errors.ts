@@ -6,6 +6,7 @@ export const Errors = {
   ClientAborted: createError('BUSGATE_CLIENT_ABORTED', 'The client closed the connection before the request was complete', 400),
   RequestTimeout: createError('BUSGATE_REQUEST_TIMEOUT', 'The request was not complete within %s ms', 408),
   HeadersTooLarge: createError('BUSGATE_HEADERS_TOO_LARGE', 'The request headers are larger than the server accepts', 431),
+  ExpectationFailed: createError('BUSGATE_EXPECTATION_FAILED', 'The gateway meets no Expect header but 100-continue', 417),
   InvalidJson: createError('BUSGATE_INVALID_JSON', 'The body is not valid JSON: %s', 400),
   ValidationFailed: createError('BUSGATE_VALIDATION_FAILED', '%s', 400),
   InvalidMsgpack: createError('BUSGATE_INVALID_MSGPACK', 'The body is not a valid msgpack event: %s', 400),
@@ -56,6 +57,7 @@ const STATUS_TEXT: Record<number, string> = {
   408: 'Request Timeout',
   413: 'Payload Too Large',
   415: 'Unsupported Media Type',
+  417: 'Expectation Failed',
   431: 'Request Header Fields Too Large',
   500: 'Internal Server Error',
   503: 'Service Unavailable'

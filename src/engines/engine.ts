@@ -181,7 +181,7 @@ export interface DeadLetterStore {
   redeliver (id: string): Promise<boolean>
   /**
    * The same for the oldest letters whose sequence is above `after` (-Infinity: from the oldest)
-   * and at most `upto`, up to `count` of them, oldest first: how many moved, and the sequence of
+   * and at most `upto`, up to `count` of them and READ_FRAME_BUDGET bytes (one at least), oldest first: how many moved, and the sequence of
    * the last one looked at (null when none was), where the next call goes on.
    */
   redeliverOldest (after: number, upto: number, count: number): Promise<{ moved: number, last: number | null }>

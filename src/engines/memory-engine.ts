@@ -301,10 +301,14 @@ export class MemoryEngine implements Engine {
       },
       redeliverOldest: async (after, upto, count) => {
         const items: Array<Ranked<Letter>> = []
+        // As the script: no more than READ_FRAME_BUDGET bytes in one step, one letter at least.
+        let bytes = 0
         for (let rank = order.countBelow(after, true); items.length < count; rank++) {
           const item = order.at(rank)
           if (item === undefined || item.key > upto) break
+          if (items.length > 0 && bytes + item.value.frame.byteLength > READ_FRAME_BUDGET) break
           items.push(item)
+          bytes += item.value.frame.byteLength
         }
         return { moved: move(items), last: items[items.length - 1]?.key ?? null }
       },

@@ -248,11 +248,19 @@ return move({ARGV[1]})
 
 // The oldest with a sequence within ARGV[1] and ARGV[2] (ZRANGEBYSCORE bounds), up to ARGV[3]:
 // how many moved, and the sequence of the last one looked at ('' for none).
+// No more than ${READ_FRAME_BUDGET} bytes in one step (but one letter at least): a step of
+// letters of tens of MB each would hold Redis for seconds.
 const LETTER_REDELIVER_OLDEST_LUA = LETTERS_LUA + `
 local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
-local ids = {}
-for i = 1, #found, 2 do ids[#ids + 1] = found[i] end
-return {move(ids), found[#found] or ''}
+local ids, bytes, last = {}, 0, ''
+for i = 1, #found, 2 do
+  local size = redis.call('HSTRLEN', KEYS[3], found[i])
+  if #ids > 0 and bytes + size > ${READ_FRAME_BUDGET} then break end
+  ids[#ids + 1] = found[i]
+  bytes = bytes + size
+  last = found[i + 1]
+end
+return {move(ids), last}
 `
 
 // KEYS[4] the sequence counter, KEYS[5] the old list, KEYS[6] where its unreadable values go.

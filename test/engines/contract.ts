@@ -526,6 +526,22 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(bytes.filter((b) => b.frame !== null).length, READ_FRAME_BUDGET / mb.byteLength, 'the bytes of a filtered page alike')
   })
 
+  t.test('dead letters: a redelivery step moves at most READ_FRAME_BUDGET bytes, one letter at least', async (t) => {
+    const engine = await fresh(t)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const mb = Buffer.alloc(2 ** 20, 2)
+    const fit = READ_FRAME_BUDGET / mb.byteLength
+    for (let n = 1; n <= fit + 4; n++) await letters.add(letter(n, mb), 1000)
+    const upto = await letters.newest()
+    const first = await letters.redeliverOldest(-Infinity, upto, 100)
+    t.equal(first.moved, fit, 'as many as the budget holds')
+    const rest = await letters.redeliverOldest(first.last as number, upto, 100)
+    t.equal(rest.moved, 4, 'the next step goes on where it stopped')
+    t.equal(await letters.count(), 0)
+    await letters.add(letter(999, Buffer.alloc(READ_FRAME_BUDGET + 1)), 1000)
+    t.equal((await letters.redeliverOldest(-Infinity, await letters.newest(), 100)).moved, 1, 'a letter larger than the budget moves on its own')
+  })
+
   t.test('ping answers; after close, produce fails as unavailable', async (t) => {
     const engine = await fresh(t)
     await t.resolves(engine.ping())

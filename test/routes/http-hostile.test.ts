@@ -126,7 +126,9 @@ t.test('past BUSGATE_MAX_CONNECTIONS new connections are closed; the ones held a
 
 t.test('the query token is redacted under every spelling the query parser accepts', async (t) => {
   for (const url of ['/s?access_token=tok', '/s?access%5Ftoken=tok', '/s?%61ccess_token=tok&x=1', '/s?x=1&ACCESS_TOKEN=tok',
-    '/s?access_token', '/s?a=1&access%5ftoken=tok&access_token=tok2', '/s?%zz=1&access%5Ftoken=tok', '/s?Access_Token=tok']) {
+    '/s?access_token', '/s?a=1&access%5ftoken=tok&access_token=tok2', '/s?%zz=1&access%5Ftoken=tok', '/s?Access_Token=tok',
+    '/s#access_token=tok', '/s?x=1#access_token=tok', '/s;access_token=tok', '/s?access_token[]=tok', '/s?access_token%00=tok', '/s?+access_token=tok',
+    '/s?a=1;access_token=tok']) {
     const redacted = redactUrl(url)
     t.notMatch(redacted, /=tok/, `${url} -> ${redacted}`)
   }
@@ -143,4 +145,43 @@ t.test('the query token is redacted under every spelling the query parser accept
   await sleep(100)
   t.notMatch(log.lines(), /sub-token-abcdef/)
   t.match(log.lines(), /access%5Ftoken=\[redacted\]/)
+})
+
+t.test('what Node or the router would answer themselves gets the one error shape too', async (t) => {
+  const { port, app } = await gateway(t)
+  const cases: Array<[string, number, string]> = [
+    ['GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n', 400, 'BUSGATE_BAD_REQUEST'],
+    [`GET /webhooks/${'w'.repeat(300)} HTTP/1.1\r\nHost: x\r\n\r\n`, 404, 'BUSGATE_NOT_FOUND'],
+    ['GET /healthz HTTP/1.1\r\nExpect: 200-ok\r\nHost: x\r\n\r\n', 417, 'BUSGATE_EXPECTATION_FAILED'],
+    ['CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 400, 'BUSGATE_BAD_REQUEST'],
+    ['GET /dead-letters?offset=99999999999999999999 HTTP/1.1\r\nHost: x\r\n\r\n', 400, 'BUSGATE_VALIDATION_FAILED']
+  ]
+  for (const [request, status, code] of cases) {
+    const c = await raw(port)
+    c.socket.write(request)
+    await until(() => c.received().includes('\r\n\r\n{'), 3000)
+    await sleep(50)
+    t.equal(statusOf(c.received()), status, request.slice(0, request.indexOf('\r')))
+    t.match(bodyOf(c.received()), { statusCode: status, code, error: String, message: String })
+    c.socket.destroy()
+  }
+  const noHost = await raw(port)
+  noHost.socket.write('GET /healthz HTTP/1.1\r\n\r\n')
+  await until(() => noHost.received().includes('"ok"'), 3000)
+  t.equal(statusOf(noHost.received()), 200, 'a request without Host is served')
+  noHost.socket.destroy()
+  t.notMatch((await app.inject({ method: 'GET', url: '/metrics' })).body, /BUSGATE_INTERNAL/)
+})
+
+t.test('an upload cut off by its client is counted once, as an abort', async (t) => {
+  const { app, port } = await gateway(t)
+  const c = await raw(port)
+  c.socket.write('POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"event_name":"a"')
+  await sleep(50)
+  c.socket.end() // a FIN mid-body, not a reset
+  await until(async () => /busgate_http_client_errors_total\{code="BUSGATE_CLIENT_ABORTED"\} 1/.test((await app.inject({ method: 'GET', url: '/metrics' })).body), 3000)
+  await sleep(100)
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /busgate_http_client_errors_total\{code="BUSGATE_CLIENT_ABORTED"\} 1\n/)
+  t.notMatch(metrics, /busgate_http_client_errors_total\{code="BUSGATE_BAD_REQUEST"\}/)
 })
