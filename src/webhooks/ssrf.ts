@@ -7,15 +7,16 @@ const blocked = new BlockList()
 for (const [net, prefix] of [
   ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
   ['192.0.0.0', 24], ['192.0.2.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['198.51.100.0', 24],
-  ['203.0.113.0', 24], ['224.0.0.0', 4], ['240.0.0.0', 4]
+  ['203.0.113.0', 24], ['224.0.0.0', 4], ['240.0.0.0', 4], ['192.88.99.0', 24]
 ] as const) blocked.addSubnet(net, prefix, 'ipv4')
 // Site-local fec0::/10 is deprecated but still routed inside some networks; local-use NAT64
 // 64:ff9b:1::/48 (RFC 8215) leads into the operator's own network whatever IPv4 address it
 // carries; 3fff::/20 is documentation, 2001:10::/28 and 2001:20::/28 are ORCHID identifiers,
-// 2001:2::/48 is benchmarking (IPv4's 198.18.0.0/15 is refused too).
+// 2001:2::/48 is benchmarking (IPv4's 198.18.0.0/15 is refused too), 5f00::/16 segment routing
+// identifiers; 192.88.99.0/24 was the 6to4 relays' anycast.
 for (const [net, prefix] of [
   ['::', 128], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['2001:db8::', 32],
-  ['100::', 64], ['64:ff9b:1::', 48], ['3fff::', 20], ['2001:10::', 28], ['2001:20::', 28], ['2001:2::', 48]
+  ['100::', 64], ['64:ff9b:1::', 48], ['3fff::', 20], ['2001:10::', 28], ['2001:20::', 28], ['2001:2::', 48], ['5f00::', 16]
 ] as const) blocked.addSubnet(net, prefix, 'ipv6')
 
 /** The eight 16-bit groups of an IPv6 address, or undefined when the text is not one. */
@@ -52,6 +53,8 @@ function embeddedIPv4 (g: number[]): string[] {
   if (g[0] === 0x2002) return [v4(g[1]!, g[2]!)] // 6to4 2002::/16
   // Teredo 2001::/32: the server, and the client with its bits inverted; either may be inside.
   if (g[0] === 0x2001 && g[1] === 0) return [v4(g[2]!, g[3]!), v4(g[6]! ^ 0xffff, g[7]! ^ 0xffff)]
+  // ISATAP: any prefix, an interface id of 0:5efe or 200:5efe and the IPv4 address.
+  if ((g[4] === 0 || g[4] === 0x200) && g[5] === 0x5efe) return [v4(g[6]!, g[7]!)]
   return []
 }
 

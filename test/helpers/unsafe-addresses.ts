@@ -19,14 +19,18 @@ export const unsafeIPv6 = [
   '2001:0:808:808::80ff:fffe', '2001:0:808:808:8000:63bf:5601:5601', '2001:0:4136:e378:8000:63bf:3fff:fdd2',
   // site-local fec0::/10, documentation 3fff::/20, ORCHID 2001:10::/28, ORCHIDv2 2001:20::/28
   'fec0::1', 'fed0::1', 'feff:ffff::1', '3fff::1', '3fff:fff::1', '2001:10::1', '2001:1f::1', '2001:20::1', '2001:2f:ffff::1',
-  // benchmarking 2001:2::/48, as 198.18.0.0/15 is for IPv4
-  '2001:2::1', '2001:2:0:ffff::1',
+  // benchmarking 2001:2::/48, as 198.18.0.0/15 is for IPv4; segment routing 5f00::/16
+  '2001:2::1', '2001:2:0:ffff::1', '5f00::1',
+  // ISATAP, with a private IPv4 address in the interface id
+  '2607:f8b0::5efe:127.0.0.1', '2001:db9:1:2:200:5efe:a00:1',
   // what was refused before
   '::1', '::', 'fe80::1', 'febf::1', 'fd00:ec2::254', 'fc00::1', 'ff02::1', '2001:db8::1', '100::1'
 ]
 
 /** Public IPv6 addresses, some of them embedding a public IPv4 address: they stay allowed. */
 export const publicIPv6 = [
+  // ISATAP with a public IPv4 address
+  '2607:f8b0::5efe:8.8.8.8',
   '2606:4700::1111', '2001:4860:4860::8888', '::ffff:8.8.8.8', '::ffff:808:808', '::ffff:0:808:808',
   '64:ff9b::808:808', '64:ff9b::8.8.8.8', '2002:808:808::', '2002:808:808:1::1',
   '2001:0:808:808::fefe:fefe', '2001:0:808:808:8000:63bf:fefe:fefe', '::808:808', '2a00:1450:4001:80e::200e'

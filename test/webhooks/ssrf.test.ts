@@ -5,7 +5,7 @@ import { bothCases, publicIPv6, unsafeIPv6 } from '../helpers/unsafe-addresses.j
 t.test('addresses a webhook may not reach', async (t) => {
   const privateOnes = ['127.0.0.1', '127.255.0.9', '10.1.2.3', '172.16.0.1', '172.31.255.255', '192.168.1.1', '169.254.169.254',
     '100.64.0.1', '0.0.0.0', '224.0.0.1', '255.255.255.255', '::1', '::', 'fe80::1', 'fd00:ec2::254', 'fc00::1', 'ff02::1',
-    '::ffff:127.0.0.1', '::ffff:10.0.0.1', '64:ff9b::127.0.0.1', 'not an ip']
+    '::ffff:127.0.0.1', '::ffff:10.0.0.1', '64:ff9b::127.0.0.1', '192.88.99.1', 'not an ip']
   for (const a of privateOnes) t.ok(isPrivateAddress(a), a)
   for (const a of ['93.184.215.14', '8.8.8.8', '172.32.0.1', '2606:4700::1111', '::ffff:8.8.8.8']) t.notOk(isPrivateAddress(a), a)
 })
