@@ -86,4 +86,5 @@ export const STREAM_DESCRIPTION = 'Server-Sent Events. Each bus event is `id: <i
   '`data: {"event_name", "agent_id", "args"}` (JSON, with the documented mapping of msgpack values). The stream starts with a ' +
   '`retry:` hint; comment lines (`:`) keep it open. An event `busgate.gap` with data `{"reason", "last_event_id", "resume_from"}` ' +
   'says events may be missing: reason `unknown_id`, `too_old` or `other_instance` after a reconnect this instance cannot fill, ' +
-  '`bus_reconnected` after the gateway lost its Redis subscription for a while.'
+  '`bus_reconnected` after the gateway lost its Redis subscription for a while, `overloaded` when messages came faster than ' +
+  'the gateway could decode them and some were not streamed.'
