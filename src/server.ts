@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs'
 import { buildApp } from './app.js'
 import { ConfigError, HELP, loadConfig, type Config } from './config.js'
 import { VERSION } from './version.js'
@@ -6,6 +7,16 @@ import { VERSION } from './version.js'
 function fail (message: string, code = 2): never {
   process.stderr.write(`busgate: ${message}\n`)
   process.exit(code)
+}
+
+/** The process's open-files limit, where Linux tells it. */
+function openFilesLimit (): number | undefined {
+  try {
+    const soft = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1]
+    return soft === undefined ? undefined : Number(soft)
+  } catch {
+    return undefined
+  }
 }
 
 async function main (): Promise<void> {
@@ -29,6 +40,12 @@ async function main (): Promise<void> {
     const { code, message } = err as NodeJS.ErrnoException
     await app.close()
     fail(code === 'EADDRINUSE' ? `cannot listen on ${config.host}:${config.port}: the address is in use` : `cannot listen: ${message}`, 1)
+  }
+
+  const files = openFilesLimit()
+  if (files !== undefined && config.maxConnections + 1000 > files) {
+    app.log.warn({ openFilesLimit: files, maxConnections: config.maxConnections },
+      'BUSGATE_MAX_CONNECTIONS leaves no room under the open-files limit (ulimit -n) for Redis and webhook connections: lower it, or raise the limit')
   }
 
   let stopping = false
