@@ -89,8 +89,10 @@ interface Client {
   /** frames for this client alone (its view's own events), sent after the replay and before its share of the backlog */
   own: Buffer[]
   ownBytes: number
-  /** a drain listener is set */
+  /** a drain listener is set: its socket has stopped taking bytes */
   waiting: boolean
+  /** what it has come to be owed since its socket stopped taking bytes: its own slowness */
+  sinceWaiting: number
   /** waits for a later turn's write budget */
   deferred: boolean
 }
@@ -306,7 +308,7 @@ export class SseHub {
       this.#groups.set(filter.key, group)
       this.#matching.clear()
     }
-    const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, own: [], ownBytes: 0, waiting: false, deferred: false }
+    const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, own: [], ownBytes: 0, waiting: false, sinceWaiting: 0, deferred: false }
     group.clients.add(client)
     this.#clientCount++
     this.metrics.clients(this.#clientCount)
@@ -656,7 +658,7 @@ export class SseHub {
     try {
       for (const client of group.clients) {
         if (client.behind >= 0) {
-          this.#tooFarBehind(client, newest)
+          this.#tooFarBehind(client, bytes, newest)
           continue
         }
         if (client.socket.destroyed) continue
@@ -685,15 +687,19 @@ export class SseHub {
   }
 
   /**
-   * What a client is owed beyond its socket, a replay it asked for aside. The newest frame does
-   * not count: one large frame never cuts off a client that reads. A client only waiting for
-   * the hub's next slice is not slow: the gateway is, and it gets DEFERRED_SLACK times the room.
+   * `added` more is owed to a client behind, `newest` the size of the last frame of it. It is
+   * cut when more than the bound has come for it since its socket stopped taking bytes: that is
+   * its own slowness. What it came to be owed while the hub itself held it back (its slices
+   * were spent) is not, unless it passes DEFERRED_SLACK times the bound, which bounds memory
+   * whatever the reason. The newest frame never counts: one large frame never cuts off a client
+   * that reads. A replay it asked for is not owed.
    */
-  #tooFarBehind (client: Client, newest: number): boolean {
-    const lag = client.ownBytes + client.group.totalBytes - client.behindBytes
-    const bound = this.options.maxBufferBytes * (client.deferred && !client.socket.writableNeedDrain ? DEFERRED_SLACK : 1)
-    if (lag - newest <= bound) return false
-    this.#cut(client, `${lag} bytes behind`)
+  #tooFarBehind (client: Client, added: number, newest: number): boolean {
+    if (client.waiting) client.sinceWaiting += added
+    const owed = client.ownBytes + client.group.totalBytes - client.behindBytes
+    const bound = this.options.maxBufferBytes
+    if (client.sinceWaiting - newest <= bound && owed - newest <= bound * DEFERRED_SLACK) return false
+    this.#cut(client, `${owed} bytes behind, ${client.sinceWaiting} since its socket stopped taking them`)
     return true
   }
 
@@ -753,6 +759,7 @@ export class SseHub {
   #awaitDrain (client: Client): void {
     if (client.waiting) return
     client.waiting = true
+    client.sinceWaiting = 0
     client.socket.once('drain', () => {
       client.waiting = false
       try {
@@ -921,7 +928,7 @@ export class SseHub {
     }
     client.own.push(frame)
     client.ownBytes += frame.byteLength
-    this.#tooFarBehind(client, frame.byteLength)
+    this.#tooFarBehind(client, frame.byteLength, frame.byteLength)
   }
 
   /** Only to streams that have nothing in flight: the others are not idle. */
