@@ -1,10 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { encode } from '@msgpack/msgpack'
 import t, { type Test } from 'tap'
-import { testApp } from '../helpers/app.js'
-import { uniqueNames } from '../helpers/bus.js'
 import { startReceiver, verifySignature } from '../helpers/receiver.js'
 import { startRedis } from '../helpers/redis.js'
+import { webhookGateway } from '../helpers/webhooks.js'
 import { until } from '../helpers/wait.js'
 import type { Config } from '../../src/config.js'
 import { EnvelopeSealer } from '../../src/webhooks/envelope.js'
@@ -12,15 +11,7 @@ import { EnvelopeSealer } from '../../src/webhooks/envelope.js'
 const redis = await startRedis(t)
 
 async function gateway (t: Test, overrides: Partial<Config> = {}) {
-  const names = uniqueNames()
-  const app = await testApp(t, redis.url, {
-    ...names, webhookAllowPrivate: true, webhookBackoffMs: 50, webhookBackoffMaxMs: 200, webhookTimeoutMs: 1000, ...overrides
-  })
-  const register = async (url: string, eventNames?: string[]) => {
-    const res = await app.inject({ method: 'POST', url: '/webhooks', payload: { url, ...(eventNames === undefined ? {} : { event_names: eventNames }) } })
-    if (res.statusCode !== 201) throw new Error(res.body)
-    return res.json() as { id: string, secret: string }
-  }
+  const { app, names, register } = await webhookGateway(t, redis, overrides)
   const post = async (events: object[]) => {
     const res = await app.inject({ method: 'POST', url: '/events/batch', payload: events })
     if (res.statusCode !== 202) throw new Error(res.body)

@@ -1,10 +1,10 @@
 import { createServer } from 'node:http'
 import { encode } from '@msgpack/msgpack'
 import t, { type Test } from 'tap'
-import { testApp } from '../helpers/app.js'
 import { uniqueNames } from '../helpers/bus.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { startRedis } from '../helpers/redis.js'
+import { webhookGateway } from '../helpers/webhooks.js'
 import { until } from '../helpers/wait.js'
 import type { Config } from '../../src/config.js'
 import { EnvelopeSealer } from '../../src/webhooks/envelope.js'
@@ -14,15 +14,7 @@ import { EnvelopeSealer } from '../../src/webhooks/envelope.js'
 const redis = await startRedis(t)
 
 async function gateway (t: Test, overrides: Partial<Config> = {}) {
-  const names = uniqueNames()
-  const app = await testApp(t, redis.url, {
-    ...names, webhookAllowPrivate: true, webhookBackoffMs: 50, webhookBackoffMaxMs: 200, webhookTimeoutMs: 1000, ...overrides
-  })
-  const register = async (url: string, eventNames?: string[]) => {
-    const res = await app.inject({ method: 'POST', url: '/webhooks', payload: { url, ...(eventNames === undefined ? {} : { event_names: eventNames }) } })
-    if (res.statusCode !== 201) throw new Error(res.body)
-    return res.json() as { id: string, secret: string }
-  }
+  const { app, names, register } = await webhookGateway(t, redis, overrides)
   const push = async (...values: Array<Buffer | string>) => { await redis.client.rpush(names.prodconsKey, ...values) }
   const event = (name: string, ...args: unknown[]) => Buffer.from(encode({ event_name: name, agent_id: 'x', args }, { useBigInt64: true }))
   const deadLetters = async () => (await app.inject({ method: 'GET', url: '/dead-letters' })).json() as
