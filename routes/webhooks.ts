@@ -30,7 +30,7 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
     schema: {
       operationId: 'createWebhook',
       tags,
-      summary: 'Register a webhook: a consumer of the consumer list',
+      summary: 'Register a webhook: a consumer of the consumer list, or a subscriber of the broadcast channel',
       description: 'The URL must be http(s) and, unless BUSGATE_WEBHOOK_ALLOW_PRIVATE is set, resolve only to public addresses. ' +
         'The answer holds the signing secret, shown this once.',
       body: Ref(WebhookInput),
@@ -38,8 +38,8 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
     },
     config: adminOnly
   }, async (request, reply) => {
-    const { url, event_names: eventNames = ['*'], description = '', enabled = true } = request.body
-    const created = await app.webhooks.create({ url: await safeUrl(url), event_names: eventNames, description, enabled })
+    const { url, event_names: eventNames = ['*'], description = '', enabled = true, role = 'consumer' } = request.body
+    const created = await app.webhooks.create({ url: await safeUrl(url), event_names: eventNames, description, enabled, role })
     return reply.code(201).send({ ...toPublic(created), secret: created.secrets[0]?.value ?? '' })
   })
 
@@ -85,12 +85,14 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
       operationId: 'deleteWebhook',
       tags,
       summary: 'Remove a webhook',
+      description: 'It gets no new delivery attempt after the answer, on any instance within 100 ms; a subscriber\'s waiting copies go with it.',
       params: WebhookParams,
       response: { 204: { description: 'Removed', type: 'null' }, ...authErrors, ...errorResponses(400, 404, 503) }
     },
     config: adminOnly
   }, async (request, reply) => {
     if (!(await app.webhooks.delete(request.params.id))) throw new Errors.NotFound(`No webhook ${request.params.id}`)
+    await app.dispatcher.forget(request.params.id)
     return reply.code(204).send()
   })
 
@@ -105,8 +107,7 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
     config: adminOnly
   }, async (request) => {
     found(await app.webhooks.get(request.params.id), request.params.id)
-    const raw = await app.engine.store.listRange(`${config.keyPrefix}attempts:${request.params.id}`, 0, 99)
-    return { attempts: raw.map((json) => JSON.parse(json) as never) }
+    return { attempts: await app.attemptLog.read(request.params.id) }
   })
 
   app.post('/webhooks/:id/rotate-secret', {

@@ -63,13 +63,17 @@ export const Redelivered = Type.Object({
   redelivered: Type.Integer({ description: 'messages put back on the consumer list (not broadcast again)' })
 }, { $id: 'Redelivered', title: 'Redelivered', additionalProperties: false, description: 'Back in the consumer list' })
 
+/** One delivery attempt, as the API shows it and as the attempt log stores it. */
+export const Attempt = Type.Object({
+  at: Type.String({ format: 'date-time' }),
+  message_id: Type.String(),
+  event_name: Type.String(),
+  status: Type.Union([Type.Integer(), Type.Null()], { description: 'the HTTP status, or null when none came' }),
+  latency_ms: Type.Number(),
+  error: Type.Union([Type.String(), Type.Null()])
+}, { additionalProperties: false })
+export type Attempt = Static<typeof Attempt>
+
 export const AttemptList = Type.Object({
-  attempts: Type.Array(Type.Object({
-    at: Type.String({ format: 'date-time' }),
-    message_id: Type.String(),
-    event_name: Type.String(),
-    status: Type.Union([Type.Integer(), Type.Null()], { description: 'the HTTP status, or null when none came' }),
-    latency_ms: Type.Number(),
-    error: Type.Union([Type.String(), Type.Null()])
-  }, { additionalProperties: false }))
+  attempts: Type.Array(Attempt)
 }, { $id: 'AttemptList', title: 'AttemptList', additionalProperties: false, description: 'The latest delivery attempts (at most 100), newest first' })

@@ -9,20 +9,27 @@ const EventGlob = Type.String({
 const EventNames = Type.Array(EventGlob, {
   minItems: 1,
   maxItems: 50,
-  description: 'the events this webhook consumes; `["*"]` for all',
+  description: 'the events this webhook takes (a consumer) or gets a copy of (a subscriber); `["*"]` for all',
   examples: [['kernel_*', 'session_started']]
 })
 
 const Url = Type.String({ format: 'uri', maxLength: 2048, description: 'where events are POSTed (http or https)', examples: ['https://receiver.example/hooks/busgate'] })
 const Description = Type.String({ maxLength: 500, description: 'free text for people' })
 const Enabled = Type.Boolean({ description: 'a disabled webhook receives nothing' })
+const Role = Type.Union([Type.Literal('consumer'), Type.Literal('subscriber')], {
+  description: '`consumer`: takes its share of the consumer list (each queued message goes to one consumer webhook, round-robin, ' +
+    'competing with Backend.AI\'s managers for what it matches); `subscriber`: gets a copy of every matching event of the broadcast channel, ' +
+    'whoever published it, and never touches the consumer list. Set at registration; it cannot be changed.',
+  examples: ['subscriber']
+})
 
 export const WebhookInput = Type.Object({
   url: Url,
   event_names: Type.Optional(EventNames),
   description: Type.Optional(Description),
-  enabled: Type.Optional(Enabled)
-}, { $id: 'WebhookInput', title: 'WebhookInput', additionalProperties: false, description: 'A new consumer. `event_names` defaults to `["*"]`, `enabled` to true.' })
+  enabled: Type.Optional(Enabled),
+  role: Type.Optional(Role)
+}, { $id: 'WebhookInput', title: 'WebhookInput', additionalProperties: false, description: 'A new webhook. `event_names` defaults to `["*"]`, `enabled` to true, `role` to `consumer`.' })
 export type WebhookInput = Static<typeof WebhookInput>
 
 export const WebhookPatch = Type.Object({
@@ -39,9 +46,10 @@ export const Webhook = Type.Object({
   event_names: Type.Array(Type.String()),
   description: Type.String(),
   enabled: Type.Boolean(),
+  role: Role,
   created_at: Type.String({ format: 'date-time' }),
   updated_at: Type.String({ format: 'date-time' })
-}, { $id: 'Webhook', title: 'Webhook', additionalProperties: false, description: 'A registered consumer; its secret is never shown here' })
+}, { $id: 'Webhook', title: 'Webhook', additionalProperties: false, description: 'A registered webhook; its secret is never shown here' })
 export type Webhook = Static<typeof Webhook>
 
 export const WebhookCreated = Type.Object({

@@ -190,6 +190,15 @@ export function decodeEvent (bytes: Uint8Array): BusEvent {
   return checkShape(decode(bytes, scanned), false)
 }
 
+/** The event name of a bus message, or undefined when it is none (see decodeEvent). */
+export function eventNameOf (bytes: Uint8Array): string | undefined {
+  try {
+    return decodeEvent(bytes).event_name
+  } catch {
+    return undefined
+  }
+}
+
 /**
  * Checks msgpack bytes offered for the bus (a `POST /events` body) as strictly as the
  * strictest consumer: Python's `unpackb(raw=False, strict_map_key=True)` must read them,

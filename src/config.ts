@@ -61,6 +61,10 @@ export interface Config {
   webhookBackoffMaxMs: number
   webhookCircuitFailures: number
   webhookCircuitCooldownMs: number
+  webhookTake: WebhookTake
+  webhookScanDepth: number
+  webhookPollMs: number
+  webhookSubscriberQueueMax: number
   deadLetterMax: number
   instanceTtlMs: number
   taskKeyPrefix: string
@@ -68,6 +72,9 @@ export interface Config {
 }
 
 export type TaskTracking = 'watched' | 'always'
+
+export const WEBHOOK_TAKE = ['matching', 'all'] as const
+export type WebhookTake = typeof WEBHOOK_TAKE[number]
 
 /** A setting that cannot be used: the message names it and says what is expected. */
 export class ConfigError extends Error {
@@ -142,6 +149,17 @@ export const SETTINGS = [
   setting('webhookBackoffMaxMs', 'BUSGATE_WEBHOOK_BACKOFF_MAX_MS', '300000', 'longest wait between rounds', (raw) => integer(raw, 1, 86_400_000)),
   setting('webhookCircuitFailures', 'BUSGATE_WEBHOOK_CIRCUIT_FAILURES', '5', 'failures in a row that set a webhook aside', (raw) => integer(raw, 1, 1000)),
   setting('webhookCircuitCooldownMs', 'BUSGATE_WEBHOOK_CIRCUIT_COOLDOWN_MS', '30000', 'how long a set-aside webhook rests before it is probed again', (raw) => integer(raw, 100, 86_400_000)),
+  setting('webhookTake', 'BUSGATE_WEBHOOK_TAKE', 'matching',
+    '`matching`: take a message off the consumer list only when an available consumer webhook matches it, leaving the rest, in order, for the other consumers; ' +
+    '`all`: take every message (a list busgate owns alone) and dead-letter what no webhook matches', (raw) => oneOf(raw, WEBHOOK_TAKE)),
+  setting('webhookScanDepth', 'BUSGATE_WEBHOOK_SCAN_DEPTH', '1000',
+    '`matching` only: how far down the consumer list a claim looks for messages a webhook wants; what lies beyond waits until the head moves',
+    (raw) => integer(raw, 1, 100_000)),
+  setting('webhookPollMs', 'BUSGATE_WEBHOOK_POLL_MS', '100',
+    '`matching` only: how often idle delivery loops look at the list again when no broadcast announced a message they want (a push without a publish)',
+    (raw) => integer(raw, 10, 60_000)),
+  setting('webhookSubscriberQueueMax', 'BUSGATE_WEBHOOK_SUBSCRIBER_QUEUE_MAX', '100000',
+    'most copies waiting in Redis for one subscriber webhook; past it the oldest are dropped and counted', (raw) => integer(raw, 1, 100_000_000)),
   setting('deadLetterMax', 'BUSGATE_DEAD_LETTER_MAX', '10000', 'dead letters kept; past it the oldest go (counted in busgate_dead_letters_dropped_total)', (raw) => integer(raw, 1, 1_000_000)),
   setting('instanceTtlMs', 'BUSGATE_INSTANCE_TTL_MS', '15000',
     'how long after an instance stops beating its held messages are put back for others', (raw) => integer(raw, 300, 3_600_000)),

@@ -10,6 +10,9 @@ export interface ProduceResult {
 
 export type EngineState = 'connecting' | 'ready' | 'down' | 'closed'
 
+/** Most bytes of the consumer list one matching claim reads (see ClaimOptions.take), besides its depth bound. */
+export const SCAN_BYTES = 8 * 1024 * 1024
+
 /** Most frames one produce takes: Lua's C stack holds about 8000 values, and one RPUSH takes them all. */
 export const MAX_FRAMES_PER_PRODUCE = 5000
 
@@ -54,6 +57,19 @@ export interface ClaimOptions {
    * hears how many. A value of any size a producer pushed must not travel to the gateway.
    */
   oversized?: { maxBytes: number, key: string, setAside: (count: number) => void }
+  /**
+   * Takes from the consumer list only messages whose event name one of `globs` matches, among
+   * its first `depth` values (and SCAN_BYTES), leaving every other value where it is, in its
+   * order; values it cannot read as a bus event, or longer than `oversized.maxBytes`, are left
+   * too. No globs: nothing from the consumer list. Such a claim never waits: it returns at once.
+   */
+  take?: { globs: readonly string[], depth: number }
+  /** Lists of envelopes (a subscriber webhook's copies) to take from too, after put-back ones. */
+  sources?: readonly string[]
+  /** Takes from `sources` before the consumer list; callers alternate, so neither starves the other. */
+  sourcesFirst?: boolean
+  /** Hears, after a `take` claim, how many values it looked at and how many of them it could not read. */
+  scanned?: (looked: number, unreadable: number) => void
 }
 
 /**
@@ -83,6 +99,12 @@ export interface Consumer {
    * meanwhile, so a crash loses nothing.
    */
   delay (frame: Buffer, next: Buffer, delayMs: number): Promise<void>
+  /**
+   * Takes a claimed value out of the processing list and puts `frame` (the bare message it
+   * holds) back at the head of the consumer list, in one step: a message taken for a webhook
+   * that no longer wants it goes back to the other consumers.
+   */
+  giveBack (claimed: Buffer, frame: Buffer): Promise<void>
   /** How many claimed messages wait in the processing list. */
   pending (): Promise<number>
   close (): Promise<void>
@@ -103,6 +125,14 @@ export interface Store {
   hashMerge (key: string, fields: Record<string, string>, defaults: Record<string, string>, ttlMs: number, guard?: HashGuard): Promise<boolean>
   /** true when the field existed */
   hashDelete (key: string, field: string): Promise<boolean>
+  /**
+   * Compare and set, in one step: when the field holds `expected` (null: no such field), sets it
+   * to `value` (null: deletes it), increments the counter `counterKey` and returns true;
+   * otherwise changes nothing and returns false.
+   */
+  hashSwap (key: string, field: string, expected: string | null, value: string | null, counterKey: string): Promise<boolean>
+  /** Deletes keys; what is not there is no error. */
+  deleteKeys (...keys: string[]): Promise<void>
   /** SET with an expiry: liveness keys. */
   setExpiring (key: string, value: string, ttlMs: number): Promise<void>
   exists (key: string): Promise<boolean>
@@ -204,6 +234,18 @@ export interface DeadLetterStore {
   adoptHeld (listKey: string, letter: { id: string, meta: string }, max: number): Promise<{ bytes: number, dropped: number } | null>
 }
 
+/** A broadcast event one instance heard, with the copies it makes of it (see Engine.recordHeard). */
+export interface HeardEvent {
+  /**
+   * Names the event among what every instance hears: its bytes' digest and how many times this
+   * instance has heard those bytes (1 the first time), so identical events published twice stay two.
+   */
+  seenKey: string
+  occurrence: number
+  /** what to append, and to which list */
+  copies: ReadonlyArray<{ list: string, value: Buffer }>
+}
+
 /**
  * The event bus busgate bridges. Both engines keep the seed's semantics: `produce` writes one
  * copy per event to the broadcast channel and one to the consumer list, all or nothing.
@@ -239,6 +281,15 @@ export interface Engine {
    * head of the consumer list, in their order. Atomic. Returns how many moved.
    */
   reclaim (processingKey: string, retryKey: string, envelopePrefix: string): Promise<number>
+  /**
+   * For each event, in one step: unless some instance recorded this occurrence in the last
+   * `ttlMs` (its `seenKey` holds `occurrence` or more), appends its copies and notes it; each list
+   * keeps its newest `max` values. Returns, per event, whether this call recorded it, and how
+   * many old values the bound dropped.
+   */
+  recordHeard (events: readonly HeardEvent[], ttlMs: number, max: number): Promise<{ recorded: boolean[], dropped: number }>
+  /** How many values a list of Buffers holds (a subscriber webhook's copies). */
+  listLength (key: string): Promise<number>
   readonly store: Store
   /** The dead letters kept under keys that start with `base` (see each engine); redelivered to the consumer list. */
   deadLetterStore (base: string): DeadLetterStore

@@ -1,6 +1,8 @@
+import { eventNameOf } from '../codec.js'
 import { Errors } from '../errors.js'
+import { globList } from '../glob.js'
 import {
-  LETTER_TRIM_MAX, READ_FRAME_BUDGET, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type ImportedLetter,
+  LETTER_TRIM_MAX, READ_FRAME_BUDGET, SCAN_BYTES, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type HeardEvent, type ImportedLetter,
   type LetterBytes, type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
 } from './engine.js'
 import { RankedList, type Ranked } from './ranked-list.js'
@@ -22,6 +24,23 @@ class Fifo<T> {
   unshiftOne (item: T): void {
     if (this.#head > 0) this.#items[--this.#head] = item
     else this.#items.unshift(item)
+  }
+
+  /** The first `n` items, oldest first, without taking them. */
+  * first (n: number): Generator<T> {
+    for (let i = this.#head; i < this.#items.length && i - this.#head < n; i++) yield this.#items[i] as T
+  }
+
+  /** Takes out the items among the first `n` that `pick` chooses; the others keep their order. */
+  removeWhere (n: number, pick: (item: T) => boolean): T[] {
+    const removed: T[] = []
+    const kept: T[] = []
+    for (let item = this.shift(); item !== undefined; item = removed.length + kept.length < n ? this.shift() : undefined) {
+      if (pick(item)) removed.push(item)
+      else kept.push(item)
+    }
+    for (let i = kept.length - 1; i >= 0; i--) this.unshiftOne(kept[i] as T)
+    return removed
   }
 
   shift (): T | undefined {
@@ -176,6 +195,19 @@ export class MemoryEngine implements Engine {
       return true
     },
     hashDelete: async (key, field) => this.#hash(key)?.delete(field) ?? false,
+    hashSwap: async (key, field, expected, value, counterKey) => {
+      const hash = this.#hash(key) ?? new Map<string, string>()
+      if ((hash.get(field) ?? null) !== expected) return false
+      if (value === null) hash.delete(field)
+      else this.#hashes.set(key, hash.set(field, value))
+      this.#counters.set(counterKey, (this.#counters.get(counterKey) ?? 0) + 1)
+      return true
+    },
+    deleteKeys: async (...keys) => {
+      for (const key of keys) {
+        for (const map of [this.#hashes, this.#lists, this.#strings, this.#counters, this.#expiring, this.#retries]) map.delete(key)
+      }
+    },
     setExpiring: async (key, _value, ttlMs) => { this.#expiring.set(key, Date.now() + ttlMs) },
     exists: async (key) => (this.#expiring.get(key) ?? 0) > Date.now() || this.#hash(key) !== undefined || this.#lists.has(key) ||
       this.#strings.has(key),
@@ -339,6 +371,36 @@ export class MemoryEngine implements Engine {
     }
   }
 
+  readonly #seen = new Map<string, { occurrence: number, until: number }>()
+
+  async recordHeard (events: readonly HeardEvent[], ttlMs: number, max: number): Promise<{ recorded: boolean[], dropped: number }> {
+    this.#assertOpen()
+    const now = Date.now()
+    // Expired marks go first, as Redis's expiry would take them; the map keeps insertion order.
+    for (const [key, mark] of this.#seen) {
+      if (mark.until > now) break
+      this.#seen.delete(key)
+    }
+    let dropped = 0
+    const recorded = events.map((event) => {
+      const held = this.#seen.get(event.seenKey)
+      if (held !== undefined && held.until > now && held.occurrence >= event.occurrence) return false
+      this.#seen.delete(event.seenKey)
+      this.#seen.set(event.seenKey, { occurrence: event.occurrence, until: now + ttlMs })
+      for (const { list, value } of event.copies) {
+        const values = this.#retryList(list)
+        values.push(Buffer.from(value))
+        if (values.length > max) dropped += values.splice(0, values.length - max).length
+      }
+      return true
+    })
+    return { recorded, dropped }
+  }
+
+  async listLength (key: string): Promise<number> {
+    return this.#retries.get(key)?.length ?? 0
+  }
+
   async ping (): Promise<void> {
     this.#assertOpen()
   }
@@ -396,7 +458,7 @@ export class MemoryEngine implements Engine {
       return i >= 0
     }
     return {
-      claim: async (timeoutMs, { max = 1, sharers = 1, done = [], oversized } = {}) => {
+      claim: async (timeoutMs, { max = 1, sharers = 1, done = [], oversized, take, sources = [], sourcesFirst = false, scanned } = {}) => {
         this.#assertOpen()
         for (const frame of done) remove(frame)
         const deadline = performance.now() + timeoutMs
@@ -405,10 +467,28 @@ export class MemoryEngine implements Engine {
           // One due message joins the retry list per claim, as in the script.
           if (max > 0 && delayed.length > 0 && (delayed[0] as Delayed).dueAt <= now) retry.push((delayed.shift() as Delayed).value)
           let taken = retry.splice(0, max)
+          const fromSources = (): void => {
+            for (const key of sources) {
+              const list = this.#retries.get(key)
+              if (list !== undefined) taken.push(...list.splice(0, max - taken.length))
+              if (list?.length === 0) this.#retries.delete(key)
+            }
+          }
+          const fromList = (): void => {
+            if (take === undefined) {
+              const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
+              for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
+            } else if (take.globs.length > 0) {
+              const { found, looked, unreadable } = this.#scan(take.globs, take.depth, max * sharers, oversized?.maxBytes ?? 0)
+              scanned?.(looked, unreadable)
+              const share = Math.min(max, found.length, Math.max(1, Math.floor(found.length / sharers)))
+              taken.push(...this.#removeQueued(found.slice(0, share)))
+            }
+          }
           if (taken.length === 0 && max > 0) {
-            taken = []
-            const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
-            for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
+            if (sourcesFirst) fromSources()
+            if (taken.length === 0) fromList()
+            if (!sourcesFirst && taken.length === 0) fromSources()
           }
           // As the script does: what is past the bound goes to its list, not to the caller.
           const aside = oversized === undefined ? [] : taken.filter((f) => f.byteLength > oversized.maxBytes)
@@ -418,8 +498,9 @@ export class MemoryEngine implements Engine {
             oversized.setAside(aside.length)
           }
           processing.push(...taken)
-          // produce() hands messages to blocked consumers at once, so a queued message means none waits.
-          if (taken.length > 0 || aside.length > 0 || max === 0) return taken
+          // produce() hands messages to blocked consumers at once, so a queued message means none
+          // waits; a matching claim never waits (its caller does).
+          if (taken.length > 0 || aside.length > 0 || max === 0 || take !== undefined) return taken
           const until = Math.min(deadline, delayed[0]?.dueAt ?? Infinity)
           const frame = await new Promise<Buffer | null>((resolve) => {
             const waiter: Waiter = {
@@ -441,6 +522,12 @@ export class MemoryEngine implements Engine {
         this.#putBack(frames.filter(remove), envelopePrefix, retry)
       },
       ack: async (...frames) => { for (const frame of frames) remove(frame) },
+      giveBack: async (claimed, frame) => {
+        if (!remove(claimed)) return
+        this.#queue.unshiftOne(Buffer.from(frame))
+        this.#queuedBytes += frame.byteLength
+        this.#serveWaiters()
+      },
       delay: async (frame, next, delayMs) => {
         this.#assertOpen()
         if (!remove(frame)) return
@@ -464,6 +551,34 @@ export class MemoryEngine implements Engine {
     }
     this.#waiters.clear()
     this.#handlers.clear()
+  }
+
+  #lastScanned = 0
+
+  /** The first `depth` queued messages (and SCAN_BYTES) a matching claim may take, as the script finds them. */
+  #scan (globs: readonly string[], depth: number, most: number, maxBytes: number): { found: Buffer[], looked: number, unreadable: number } {
+    const matches = globList(globs.join(','))
+    const found: Buffer[] = []
+    let looked = 0
+    let unreadable = 0
+    let bytes = 0
+    for (const frame of this.#queue.first(depth)) {
+      this.#lastScanned = ++looked
+      bytes += frame.byteLength
+      const name = maxBytes > 0 && frame.byteLength > maxBytes ? undefined : eventNameOf(frame)
+      if (name === undefined) unreadable++
+      else if (matches(name)) found.push(frame)
+      if (found.length >= most || bytes > SCAN_BYTES) break
+    }
+    return { found, looked, unreadable }
+  }
+
+  /** Takes these queued messages out, wherever they are, leaving the others in their order. */
+  #removeQueued (frames: readonly Buffer[]): Buffer[] {
+    const wanted = new Set(frames)
+    const removed = this.#queue.removeWhere(this.#lastScanned, (f) => wanted.has(f))
+    for (const frame of removed) this.#queuedBytes -= frame.byteLength
+    return removed
   }
 
   #take (): Buffer | undefined {

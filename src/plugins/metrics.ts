@@ -33,6 +33,13 @@ export interface Metrics {
   deadLettered: Counter<'reason'>
   deadLettersDropped: Counter
   webhookCircuitOpen: Gauge<'webhook'>
+  webhookScanLooked: Gauge
+  webhookScanUnreadable: Gauge
+  webhookGivenBack: Counter
+  webhookOrphaned: Counter
+  subscriberHeard: Counter<'outcome'>
+  subscriberTrimmed: Counter
+  invalidRecords: Counter<'kind'>
 }
 
 declare module 'fastify' {
@@ -118,6 +125,43 @@ export default fp(async (app) => {
       name: 'busgate_webhook_circuit_open',
       help: '1 while this process has set a failing webhook aside',
       labelNames: ['webhook'],
+      registers: [registry]
+    }),
+    webhookScanLooked: new Gauge({
+      name: 'busgate_webhook_list_scanned',
+      help: 'Values of the consumer list the last matching claim looked at (at most BUSGATE_WEBHOOK_SCAN_DEPTH)',
+      registers: [registry]
+    }),
+    webhookScanUnreadable: new Gauge({
+      name: 'busgate_webhook_list_unreadable',
+      help: 'Of those, values it could not read as a bus event (or larger than BUSGATE_BUS_MAX_MESSAGE_BYTES): left in the list for the other consumers',
+      registers: [registry]
+    }),
+    webhookGivenBack: new Counter({
+      name: 'busgate_webhook_given_back_total',
+      help: 'Messages taken for a consumer webhook that was disabled or deleted before delivery: put back at the head of the consumer list',
+      registers: [registry]
+    }),
+    webhookOrphaned: new Counter({
+      name: 'busgate_webhook_orphaned_copies_total',
+      help: 'Copies for a subscriber webhook that was deleted: dropped',
+      registers: [registry]
+    }),
+    subscriberHeard: new Counter({
+      name: 'busgate_webhook_subscriber_events_total',
+      help: 'Broadcast events matching a subscriber webhook, by outcome: recorded here, duplicate (another instance recorded it), dropped (Redis could not take it in time)',
+      labelNames: ['outcome'],
+      registers: [registry]
+    }),
+    subscriberTrimmed: new Counter({
+      name: 'busgate_webhook_subscriber_trimmed_total',
+      help: 'Oldest copies dropped because a subscriber webhook had BUSGATE_WEBHOOK_SUBSCRIBER_QUEUE_MAX waiting',
+      registers: [registry]
+    }),
+    invalidRecords: new Counter({
+      name: 'busgate_invalid_records_total',
+      help: 'Records read back from busgate\'s own keys that did not check (a hand edit, another version), by kind: left out, never trusted',
+      labelNames: ['kind'],
       registers: [registry]
     })
   }

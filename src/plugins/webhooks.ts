@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import { Gauge } from 'prom-client'
 import type { Config } from '../config.js'
+import { AttemptLog } from '../webhooks/attempt-log.js'
 import { DeadLetters } from '../webhooks/dead-letters.js'
 import { WebhookDispatcher } from '../webhooks/dispatcher.js'
 import { WebhookRegistry } from '../webhooks/registry.js'
@@ -10,6 +11,7 @@ declare module 'fastify' {
   interface FastifyInstance {
     webhooks: WebhookRegistry
     deadLetters: DeadLetters
+    attemptLog: AttemptLog
     dispatcher: WebhookDispatcher
   }
 }
@@ -19,16 +21,23 @@ declare module 'fastify' {
  * list for the webhooks; the dispatcher stops, and hands back what it holds, on close.
  */
 export default fp<{ config: Config }>(async (app, { config }) => {
-  const registry = new WebhookRegistry(app.engine.store, config.keyPrefix)
-  const deadLetters = new DeadLetters(app.engine, config.keyPrefix, { max: config.deadLetterMax, maxFrameBytes: config.busMaxMessageBytes }, app.log)
   const { metrics } = app
+  const registry = new WebhookRegistry(app.engine.store, config.keyPrefix, (id, why) => {
+    metrics.invalidRecords.inc({ kind: 'webhook' })
+    app.log.warn({ webhook: id, why }, 'a stored webhook record does not check: left out until it is fixed or deleted')
+  })
+  const attemptLog = new AttemptLog(app.engine.store, config.keyPrefix, (id) => {
+    metrics.invalidRecords.inc({ kind: 'attempt' })
+    app.log.warn({ webhook: id }, 'stored attempt-log lines do not check: left out')
+  })
+  const deadLetters = new DeadLetters(app.engine, config.keyPrefix, { max: config.deadLetterMax, maxFrameBytes: config.busMaxMessageBytes }, app.log)
   const outcomes = {
     delivered: metrics.webhookDeliveries.labels({ outcome: 'delivered' }),
     failed: metrics.webhookDeliveries.labels({ outcome: 'failed' }),
     gone: metrics.webhookDeliveries.labels({ outcome: 'gone' }),
     throttled: metrics.webhookDeliveries.labels({ outcome: 'throttled' })
   }
-  const dispatcher = new WebhookDispatcher(app.engine, registry, deadLetters, {
+  const dispatcher = new WebhookDispatcher(app.engine, registry, deadLetters, attemptLog, {
     keyPrefix: config.keyPrefix,
     concurrency: config.webhookConcurrency,
     timeoutMs: config.webhookTimeoutMs,
@@ -40,7 +49,11 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     circuitCooldownMs: config.webhookCircuitCooldownMs,
     instanceTtlMs: config.instanceTtlMs,
     allowPrivate: config.webhookAllowPrivate,
-    maxMessageBytes: config.busMaxMessageBytes
+    maxMessageBytes: config.busMaxMessageBytes,
+    take: config.webhookTake,
+    scanDepth: config.webhookScanDepth,
+    pollMs: config.webhookPollMs,
+    subscriberQueueMax: config.webhookSubscriberQueueMax
   }, {
     delivery: (outcome, seconds) => {
       outcomes[outcome].inc()
@@ -50,10 +63,21 @@ export default fp<{ config: Config }>(async (app, { config }) => {
       metrics.deadLettered.inc({ reason })
       if (dropped > 0) metrics.deadLettersDropped.inc(dropped)
     },
-    circuit: (webhook, open) => metrics.webhookCircuitOpen.set({ webhook }, open ? 1 : 0)
+    circuit: (webhook, open) => metrics.webhookCircuitOpen.set({ webhook }, open ? 1 : 0),
+    scanned: (looked, unreadable) => {
+      metrics.webhookScanLooked.set(looked)
+      metrics.webhookScanUnreadable.set(unreadable)
+    },
+    givenBack: () => metrics.webhookGivenBack.inc(),
+    orphaned: () => metrics.webhookOrphaned.inc(),
+    recorder: {
+      heard: (outcome, count) => { if (count > 0) metrics.subscriberHeard.inc({ outcome }, count) },
+      trimmed: (count) => metrics.subscriberTrimmed.inc(count)
+    }
   }, app.log)
   app.decorate('webhooks', registry)
   app.decorate('deadLetters', deadLetters)
+  app.decorate('attemptLog', attemptLog)
   app.decorate('dispatcher', dispatcher)
   new Gauge({ // eslint-disable-line no-new
     name: 'busgate_webhook_in_flight',
@@ -78,10 +102,12 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     await migrate()
     migration = setInterval(() => { migrate().catch(() => undefined) }, 60_000)
     migration.unref()
+    await registry.start()
     await dispatcher.start()
   })
   app.addHook('preClose', async () => {
     clearInterval(migration)
+    registry.stop()
     await dispatcher.stop()
   })
 }, { name: 'busgate-webhooks', fastify: '5.x', dependencies: ['busgate-engine', 'busgate-metrics'] })

@@ -3,20 +3,24 @@ import { isIP } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import { Agent, request } from 'undici'
-import { CodecError, decodeEvent, toJsonEvent, type BusEvent } from '../codec.js'
+import { CodecError, decodeEvent, eventNameOf, toJsonEvent, type BusEvent } from '../codec.js'
+import type { WebhookTake } from '../config.js'
 import type { ClaimOptions, Consumer, Engine } from '../engines/engine.js'
 import { globList } from '../glob.js'
+import type { AttemptLog } from './attempt-log.js'
 import type { DeadLetter, DeadLetters } from './dead-letters.js'
 import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './registry.js'
 import { ENVELOPE_PREFIX, EnvelopeSealer, looksSealed, type Envelope } from './envelope.js'
+import { SubscriberRecorder, type RecorderMetrics } from './subscriber-recorder.js'
 import { signatureHeader } from './signing.js'
 import { guardedLookup, isPrivateAddress, urlHost } from './ssrf.js'
 
 const RR_BLOCK = 64
 /** most messages one delivery loop claims at a time */
 export const CLAIM_MAX = 8
-const ATTEMPT_LOG_MAX = 100
 const ATTEMPT_FLUSH_MS = 250
+/** most subscriber lists one claim looks at; the dispatcher goes round them */
+const SOURCES_PER_CLAIM = 16
 
 export interface DispatcherOptions {
   keyPrefix: string
@@ -32,6 +36,10 @@ export interface DispatcherOptions {
   allowPrivate: boolean
   /** larger messages are dead-lettered (too_large) undecoded */
   maxMessageBytes: number
+  take: WebhookTake
+  scanDepth: number
+  pollMs: number
+  subscriberQueueMax: number
 }
 
 export interface DispatcherMetrics {
@@ -39,6 +47,13 @@ export interface DispatcherMetrics {
   /** `dropped`: how many of the oldest letters made room for it */
   deadLettered: (reason: DeadLetter['reason'], dropped: number) => void
   circuit: (webhookId: string, open: boolean) => void
+  /** what the last matching claim saw of the consumer list's head */
+  scanned: (looked: number, unreadable: number) => void
+  /** messages taken for a consumer webhook that no longer wanted them, given back to the list */
+  givenBack: () => void
+  /** a subscriber webhook's copy dropped because the webhook is gone */
+  orphaned: () => void
+  recorder: RecorderMetrics
 }
 
 interface Circuit {
@@ -56,13 +71,15 @@ interface Attempt {
 }
 
 /**
- * Consumes the consumer list for the registered webhooks. Each of `concurrency` loops delivers
- * one message at a time; what it claimed sits in a processing list of this instance until a
- * receiver answered 2xx or the message was dead-lettered. A message whose round failed waits
- * for its next one in the delay set, held by nobody, and any loop of any instance takes it when
- * it is due. An instance that dies leaves its lists to be reclaimed by any other (or by itself
- * restarted) once its liveness key expires. With no enabled, available webhook the loops take
- * nothing, so messages wait in Redis.
+ * Delivers to the registered webhooks. Consumer webhooks take from the consumer list (with
+ * `take: matching`, only what an available one matches, the rest staying for the other
+ * consumers); subscriber webhooks get copies of broadcast events, which the recorder writes to a
+ * list per webhook. Each of `concurrency` loops delivers one message at a time; what it claimed
+ * sits in a processing list of this instance until a receiver answered 2xx or the message was
+ * dead-lettered. A message whose round failed waits for its next one in the delay set, held by
+ * nobody, and any loop of any instance takes it when it is due. An instance that dies leaves its
+ * lists to be reclaimed by any other (or by itself restarted) once its liveness key expires.
+ * With no enabled, available webhook the loops take nothing, so messages wait in Redis.
  */
 export class WebhookDispatcher {
   readonly instance = randomBytes(6).toString('hex')
@@ -73,8 +90,6 @@ export class WebhookDispatcher {
   readonly #loops: Array<Promise<void>> = []
   readonly #consumers: Consumer[] = []
   #timers: NodeJS.Timeout[] = []
-  #webhooks: StoredWebhook[] = []
-  #webhooksAt = 0
   readonly #matchers = new Map<string, (name: string) => boolean>()
   /** parsed URLs, and whether each is a private IP literal, by URL string */
   readonly #targets = new Map<string, { url: URL, privateLiteral: boolean }>()
@@ -85,17 +100,22 @@ export class WebhookDispatcher {
   #rrEnd = 0
   #rrRefill: Promise<void> | undefined
   readonly #agent: Agent
-  /** attempt-log lines waiting to be written, by webhook: one write per webhook per flush */
-  #attempts = new Map<string, string[]>()
   #sealer: Promise<EnvelopeSealer> | undefined
   /** when the envelope key was last read again because a value would not open (performance.now()) */
   #keyReadAt = 0
   #unopened = 0
+  /** loops waiting for work, the longest waiting first */
+  #idle: Array<() => void> = []
+  /** where the next claim starts in the list of subscriber lists */
+  #sourceTurn = 0
+  readonly #recorder: SubscriberRecorder
+  #unsubscribe: (() => Promise<void>) | undefined
 
   constructor (
     private readonly engine: Engine,
     private readonly registry: WebhookRegistry,
     private readonly deadLetters: DeadLetters,
+    private readonly attempts: AttemptLog,
     private readonly options: DispatcherOptions,
     private readonly metrics: DispatcherMetrics,
     private readonly log: FastifyBaseLogger
@@ -107,6 +127,10 @@ export class WebhookDispatcher {
       connections: Math.max(4, options.concurrency),
       connect: { timeout: options.timeoutMs, ...(options.allowPrivate ? {} : { lookup: guardedLookup }) }
     })
+    this.#recorder = new SubscriberRecorder(engine, async () => await this.#envelopes(), (id) => this.subscriberList(id),
+      { keyPrefix: options.keyPrefix, queueMax: options.subscriberQueueMax }, metrics.recorder, (n) => this.#wake(n), log)
+    // A change of the registry may make work for loops that found none.
+    registry.onChange(() => this.#wake(Infinity))
   }
 
   get #retryKey (): string {
@@ -117,9 +141,26 @@ export class WebhookDispatcher {
     return `${this.options.keyPrefix}delayed`
   }
 
+  /** The list of copies waiting for a subscriber webhook. */
+  subscriberList (webhookId: string): string {
+    return `${this.options.keyPrefix}subscriber:${webhookId}`
+  }
+
   /** Messages waiting for their next round, across every instance. */
   async delayed (): Promise<number> {
     return await this.engine.delayedLength(this.#delayKey)
+  }
+
+  /** Copies waiting for a subscriber webhook. */
+  async queued (webhookId: string): Promise<number> {
+    return await this.engine.listLength(this.subscriberList(webhookId))
+  }
+
+  /** What a deleted webhook leaves: its waiting copies (a subscriber's), its attempt log. */
+  async forget (webhookId: string): Promise<void> {
+    this.#circuits.delete(webhookId)
+    await this.engine.store.deleteKeys(this.subscriberList(webhookId))
+    await this.attempts.remove(webhookId)
   }
 
   #processingKey (n: number, instance = this.instance): string {
@@ -171,9 +212,14 @@ export class WebhookDispatcher {
     await this.#reclaimOrphans().catch(() => undefined)
     const beat = setInterval(() => { this.#heartbeat().catch(() => undefined) }, Math.max(100, Math.floor(this.options.instanceTtlMs / 3)))
     const sweep = setInterval(() => { this.#reclaimOrphans().catch(() => undefined) }, Math.max(200, Math.floor(this.options.instanceTtlMs / 2)))
-    const log = setInterval(() => { this.#flushAttempts().catch(() => undefined) }, ATTEMPT_FLUSH_MS)
-    for (const timer of [beat, sweep, log]) timer.unref()
-    this.#timers = [beat, sweep, log]
+    const log = setInterval(() => { this.attempts.flush().catch(() => undefined) }, ATTEMPT_FLUSH_MS)
+    // Loops that found nothing wait to be woken; one of them looks again each poll, for
+    // messages pushed without a broadcast and for delayed ones that came due.
+    const poll = setInterval(() => this.#wake(1), this.options.pollMs)
+    for (const timer of [beat, sweep, log, poll]) timer.unref()
+    this.#timers = [beat, sweep, log, poll]
+    this.registry.onChange(async () => await this.#follow())
+    await this.#follow()
     for (let n = 0; n < this.options.concurrency; n++) {
       const consumer = this.engine.consumer(this.#processingKey(n), this.#retryKey, this.#delayKey)
       this.#consumers.push(consumer)
@@ -187,28 +233,109 @@ export class WebhookDispatcher {
     this.#stopping = true
     this.#stop.abort()
     for (const timer of this.#timers) clearInterval(timer)
+    this.#wake(Infinity)
+    await this.#following
+    await this.#unsubscribe?.().catch(() => undefined)
+    this.#unsubscribe = undefined
+    await this.#recorder.flush()
     await Promise.all(this.#loops)
     await Promise.all(this.#consumers.map((c) => c.close()))
     for (let n = 0; n < this.options.concurrency; n++) {
       await this.engine.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
     }
-    await this.#flushAttempts().catch(() => undefined)
+    await this.attempts.flush().catch(() => undefined)
     await this.#agent.close()
   }
 
-  async #flushAttempts (): Promise<void> {
-    const pending = this.#attempts
-    this.#attempts = new Map()
-    await Promise.all([...pending].map(async ([webhookId, lines]) => {
-      await this.engine.store.listPushCapped(`${this.options.keyPrefix}attempts:${webhookId}`, lines, ATTEMPT_LOG_MAX)
-    }))
+  #following: Promise<void> | undefined
+  #followAgain = false
+
+  /**
+   * Subscribes to the broadcast channel while an enabled webhook needs it: a subscriber, for its
+   * copies, or a consumer under `matching`, whose idle loops hear from it what is worth a look.
+   * Otherwise the gateway takes in none of the channel's traffic for webhooks.
+   */
+  async #follow (): Promise<void> {
+    if (this.#following !== undefined) {
+      this.#followAgain = true
+      // What this call asked for is done when the run under way has gone round again.
+      while (this.#following !== undefined) await this.#following
+      return
+    }
+    this.#following = (async () => {
+      do {
+        this.#followAgain = false
+        const needed = !this.#stopping && this.registry.snapshot().some((w) => w.enabled && (w.role === 'subscriber' || this.options.take === 'matching'))
+        if (needed && this.#unsubscribe === undefined) {
+          this.#unsubscribe = await this.engine.subscribe({
+            message: (frame) => this.#heard(frame),
+            gap: () => {
+              if (this.registry.snapshot().some((w) => w.role === 'subscriber' && w.enabled)) {
+                this.log.warn('the bus subscription was lost and is back: subscriber webhooks miss what was published meanwhile')
+              }
+            }
+          }).catch((err: unknown) => {
+            this.log.warn({ err: { message: (err as Error).message } }, 'could not subscribe to the broadcast channel; subscriber webhooks get nothing until it is back')
+            return undefined
+          })
+        } else if (!needed && this.#unsubscribe !== undefined) {
+          const unsubscribe = this.#unsubscribe
+          this.#unsubscribe = undefined
+          await unsubscribe().catch(() => undefined)
+        }
+      } while (this.#followAgain)
+    })().finally(() => { this.#following = undefined })
+    await this.#following
+  }
+
+  /** A broadcast event: copies for the subscriber webhooks it matches; a wake for consumer loops it may interest. */
+  #heard (frame: Buffer): void {
+    const webhooks = this.registry.snapshot()
+    let subscribing = false
+    let consuming = false
+    for (const w of webhooks) {
+      if (!w.enabled) continue
+      if (w.role === 'subscriber') subscribing = true
+      else consuming = true
+    }
+    const waiting = consuming && this.#idle.length > 0 && this.options.take === 'matching'
+    if (!subscribing && !waiting) return
+    // Past the bound, nothing is decoded: a subscriber's copy could not be delivered anyway.
+    if (frame.byteLength > this.options.maxMessageBytes) return
+    const name = eventNameOf(frame)
+    if (name === undefined) return
+    const targets = subscribing ? webhooks.filter((w) => w.role === 'subscriber' && w.enabled && this.#matches(w, name)).map((w) => w.id) : []
+    if (targets.length > 0) this.#recorder.hear({ frame, webhooks: targets, id: this.#messageId() })
+    if (waiting && webhooks.some((w) => w.role === 'consumer' && w.enabled && this.#matches(w, name))) this.#wake(1)
+  }
+
+  #messageId (): string {
+    return `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`
+  }
+
+  /** Wakes up to `n` loops waiting for work. */
+  #wake (n: number): void {
+    for (; n > 0 && this.#idle.length > 0; n--) (this.#idle.shift() as () => void)()
+  }
+
+  /** Waits to be woken (or stopped); at most `ms`. */
+  async #rest (ms: number): Promise<void> {
+    if (this.#stopping) return
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        this.#idle = this.#idle.filter((w) => w !== done)
+        resolve()
+      }
+      const timer = setTimeout(done, ms)
+      this.#idle.push(done)
+    })
   }
 
   async #heartbeat (): Promise<void> {
     await this.engine.store.setExpiring(this.#liveKey(this.instance), '1', this.options.instanceTtlMs)
   }
 
-  /** Puts back what instances that stopped beating were holding. */
   /**
    * Values a claim found larger than BUSGATE_BUS_MAX_MESSAGE_BYTES wait in `<prefix>oversized`,
    * never brought here (a producer may push any size): they become dead letters inside the engine.
@@ -232,6 +359,7 @@ export class WebhookDispatcher {
     await this.#adopting
   }
 
+  /** Puts back what instances that stopped beating were holding. */
   async #reclaimOrphans (): Promise<void> {
     await this.#adoptOversized()
     const prefix = `${this.options.keyPrefix}processing:`
@@ -243,14 +371,26 @@ export class WebhookDispatcher {
     }
   }
 
-  /** The registry, read at most once a second: every loop asks before each message. */
-  async #available (): Promise<StoredWebhook[]> {
+  /**
+   * What a claim may take now, from the registry as this instance knows it (changes made here
+   * are in it at once, others' within REGISTRY_POLL_MS): the event globs of the enabled,
+   * available consumer webhooks, and the lists of the enabled, available subscriber webhooks
+   * (some of them, in turns).
+   */
+  #wanted (): { globs: string[], sources: string[] } {
     const now = Date.now()
-    if (now - this.#webhooksAt > 1000) {
-      this.#webhooks = (await this.registry.list()).sort((a, b) => a.id.localeCompare(b.id))
-      this.#webhooksAt = now
+    const globs = new Set<string>()
+    const sources: string[] = []
+    for (const w of this.registry.snapshot()) {
+      if (!w.enabled || !this.#allows(w.id, now)) continue
+      if (w.role === 'subscriber') sources.push(this.subscriberList(w.id))
+      else for (const glob of w.event_names) globs.add(glob)
     }
-    return this.#webhooks.filter((w) => w.enabled && this.#allows(w.id, now))
+    if (sources.length > SOURCES_PER_CLAIM) {
+      const start = this.#sourceTurn++ % sources.length
+      return { globs: [...globs], sources: [...sources.slice(start), ...sources.slice(0, start)].slice(0, SOURCES_PER_CLAIM) }
+    }
+    return { globs: [...globs], sources }
   }
 
   #allows (id: string, now: number): boolean {
@@ -262,6 +402,7 @@ export class WebhookDispatcher {
     const key = webhook.event_names.join(',')
     let matcher = this.#matchers.get(key)
     if (matcher === undefined) {
+      if (this.#matchers.size > 10_000) this.#matchers.clear()
       matcher = globList(key)
       this.#matchers.set(key, matcher)
     }
@@ -278,6 +419,7 @@ export class WebhookDispatcher {
   async #loop (consumer: Consumer, processingKey: string): Promise<void> {
     let done: Buffer[] = []
     let batch: Buffer[] = []
+    let sourcesFirst = false
     // After a failure the loop cannot tell what reached Redis (a claim whose answer was lost, a
     // release half done): it hands back everything its list holds. A message done but not yet
     // acknowledged is then sent again, which is better than a loss.
@@ -288,18 +430,38 @@ export class WebhookDispatcher {
           await this.engine.reclaim(processingKey, this.#retryKey, ENVELOPE_PREFIX)
           unsure = false
         }
-        if ((await this.#available()).length === 0) {
+        const { globs, sources } = this.#wanted()
+        // With `matching`, messages already taken (put back, delayed) are claimed even so: one
+        // that no webhook wants any more goes back to the list, for the other consumers.
+        if (globs.length === 0 && sources.length === 0 && this.options.take === 'all') {
           // Nothing can be delivered for now: what this loop holds goes back, so others may take it.
           await consumer.release(batch, ENVELOPE_PREFIX)
           batch = []
           await consumer.ack(...done)
           done = []
-          await this.#pause(500)
+          await this.#rest(500)
           continue
         }
         if (batch.length === 0) {
-          batch = await consumer.claim(1000, { max: CLAIM_MAX, sharers: this.options.concurrency, done, oversized: this.#oversized })
+          // Only a claim of `all` from the consumer list alone may wait in Redis (BLMOVE); any
+          // other waits here, to be woken by a broadcast, a recorded copy or the poll.
+          const blocking = this.options.take === 'all' && sources.length === 0
+          sourcesFirst = !sourcesFirst
+          batch = await consumer.claim(blocking ? 1000 : 0, {
+            max: CLAIM_MAX,
+            sharers: this.options.concurrency,
+            done,
+            oversized: this.#oversized,
+            ...(this.options.take === 'matching'
+              ? { take: { globs, depth: this.options.scanDepth }, scanned: this.metrics.scanned }
+              : {}),
+            sources,
+            sourcesFirst
+          })
           done = []
+          // A full claim means more may wait: one more loop gets to look.
+          if (batch.length >= CLAIM_MAX) this.#wake(1)
+          if (batch.length === 0 && !blocking) await this.#rest(60_000)
           continue
         }
         const claimed = batch.shift() as Buffer
@@ -329,8 +491,9 @@ export class WebhookDispatcher {
 
   /**
    * One round for one message: delivered, dead-lettered (both: returns it, to be acknowledged),
-   * or set aside in the delay set until its next round is due (returns undefined). The loop goes
-   * on with other messages meanwhile, so a receiver that keeps failing holds up no loop.
+   * given back to the consumer list or dropped (a copy for a webhook that is gone), or set aside
+   * in the delay set until its next round is due (returns undefined). The loop goes on with
+   * other messages meanwhile, so a receiver that keeps failing holds up no loop.
    */
   async #handle (claimed: Buffer, consumer: Consumer): Promise<Buffer | undefined> {
     const sealer = await this.#envelopes()
@@ -353,16 +516,35 @@ export class WebhookDispatcher {
       const reason = err instanceof CodecError && err.reason === 'too_large' ? 'too_large' : 'malformed'
       return await this.#bury(claimed, envelope, frame, reason, (err as Error).message, undefined)
     }
-    const all = this.#webhooks.filter((w) => w.enabled && this.#matches(w, event.event_name))
-    if (all.length === 0) {
-      return await this.#bury(claimed, envelope, frame, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
+    let all: StoredWebhook[]
+    if (envelope.webhook !== undefined) {
+      // A subscriber's copy is for its webhook alone; with the webhook gone, so is the copy.
+      const target = this.registry.current(envelope.webhook)
+      if (target === undefined || target.role !== 'subscriber') {
+        this.metrics.orphaned()
+        return claimed
+      }
+      all = target.enabled ? [target] : []
+    } else {
+      all = this.registry.snapshot().filter((w) => w.role === 'consumer' && w.enabled && this.#matches(w, event.event_name))
+      if (all.length === 0 && this.options.take === 'matching') {
+        // Taken for a webhook that no longer wants it: back to the head of the list, for the others.
+        await consumer.giveBack(claimed, frame)
+        this.metrics.givenBack()
+        return undefined
+      }
+      if (all.length === 0) {
+        return await this.#bury(claimed, envelope, frame, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
+      }
     }
     const now = Date.now()
     const candidates = all.filter((w) => this.#allows(w.id, now))
     if (candidates.length > 0) {
       const start = (await this.#position()) % candidates.length
       for (let k = 0; k < candidates.length && !this.#stopping; k++) {
-        const webhook = candidates[(start + k) % candidates.length] as StoredWebhook
+        // The registry as it is now: a webhook deleted or disabled meanwhile gets no new attempt.
+        const webhook = this.registry.current((candidates[(start + k) % candidates.length] as StoredWebhook).id)
+        if (webhook?.enabled !== true) continue
         envelope.attempts++
         const result = await this.#deliver(webhook, envelope.id, body, event)
         if (result.ok) return claimed
@@ -433,17 +615,14 @@ export class WebhookDispatcher {
     const seconds = (performance.now() - started) / 1000
     this.#after(webhook, attempt, seconds)
     // The log is for people: written in batches, a delivery never waits on it.
-    const lines = this.#attempts.get(webhook.id) ?? []
-    this.#attempts.set(webhook.id, lines)
-    lines.push(JSON.stringify({
+    this.attempts.record(webhook.id, {
       at: new Date().toISOString(),
       message_id: id,
       event_name: event.event_name,
       status: attempt.status,
       latency_ms: Math.round(seconds * 10_000) / 10,
       error: attempt.error
-    }))
-    if (lines.length > ATTEMPT_LOG_MAX) lines.splice(0, lines.length - ATTEMPT_LOG_MAX)
+    })
     return attempt
   }
 
@@ -472,8 +651,10 @@ export class WebhookDispatcher {
     if (attempt.status === 410) {
       this.metrics.delivery('gone', seconds)
       this.log.warn({ webhook: webhook.id }, 'webhook answered 410 Gone: disabled')
-      this.registry.update(webhook.id, { enabled: false }).catch(() => undefined)
-      webhook.enabled = false
+      // A compare-and-set: a PATCH at the same moment keeps its change, and this one holds too.
+      this.registry.update(webhook.id, { enabled: false }).catch((err: unknown) => {
+        this.log.warn({ webhook: webhook.id, err: { message: (err as Error).message } }, 'could not disable a webhook that answered 410')
+      })
       return
     }
     if (attempt.retryAfterMs !== null && (attempt.status === 429 || attempt.status === 503)) {

@@ -15,7 +15,9 @@ export const EnvelopeState = Type.Object({
   first_seen: Type.Number(),
   attempts: Type.Integer({ minimum: 0 }),
   rounds: Type.Integer({ minimum: 0 }),
-  last_error: Type.Optional(Type.String())
+  last_error: Type.Optional(Type.String()),
+  /** a subscriber webhook's copy: the webhook it is for (a consumer list message has none) */
+  webhook: Type.Optional(Type.String({ maxLength: 64 }))
 })
 export type Envelope = Static<typeof EnvelopeState>
 

@@ -1,23 +1,41 @@
 import { randomBytes } from 'node:crypto'
+import { Type, type Static } from '@sinclair/typebox'
 import type { Store } from '../engines/engine.js'
+import { storedRecordCheck } from '../validation.js'
 
-export interface WebhookSecret {
-  value: string
-  /** null for the current secret; when the previous one stops being used to sign */
-  expires_at: string | null
-}
+/**
+ * `consumer`: takes its share of the consumer list, competing with Backend.AI's managers;
+ * `subscriber`: gets a copy of every broadcast event it matches, as each Backend.AI subscriber does.
+ */
+export const WebhookRoleSchema = Type.Union([Type.Literal('consumer'), Type.Literal('subscriber')])
+export type WebhookRole = Static<typeof WebhookRoleSchema>
 
-/** A webhook as stored: in Redis, so every gateway instance sees the same set. */
-export interface StoredWebhook {
-  id: string
-  url: string
-  event_names: string[]
-  description: string
-  enabled: boolean
-  created_at: string
-  updated_at: string
-  secrets: WebhookSecret[]
-}
+const WebhookSecretSchema = Type.Object({
+  value: Type.String({ minLength: 1 }),
+  /** null for the current secret; when a rotated-out one stops being used to sign */
+  expires_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+})
+export type WebhookSecret = Static<typeof WebhookSecretSchema>
+
+/**
+ * A webhook as stored, in Redis, so every gateway instance sees the same set. Records an
+ * older version wrote have no `role`: they are consumers. Fields a later version adds are let through.
+ */
+const StoredWebhookSchema = Type.Object({
+  id: Type.String({ pattern: '^wh_[A-Za-z0-9_-]{16}$' }),
+  url: Type.String({ minLength: 1 }),
+  event_names: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+  description: Type.String(),
+  enabled: Type.Boolean(),
+  role: Type.Optional(WebhookRoleSchema),
+  created_at: Type.String(),
+  updated_at: Type.String(),
+  secrets: Type.Array(WebhookSecretSchema, { minItems: 1 })
+})
+type StoredRecord = Static<typeof StoredWebhookSchema>
+const isStored = storedRecordCheck(StoredWebhookSchema)
+
+export type StoredWebhook = StoredRecord & { role: WebhookRole }
 
 /** What the API shows: never a secret. */
 export type PublicWebhook = Omit<StoredWebhook, 'secrets'>
@@ -27,6 +45,7 @@ export interface WebhookFields {
   event_names: string[]
   description: string
   enabled: boolean
+  role: WebhookRole
 }
 
 /** A Standard Webhooks secret: `whsec_` and 24 random bytes in base64. */
@@ -43,23 +62,95 @@ export function activeSecrets (webhook: StoredWebhook, now = Date.now()): string
   return webhook.secrets.filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now).map((s) => s.value)
 }
 
-/** The webhook registry, on the engine's store under the key prefix. */
+/** How often an instance looks whether another one changed the registry (one GET). */
+export const REGISTRY_POLL_MS = 50
+/** How often it reads the whole registry all the same: a hand edit in Redis changes no counter. */
+const REGISTRY_FULL_READ_MS = 10_000
+/** Tries of one change against others made meanwhile (each try reads the record again). */
+const SWAP_TRIES = 20
+
+export class RegistryConflictError extends Error {}
+
+/**
+ * The webhook registry, on the engine's store under the key prefix: one hash of JSON records,
+ * and a counter every change increments. Each change is a compare-and-set of the whole record,
+ * tried again on what another writer left, so two changes at once (a PATCH and a 410's disable,
+ * a rotation) both hold. The snapshot is what the dispatcher reads: a change made here is in it
+ * before the call returns; one made by another instance is in it within REGISTRY_POLL_MS and a read.
+ */
 export class WebhookRegistry {
   readonly #key: string
+  readonly #counterKey: string
+  #snapshot = new Map<string, StoredWebhook>()
+  #ordered: StoredWebhook[] = []
+  #counter = -1
+  #readAt = 0
+  #timer: NodeJS.Timeout | undefined
+  #refreshing: Promise<void> | undefined
+  /** changes made here: a read that began before one must not undo it in the snapshot */
+  #writes = 0
+  /** ids (and the bytes they held) already reported as not checking: once each */
+  readonly #reported = new Map<string, string>()
+  readonly #listeners = new Set<() => unknown>()
 
-  constructor (private readonly store: Store, keyPrefix: string) {
+  constructor (private readonly store: Store, keyPrefix: string, private readonly onInvalid: (id: string, why: string) => void = () => {}) {
     this.#key = `${keyPrefix}webhooks`
+    this.#counterKey = `${keyPrefix}webhooks:changes`
+  }
+
+  /** Reads the registry now, then follows changes until `stop`. Never throws: a bus that is down is read again later. */
+  async start (): Promise<void> {
+    await this.refresh(true).catch(() => undefined)
+    this.#timer = setInterval(() => { this.refresh().catch(() => undefined) }, REGISTRY_POLL_MS)
+    this.#timer.unref()
+  }
+
+  stop (): void {
+    clearInterval(this.#timer)
+  }
+
+  /** Called after the snapshot changed; a change made here returns once its listeners' promises have settled. */
+  onChange (listener: () => unknown): void {
+    this.#listeners.add(listener)
+  }
+
+  /** Every webhook, oldest first, as last read or changed here; no round trip. */
+  snapshot (): readonly StoredWebhook[] {
+    return this.#ordered
+  }
+
+  current (id: string): StoredWebhook | undefined {
+    return this.#snapshot.get(id)
+  }
+
+  /** Reads the whole registry when another writer changed it, or when `force`, or now and then. */
+  async refresh (force = false): Promise<void> {
+    this.#refreshing ??= (async () => {
+      const writes = this.#writes
+      const counter = await this.store.increment(this.#counterKey, 0)
+      if (!force && counter === this.#counter && Date.now() - this.#readAt < REGISTRY_FULL_READ_MS) return
+      const all = await this.list()
+      if (writes !== this.#writes) return // read again at the next poll, the counter having moved
+      this.#readAt = Date.now()
+      this.#counter = counter
+      await this.#replace(all)
+    })().finally(() => { this.#refreshing = undefined })
+    await this.#refreshing
   }
 
   async list (): Promise<StoredWebhook[]> {
     const all = await this.store.hashGetAll(this.#key)
-    return Object.values(all).map((json) => JSON.parse(json) as StoredWebhook)
-      .sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id))
+    const webhooks: StoredWebhook[] = []
+    for (const [id, json] of Object.entries(all)) {
+      const webhook = this.#decode(id, json)
+      if (webhook !== undefined) webhooks.push(webhook)
+    }
+    return webhooks.sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id))
   }
 
   async get (id: string): Promise<StoredWebhook | undefined> {
     const json = await this.store.hashGet(this.#key, id)
-    return json === null ? undefined : JSON.parse(json) as StoredWebhook
+    return json === null ? undefined : this.#decode(id, json)
   }
 
   async create (fields: WebhookFields): Promise<StoredWebhook> {
@@ -71,38 +162,95 @@ export class WebhookRegistry {
       updated_at: now,
       secrets: [{ value: newSecret(), expires_at: null }]
     }
-    await this.#save(webhook)
+    if (!(await this.store.hashSwap(this.#key, webhook.id, null, JSON.stringify(webhook), this.#counterKey))) {
+      throw new RegistryConflictError(`webhook id ${webhook.id} is taken`)
+    }
+    await this.#applied(webhook.id, webhook)
     return webhook
   }
 
+  /** Applies the changes to the record as it is now: fields not named keep what others set meanwhile. */
   async update (id: string, changes: Partial<WebhookFields>): Promise<StoredWebhook | undefined> {
-    const webhook = await this.get(id)
-    if (webhook === undefined) return undefined
-    const updated: StoredWebhook = { ...webhook, ...changes, updated_at: new Date().toISOString() }
-    await this.#save(updated)
-    return updated
+    return await this.#change(id, (webhook) => ({ ...webhook, ...changes, updated_at: new Date().toISOString() }))
   }
 
   async delete (id: string): Promise<boolean> {
-    return await this.store.hashDelete(this.#key, id)
+    for (let i = 0; i < SWAP_TRIES; i++) {
+      const json = await this.store.hashGet(this.#key, id)
+      if (json === null) return false
+      if (await this.store.hashSwap(this.#key, id, json, null, this.#counterKey)) {
+        await this.#applied(id, undefined)
+        return true
+      }
+    }
+    throw new RegistryConflictError(`webhook ${id} kept changing; not deleted`)
   }
 
   /** A new current secret; the old one keeps signing (beside the new) for `overlapMs`. */
   async rotateSecret (id: string, overlapMs: number): Promise<{ webhook: StoredWebhook, secret: string, previousExpiresAt: string } | undefined> {
-    const webhook = await this.get(id)
-    if (webhook === undefined) return undefined
-    const now = Date.now()
-    const previousExpiresAt = new Date(now + overlapMs).toISOString()
     const secret = newSecret()
-    const kept = webhook.secrets
-      .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
-      .map((s) => (s.expires_at === null ? { ...s, expires_at: previousExpiresAt } : s))
-    const updated: StoredWebhook = { ...webhook, secrets: [{ value: secret, expires_at: null }, ...kept], updated_at: new Date(now).toISOString() }
-    await this.#save(updated)
-    return { webhook: updated, secret, previousExpiresAt }
+    let previousExpiresAt = ''
+    const webhook = await this.#change(id, (current) => {
+      const now = Date.now()
+      previousExpiresAt = new Date(now + overlapMs).toISOString()
+      const kept = current.secrets
+        .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
+        .map((s) => (s.expires_at === null ? { ...s, expires_at: previousExpiresAt } : s))
+      return { ...current, secrets: [{ value: secret, expires_at: null }, ...kept], updated_at: new Date(now).toISOString() }
+    })
+    return webhook === undefined ? undefined : { webhook, secret, previousExpiresAt }
   }
 
-  async #save (webhook: StoredWebhook): Promise<void> {
-    await this.store.hashSet(this.#key, webhook.id, JSON.stringify(webhook))
+  /** Read, change, compare-and-set; again on what another writer left, until it holds. */
+  async #change (id: string, next: (webhook: StoredWebhook) => StoredWebhook): Promise<StoredWebhook | undefined> {
+    for (let i = 0; i < SWAP_TRIES; i++) {
+      const json = await this.store.hashGet(this.#key, id)
+      if (json === null) return undefined
+      const webhook = this.#decode(id, json)
+      if (webhook === undefined) return undefined
+      const updated = next(webhook)
+      if (await this.store.hashSwap(this.#key, id, json, JSON.stringify(updated), this.#counterKey)) {
+        await this.#applied(id, updated)
+        return updated
+      }
+    }
+    throw new RegistryConflictError(`webhook ${id} kept changing; not changed`)
+  }
+
+  async #applied (id: string, webhook: StoredWebhook | undefined): Promise<void> {
+    this.#writes++
+    const all = new Map(this.#snapshot)
+    if (webhook === undefined) all.delete(id)
+    else all.set(id, webhook)
+    await this.#replace([...all.values()])
+  }
+
+  async #replace (webhooks: StoredWebhook[]): Promise<void> {
+    this.#snapshot = new Map(webhooks.map((w) => [w.id, w]))
+    this.#ordered = [...webhooks].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id))
+    // A listener that fails (a subscription the bus refused) must not fail the change, which holds.
+    await Promise.allSettled([...this.#listeners].map(async (listener) => await listener()))
+  }
+
+  /** A record that does not check is reported (once) and left out: never trusted, never fatal. */
+  #decode (id: string, json: string): StoredWebhook | undefined {
+    let record: unknown
+    let why = ''
+    try {
+      record = JSON.parse(json)
+    } catch (err) {
+      why = `not JSON: ${(err as Error).message}`
+    }
+    if (why === '' && isStored(record)) {
+      if (record.id === id) return { ...record, role: record.role ?? 'consumer' }
+      why = `holds the id ${record.id}`
+    }
+    if (why === '') why = 'does not match the webhook record schema'
+    if (this.#reported.get(id) !== json) {
+      if (this.#reported.size > 1000) this.#reported.clear()
+      this.#reported.set(id, json)
+      this.onInvalid(id, why)
+    }
+    return undefined
   }
 }

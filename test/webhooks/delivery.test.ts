@@ -62,8 +62,8 @@ t.test('with no enabled webhook nothing is popped; events wait in Redis and flow
   t.same(got.map((r) => r.json.event_name).sort(), ['a', 'b', 'c'])
 })
 
-t.test('round-robin over the matching webhooks; filters route; unmatched events are dead-lettered', async (t) => {
-  const { register, post, app } = await gateway(t)
+t.test('round-robin over the matching webhooks; filters route; with BUSGATE_WEBHOOK_TAKE=all unmatched events are dead-lettered', async (t) => {
+  const { register, post, app } = await gateway(t, { webhookTake: 'all' })
   const one = await startReceiver(t)
   const two = await startReceiver(t)
   const sessions = await startReceiver(t)
@@ -193,8 +193,8 @@ t.test('410 Gone disables the webhook; 3xx is not followed', async (t) => {
   t.equal(total, 2, 'both dead-lettered after their attempts, none lost')
 })
 
-t.test('a malformed message is dead-lettered; the good one behind it is delivered', async (t) => {
-  const { register, names, app } = await gateway(t)
+t.test('with BUSGATE_WEBHOOK_TAKE=all a malformed message is dead-lettered; the good one behind it is delivered', async (t) => {
+  const { register, names, app } = await gateway(t, { webhookTake: 'all' })
   const receiver = await startReceiver(t)
   await register(receiver.url)
   await redis.client.rpush(names.prodconsKey, Buffer.from([0xc1, 0x00]), Buffer.from(encode({ event_name: 'good_one', agent_id: 'x', args: [] })))
