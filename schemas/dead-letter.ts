@@ -17,6 +17,9 @@ export const DeadLetter = Type.Object({
   error: Type.String({ description: 'the last error' }),
   event_name: Type.Union([Type.String(), Type.Null()]),
   agent_id: Type.Union([Type.String(), Type.Null()]),
+  webhook_id: Type.Optional(Type.Union([Type.String(), Type.Null()], {
+    description: 'a subscriber webhook\'s copy: the webhook it was for, to which alone a redelivery goes; null for a message of the consumer list'
+  })),
   frame: Type.Union([Type.String(), Type.Null()], {
     description: 'the message as it was on the bus, base64; null when it is larger than BUSGATE_BUS_MAX_MESSAGE_BYTES ' +
       '(its bytes are kept and redelivered, but not shown)'

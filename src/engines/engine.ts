@@ -170,11 +170,16 @@ export interface StoredLetter extends LetterBytes {
   meta: string | null
 }
 
-/** A dead letter being moved in from the old list layout. */
+/** A dead letter being added, or moved in from the old list layout. */
 export interface ImportedLetter {
   id: string
   meta: string
   frame: Buffer
+  /**
+   * What a redelivery appends to the retry list instead of putting `frame` on the consumer
+   * list: a subscriber webhook's copy, sealed for its webhook, which must reach it alone.
+   */
+  returns?: Buffer
 }
 
 /**
@@ -207,7 +212,7 @@ export interface DeadLetterStore {
   frames (ids: readonly string[], maxFrameBytes: number): Promise<LetterBytes[]>
   /** true when it was there */
   remove (id: string): Promise<boolean>
-  /** Appends its bytes to the consumer list and takes it out, in one step; false when it is gone or has no bytes. */
+  /** Appends its bytes to the consumer list (or its `returns` to the retry list) and takes it out, in one step; false when it is gone or has no bytes. */
   redeliver (id: string): Promise<boolean>
   /**
    * The same for the oldest letters whose sequence is above `after` (-Infinity: from the oldest)
@@ -242,8 +247,8 @@ export interface HeardEvent {
    */
   seenKey: string
   occurrence: number
-  /** what to append, and to which list */
-  copies: ReadonlyArray<{ list: string, value: Buffer }>
+  /** what to append, to which list, for which webhook */
+  copies: ReadonlyArray<{ webhook: string, list: string, value: Buffer }>
 }
 
 /**
@@ -282,17 +287,19 @@ export interface Engine {
    */
   reclaim (processingKey: string, retryKey: string, envelopePrefix: string): Promise<number>
   /**
-   * For each event, in one step: unless some instance recorded this occurrence in the last
-   * `ttlMs` (its `seenKey` holds `occurrence` or more), appends its copies and notes it; each list
-   * keeps its newest `max` values. Returns, per event, whether this call recorded it, and how
-   * many old values the bound dropped.
+   * For each copy of each event, in one step: unless some instance recorded this occurrence for
+   * this webhook in the last `ttlMs` (the hash `seenKey` holds `occurrence` or more for it),
+   * appends it and notes it. Instances whose registries differ for a moment (one has just
+   * heard of a new webhook) thus add what the others did not. Each list keeps its newest `max`
+   * values. Returns, per event, whether this call recorded any copy of it, and how many old
+   * values the bound dropped.
    */
   recordHeard (events: readonly HeardEvent[], ttlMs: number, max: number): Promise<{ recorded: boolean[], dropped: number }>
   /** How many values a list of Buffers holds (a subscriber webhook's copies). */
   listLength (key: string): Promise<number>
   readonly store: Store
-  /** The dead letters kept under keys that start with `base` (see each engine); redelivered to the consumer list. */
-  deadLetterStore (base: string): DeadLetterStore
+  /** The dead letters kept under keys that start with `base` (see each engine); redelivered to the consumer list, or (see ImportedLetter.returns) to `retryKey`. */
+  deadLetterStore (base: string, retryKey: string): DeadLetterStore
   close (): Promise<void>
 }
 

@@ -251,7 +251,7 @@ export class MemoryEngine implements Engine {
   readonly #letters = new Map<string, Letters>()
 
   /** Each call a synchronous step, so each is as atomic as a script is in Redis. */
-  deadLetterStore (base: string): DeadLetterStore {
+  deadLetterStore (base: string, retryKey: string): DeadLetterStore {
     const letters = this.#letters.get(base) ?? { seq: 0, byId: new Map(), order: new RankedList<Letter>() }
     this.#letters.set(base, letters)
     const { byId, order } = letters
@@ -270,10 +270,10 @@ export class MemoryEngine implements Engine {
       order.remove(item)
       byId.delete(item.value.id)
     }
-    const put = ({ id, meta, frame }: ImportedLetter): void => {
+    const put = ({ id, meta, frame, returns }: ImportedLetter): void => {
       const same = byId.get(id)
       if (same !== undefined) forget(same)
-      byId.set(id, order.push(++letters.seq, { id, meta, frame: Buffer.from(frame) }))
+      byId.set(id, order.push(++letters.seq, { id, meta, frame: Buffer.from(frame), ...(returns === undefined ? {} : { returns: Buffer.from(returns) }) }))
     }
     const trim = (max: number): number => {
       let dropped = 0
@@ -285,6 +285,10 @@ export class MemoryEngine implements Engine {
       this.#assertOpen()
       for (const item of items) {
         forget(item)
+        if (item.value.returns !== undefined) {
+          this.#retryList(retryKey).push(item.value.returns)
+          continue
+        }
         this.#queue.push(item.value.frame)
         this.#queuedBytes += item.value.frame.byteLength
       }
@@ -371,28 +375,32 @@ export class MemoryEngine implements Engine {
     }
   }
 
-  readonly #seen = new Map<string, { occurrence: number, until: number }>()
+  /** by seen key: until when it is kept, and the occurrence recorded for each webhook */
+  readonly #seen = new Map<string, { until: number, webhooks: Map<string, number> }>()
 
   async recordHeard (events: readonly HeardEvent[], ttlMs: number, max: number): Promise<{ recorded: boolean[], dropped: number }> {
     this.#assertOpen()
     const now = Date.now()
-    // Expired marks go first, as Redis's expiry would take them; the map keeps insertion order.
+    // Expired marks go first, as Redis's expiry would take them; the map keeps them in expiry order.
     for (const [key, mark] of this.#seen) {
       if (mark.until > now) break
       this.#seen.delete(key)
     }
     let dropped = 0
     const recorded = events.map((event) => {
-      const held = this.#seen.get(event.seenKey)
-      if (held !== undefined && held.until > now && held.occurrence >= event.occurrence) return false
+      const held = this.#seen.get(event.seenKey)?.webhooks ?? new Map<string, number>()
       this.#seen.delete(event.seenKey)
-      this.#seen.set(event.seenKey, { occurrence: event.occurrence, until: now + ttlMs })
-      for (const { list, value } of event.copies) {
+      this.#seen.set(event.seenKey, { until: now + ttlMs, webhooks: held })
+      let any = false
+      for (const { webhook, list, value } of event.copies) {
+        if ((held.get(webhook) ?? 0) >= event.occurrence) continue
+        held.set(webhook, event.occurrence)
+        any = true
         const values = this.#retryList(list)
         values.push(Buffer.from(value))
         if (values.length > max) dropped += values.splice(0, values.length - max).length
       }
-      return true
+      return any
     })
     return { recorded, dropped }
   }

@@ -270,29 +270,30 @@ local due = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
 return {out, due and tostring(math.max(0, tonumber(due) - now)) or '', aside, scanned, unreadable}
 `
 
-// Per event: ARGV occurrence, copies, then that many values; KEYS its seen key, then one list per
-// copy. ARGV[1] ttl, ARGV[2] most values per list, ARGV[3] events.
+// Per event: ARGV occurrence, copies, then per copy its webhook and value; KEYS its seen hash
+// (a field per webhook), then one list per copy. ARGV[1] ttl, ARGV[2] most values per list, ARGV[3] events.
 const RECORD_HEARD_LUA = `
 local ttl, max, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local a, k, recorded, dropped = 4, 1, {}, 0
 for e = 1, n do
   local occurrence, copies = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  local held = tonumber(redis.call('GET', KEYS[k]) or '0') or 0
-  if held < occurrence then
-    redis.call('SET', KEYS[k], occurrence, 'PX', ttl)
-    for c = 1, copies do
-      local length = redis.call('RPUSH', KEYS[k + c], ARGV[a + c - 1])
+  recorded[e] = 0
+  for c = 1, copies do
+    local webhook, value = ARGV[a], ARGV[a + 1]
+    a = a + 2
+    local held = tonumber(redis.call('HGET', KEYS[k], webhook) or '0') or 0
+    if held < occurrence then
+      redis.call('HSET', KEYS[k], webhook, occurrence)
+      local length = redis.call('RPUSH', KEYS[k + c], value)
       if length > max then
         redis.call('LPOP', KEYS[k + c], length - max)
         dropped = dropped + length - max
       end
+      recorded[e] = 1
     end
-    recorded[e] = 1
-  else
-    recorded[e] = 0
   end
-  a = a + copies
+  redis.call('PEXPIRE', KEYS[k], ttl)
   k = k + 1 + copies
 end
 return {recorded, dropped}
@@ -373,10 +374,16 @@ return 1
 // descriptions, KEYS[3] a hash of their bytes. Bytes stay bytes (Lua has no base64), so a
 // redelivery moves them inside one script.
 const LETTERS_LUA = `
+local function returns (ids)
+  local fields = {}
+  for i, id in ipairs(ids) do fields[i] = 'r:' .. id end
+  return fields
+end
 local function forget (ids)
   redis.call('ZREM', KEYS[1], unpack(ids))
   redis.call('HDEL', KEYS[2], unpack(ids))
   redis.call('HDEL', KEYS[3], unpack(ids))
+  redis.call('HDEL', KEYS[3], unpack(returns(ids)))
 end
 local function trim (max)
   local over = math.min(redis.call('ZCARD', KEYS[1]) - max, ${LETTER_TRIM_MAX})
@@ -386,31 +393,35 @@ local function trim (max)
   return #old
 end
 -- Those of the ids that have bytes go to the end of the consumer list (KEYS[4]), in their
--- order, and out of the letters. The RPUSH is the first write: if Redis refuses it (OOM, a
--- wrong type), nothing has changed.
+-- order, and out of the letters; a subscriber's copy (its field 'r:<id>' holds the envelope
+-- for its webhook) goes to the retry list (KEYS[5]) instead. The RPUSHes are the first writes:
+-- if Redis refuses one (OOM, a wrong type), nothing has changed.
 local function move (ids)
   if #ids == 0 then return 0 end
   local frames = redis.call('HMGET', KEYS[3], unpack(ids))
-  local bytes, moved = {}, {}
+  local back = redis.call('HMGET', KEYS[3], unpack(returns(ids)))
+  local bytes, copies, moved = {}, {}, {}
   for i, id in ipairs(ids) do
     if frames[i] then
-      bytes[#bytes + 1] = frames[i]
+      if back[i] then copies[#copies + 1] = back[i] else bytes[#bytes + 1] = frames[i] end
       moved[#moved + 1] = id
     end
   end
   if #moved == 0 then return 0 end
-  redis.call('RPUSH', KEYS[4], unpack(bytes))
+  if #bytes > 0 then redis.call('RPUSH', KEYS[4], unpack(bytes)) end
+  if #copies > 0 then redis.call('RPUSH', KEYS[5], unpack(copies)) end
   forget(moved)
   return #moved
 end
 `
 
-// KEYS[4]: the sequence counter. ARGV: id, description, bytes, max.
+// KEYS[4]: the sequence counter. ARGV: id, description, bytes, max, what a redelivery returns ('': none).
 const LETTER_ADD_LUA = LETTERS_LUA + `
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[1], seq, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'r:' .. ARGV[1], ARGV[5]) end
 return trim(tonumber(ARGV[4]))
 `
 
@@ -535,14 +546,14 @@ return {#v, trim(tonumber(ARGV[3]))}
 type LetterKeys = [ids: string, meta: string, frames: string]
 
 interface ScriptCommands {
-  busgateLetterAdd: (...args: [...LetterKeys, seq: string, id: string, meta: string, frame: Buffer, max: number]) => Promise<number>
+  busgateLetterAdd: (...args: [...LetterKeys, seq: string, id: string, meta: string, frame: Buffer, max: number, returns: Buffer | string]) => Promise<number>
   busgateLetterPageBuffer: (...args: [...LetterKeys, start: number, stop: number, maxFrameBytes: number]) => Promise<[number, Buffer[], Array<Buffer | null>, number[], Array<Buffer | null>]>
   busgateLetterScan: (ids: string, meta: string, before: string, count: number) => Promise<[string[], Array<string | null>]>
   busgateLetterFramesBuffer: (...args: [...LetterKeys, maxFrameBytes: number, ...ids: string[]]) => Promise<[number[], Array<Buffer | null>]>
   busgateLetterGetBuffer: (...args: [...LetterKeys, id: string, maxFrameBytes: number]) => Promise<[Buffer | null, number, Buffer | null] | null>
   busgateLetterRemove: (...args: [...LetterKeys, id: string]) => Promise<number>
-  busgateLetterRedeliver: (...args: [...LetterKeys, prodcons: string, id: string]) => Promise<number>
-  busgateLetterRedeliverOldest: (...args: [...LetterKeys, prodcons: string, after: string, upto: string, count: number]) => Promise<[number, string]>
+  busgateLetterRedeliver: (...args: [...LetterKeys, prodcons: string, retry: string, id: string]) => Promise<number>
+  busgateLetterRedeliverOldest: (...args: [...LetterKeys, prodcons: string, retry: string, after: string, upto: string, count: number]) => Promise<[number, string]>
   busgateLetterImport: (...args: [...LetterKeys, seq: string, list: string, unreadable: string, max: number, n: number, ...values: Array<string | Buffer>]) => Promise<number>
   busgateLetterAdopt: (...args: [...LetterKeys, seq: string, list: string, id: string, meta: string, max: number]) => Promise<[number, number] | null>
 
@@ -602,8 +613,8 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateLetterFrames', { numberOfKeys: 3, lua: LETTER_FRAMES_LUA })
     this.#commands.defineCommand('busgateLetterGet', { numberOfKeys: 3, lua: LETTER_GET_LUA })
     this.#commands.defineCommand('busgateLetterRemove', { numberOfKeys: 3, lua: LETTER_REMOVE_LUA })
-    this.#commands.defineCommand('busgateLetterRedeliver', { numberOfKeys: 4, lua: LETTER_REDELIVER_LUA })
-    this.#commands.defineCommand('busgateLetterRedeliverOldest', { numberOfKeys: 4, lua: LETTER_REDELIVER_OLDEST_LUA })
+    this.#commands.defineCommand('busgateLetterRedeliver', { numberOfKeys: 5, lua: LETTER_REDELIVER_LUA })
+    this.#commands.defineCommand('busgateLetterRedeliverOldest', { numberOfKeys: 5, lua: LETTER_REDELIVER_OLDEST_LUA })
     this.#commands.defineCommand('busgateLetterImport', { numberOfKeys: 6, lua: LETTER_IMPORT_LUA })
     this.#commands.defineCommand('busgateLetterAdopt', { numberOfKeys: 5, lua: LETTER_ADOPT_LUA })
     this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
@@ -766,7 +777,7 @@ export class RedisEngine implements Engine {
     const args: Array<string | number | Buffer> = [ttlMs, max, events.length]
     for (const event of events) {
       keys.push(event.seenKey, ...event.copies.map((c) => c.list))
-      args.push(event.occurrence, event.copies.length, ...event.copies.map((c) => c.value))
+      args.push(event.occurrence, event.copies.length, ...event.copies.flatMap((c) => [c.webhook, c.value]))
     }
     const [recorded, dropped] = await this.#call(() => this.#scripts.busgateRecordHeard(keys.length, ...keys, ...args))
     return { recorded: recorded.map((r) => r === 1), dropped }
@@ -830,7 +841,7 @@ export class RedisEngine implements Engine {
    * Under `base`: `:ids` (a sorted set: id by sequence number, from the counter `:seq`), `:meta`
    * (a hash: id to its description) and `:frames` (a hash: id to the message's bytes).
    */
-  deadLetterStore (base: string): DeadLetterStore {
+  deadLetterStore (base: string, retryKey: string): DeadLetterStore {
     const keys: LetterKeys = [`${base}:ids`, `${base}:meta`, `${base}:frames`]
     const seqKey = `${base}:seq`
     const { prodconsKey } = this.options
@@ -839,7 +850,7 @@ export class RedisEngine implements Engine {
     const below = (n: number): string => (n === Infinity ? '+inf' : `(${n}`)
     const above = (n: number): string => (n === -Infinity ? '-inf' : `(${n}`)
     return {
-      add: async ({ id, meta, frame }, max) => await this.#call(() => this.#scripts.busgateLetterAdd(...keys, seqKey, id, meta, frame, max)),
+      add: async ({ id, meta, frame, returns }, max) => await this.#call(() => this.#scripts.busgateLetterAdd(...keys, seqKey, id, meta, frame, max, returns ?? '')),
       count: async () => await this.#call(() => this.#commands.zcard(keys[0])),
       get: async (id, maxFrameBytes) => {
         const found = await this.#call(() => this.#scripts.busgateLetterGetBuffer(...keys, id, maxFrameBytes))
@@ -860,9 +871,9 @@ export class RedisEngine implements Engine {
         return ids.map((_, i) => ({ frame: frames[i] ?? null, frameBytes: sizes[i] ?? 0 }))
       },
       remove: async (id) => (await this.#call(() => this.#scripts.busgateLetterRemove(...keys, id))) === 1,
-      redeliver: async (id) => (await this.#call(() => this.#scripts.busgateLetterRedeliver(...keys, prodconsKey, id))) === 1,
+      redeliver: async (id) => (await this.#call(() => this.#scripts.busgateLetterRedeliver(...keys, prodconsKey, retryKey, id))) === 1,
       redeliverOldest: async (after, upto, count) => {
-        const [moved, last] = await this.#call(() => this.#scripts.busgateLetterRedeliverOldest(...keys, prodconsKey, above(after), String(upto), count))
+        const [moved, last] = await this.#call(() => this.#scripts.busgateLetterRedeliverOldest(...keys, prodconsKey, retryKey, above(after), String(upto), count))
         return { moved, last: last === '' ? null : Number(last) }
       },
       newest: async () => {

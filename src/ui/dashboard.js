@@ -406,11 +406,15 @@ async function pollAdmin () {
       item.className = 'webhook'
       item.dataset.webhookId = webhook.id
       const state = health(webhook, attempts)
-      item.innerHTML = '<span class="health"></span> <span class="url"></span><br><small class="note"></small>'
+      item.innerHTML = '<span class="health"></span> <span class="url"></span> <span class="role"></span><br><small class="note"></small>'
       item.querySelector('.health').textContent = state
       item.querySelector('.health').dataset.health = state
       item.dataset.health = state
       item.querySelector('.url').textContent = webhook.url
+      const role = item.querySelector('.role')
+      role.textContent = webhook.role
+      role.dataset.role = webhook.role
+      role.title = webhook.role === 'subscriber' ? 'gets a copy of every matching broadcast event' : 'takes its share of the consumer list'
       const last = attempts[0]
       item.querySelector('small').textContent = `${webhook.event_names.join(', ')}${last ? ` · last attempt ${new Date(last.at).toLocaleTimeString()}: ${last.status ?? last.error}` : ''}`
       return item

@@ -7,7 +7,8 @@ import { storedRecordCheck } from '../validation.js'
 
 export type { DeadLetter, DeadLetterRecord }
 
-export type NewDeadLetter = Omit<DeadLetterRecord, 'dead_at'> & { frame: Buffer }
+/** `returns`: a subscriber's copy, sealed for its webhook, that a redelivery puts on the retry list (see ImportedLetter). */
+export type NewDeadLetter = Omit<DeadLetterRecord, 'dead_at'> & { frame: Buffer, returns?: Buffer }
 
 export interface DeadLetterFilter {
   reason?: DeadLetter['reason'] | undefined
@@ -40,7 +41,7 @@ function hasBytes ({ frame, frameBytes }: LetterBytes): boolean {
 }
 
 function toLetter (id: string, record: DeadLetterRecord, { frame, frameBytes }: LetterBytes): DeadLetter {
-  return { id, ...record, frame: frame === null ? null : frame.toString('base64'), frame_bytes: frameBytes }
+  return { id, ...record, webhook_id: record.webhook_id ?? null, frame: frame === null ? null : frame.toString('base64'), frame_bytes: frameBytes }
 }
 
 /** How many letters are kept, and the most bytes of one letter a read brings into the gateway. */
@@ -68,13 +69,13 @@ export class DeadLetters {
   constructor (private readonly engine: Pick<Engine, 'store' | 'deadLetterStore'>, keyPrefix: string, private readonly limits: DeadLetterLimits,
     private readonly log?: FastifyBaseLogger) {
     this.#oldKey = `${keyPrefix}dead-letters`
-    this.#store = engine.deadLetterStore(this.#oldKey)
+    this.#store = engine.deadLetterStore(this.#oldKey, `${keyPrefix}retry`)
   }
 
   /** Adds one as the newest; returns how many of the oldest it pushed out (the bound). */
-  async add ({ frame, ...letter }: NewDeadLetter): Promise<number> {
+  async add ({ frame, returns, ...letter }: NewDeadLetter): Promise<number> {
     const record: DeadLetterRecord = { ...letter, dead_at: new Date().toISOString() }
-    return await this.#store.add({ id: newLetterId(), meta: JSON.stringify(record), frame }, this.limits.max)
+    return await this.#store.add({ id: newLetterId(), meta: JSON.stringify(record), frame, ...(returns === undefined ? {} : { returns }) }, this.limits.max)
   }
 
   /**
@@ -148,7 +149,10 @@ export class DeadLetters {
     return await this.#store.remove(id)
   }
 
-  /** Puts its bytes back at the end of the consumer list and takes it out, in one step; false when there was none. */
+  /**
+   * Puts its bytes back at the end of the consumer list (a subscriber's copy: to the retry list,
+   * for its webhook alone) and takes it out, in one step; false when there was none.
+   */
   async redeliver (id: string): Promise<boolean> {
     return await this.#store.redeliver(id)
   }

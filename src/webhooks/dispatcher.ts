@@ -677,13 +677,19 @@ export class WebhookDispatcher {
   /** Moves a message to the dead letters; returns it, to be acknowledged. */
   async #bury (current: Buffer, envelope: Envelope, frame: Buffer, reason: DeadLetter['reason'], error: string,
     event: BusEvent | undefined): Promise<Buffer> {
+    // A subscriber's copy, redelivered, must go to its webhook alone: it keeps a fresh envelope for it.
+    const returns = envelope.webhook === undefined
+      ? undefined
+      : (await this.#envelopes()).seal({ id: envelope.id, first_seen: Date.now(), attempts: 0, rounds: 0, webhook: envelope.webhook }, frame)
     const dropped = await this.deadLetters.add({
       message_id: envelope.id,
       reason,
       error,
       event_name: event?.event_name ?? null,
       agent_id: event?.agent_id ?? null,
+      webhook_id: envelope.webhook ?? null,
       frame,
+      ...(returns === undefined ? {} : { returns }),
       attempts: envelope.attempts,
       first_seen: new Date(envelope.first_seen).toISOString()
     })

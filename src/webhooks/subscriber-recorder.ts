@@ -31,8 +31,8 @@ export interface Heard {
 /**
  * Turns the broadcast events this instance hears into durable copies, one per matching
  * subscriber webhook, in each webhook's list in Redis. Every instance hears every event; the
- * first to record one marks it (its bytes' digest and how many times this instance has heard
- * them), so each event is recorded once however many instances run. Writes are batched: what
+ * first to record one for a webhook marks it (by its bytes' digest and how many times this
+ * instance has heard them), so each event reaches each webhook once however many instances run. Writes are batched: what
  * waits for a write is lost if this process dies before it (a few milliseconds' worth); once
  * written, a copy waits in Redis until delivered or dead-lettered.
  */
@@ -89,6 +89,7 @@ export class SubscriberRecorder {
           seenKey: h.seenKey,
           occurrence: h.occurrence,
           copies: h.webhooks.map((webhook) => ({
+            webhook,
             list: this.listKey(webhook),
             value: sealer.seal({ id: h.id, first_seen: now, attempts: 0, rounds: 0, webhook }, h.frame)
           }))

@@ -9,6 +9,7 @@ import { claimOne } from '../helpers/bus.js'
 export type EngineFactory = (names: { pubsubChannel: string, prodconsKey: string }) => Promise<Engine>
 
 const frame = (s: string): Buffer => Buffer.from(s)
+const RETRY = `test.retry.${randomUUID()}`
 
 async function collect (engine: Engine): Promise<{ got: Buffer[], stop: () => Promise<void>, until: (n: number) => Promise<Buffer[]> }> {
   const got: Buffer[] = []
@@ -364,7 +365,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
 
   t.test('dead letters: added newest first, read by id and by page, bounded, removed', async (t) => {
     const engine = await fresh(t)
-    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY)
     t.same(await letters.page(0, 10, ANY_SIZE), { total: 0, letters: [] })
     t.equal(await letters.newest(), 0)
     const raw = Buffer.from([0x00, 0xff, 0xc1, 0x0a])
@@ -389,12 +390,12 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await letters.remove(letter(4).id), false)
     t.equal(await letters.get(letter(4).id, ANY_SIZE), undefined)
     t.same((await letters.page(0, 10, ANY_SIZE)).letters.map((l) => l.id), [letter(5).id, letter(3).id, letter(2).id])
-    t.same((await engine.deadLetterStore(`test.letters.${randomUUID()}`).page(0, 10, ANY_SIZE)).total, 0, 'each base its own')
+    t.same((await engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY).page(0, 10, ANY_SIZE)).total, 0, 'each base its own')
   })
 
   t.test('dead letters: one lowered bound is caught up with over several adds', async (t) => {
     const engine = await fresh(t)
-    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY)
     for (let n = 0; n < LETTER_TRIM_MAX + 20; n++) await letters.add(letter(n), 1_000_000)
     t.equal(await letters.add(letter(1_000_001), 10), LETTER_TRIM_MAX, 'no more than LETTER_TRIM_MAX at once')
     t.equal(await letters.count(), 21)
@@ -405,7 +406,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
 
   t.test('dead letters: redelivered to the end of the consumer list, oldest first, each once', async (t) => {
     const engine = await fresh(t)
-    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY)
     await engine.produce([frame('queued before')])
     for (let n = 1; n <= 1200; n++) await letters.add(letter(n), 10_000)
     t.equal(await letters.redeliver(letter(7).id), true)
@@ -436,10 +437,51 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.equal(await letters.count(), 0)
   })
 
+  t.test('recordHeard: each occurrence of an event once per webhook, whoever records it; the lists bounded', async (t) => {
+    const engine = await fresh(t)
+    const id = randomUUID()
+    const list = (w: string): string => `test.sub.${id}.${w}`
+    const copy = (w: string, v: string) => ({ webhook: w, list: list(w), value: frame(v) })
+    const seenKey = `test.heard.${id}`
+    // One instance knows webhook a only; another, a moment later, knows a and b.
+    t.same(await engine.recordHeard([{ seenKey, occurrence: 1, copies: [copy('a', 'e1 for a')] }], 10_000, 3), { recorded: [true], dropped: 0 })
+    t.same(await engine.recordHeard([{ seenKey, occurrence: 1, copies: [copy('a', 'e1 for a again'), copy('b', 'e1 for b')] }], 10_000, 3),
+      { recorded: [true], dropped: 0 }, 'b gets its copy; a not a second one')
+    t.same(await engine.recordHeard([{ seenKey, occurrence: 1, copies: [copy('a', 'x'), copy('b', 'y')] }], 10_000, 3), { recorded: [false], dropped: 0 })
+    // The same bytes heard a second time are a second event.
+    t.same(await engine.recordHeard([{ seenKey, occurrence: 2, copies: [copy('a', 'e2 for a')] }], 10_000, 3), { recorded: [true], dropped: 0 })
+    t.equal(await engine.listLength(list('a')), 2)
+    t.equal(await engine.listLength(list('b')), 1)
+    const more = Array.from({ length: 3 }, (_, i) => ({ seenKey: `${seenKey}.${i}`, occurrence: 1, copies: [copy('a', `more ${i}`)] }))
+    t.same(await engine.recordHeard(more, 10_000, 3), { recorded: [true, true, true], dropped: 2 }, 'the oldest go past the bound')
+    const taker = engine.consumer(`test.processing.${id}`)
+    t.same((await taker.claim(10, { max: 10, sources: [list('a')] })).map(String), ['more 0', 'more 1', 'more 2'])
+    await engine.store.deleteKeys(list('b'))
+    t.equal(await engine.listLength(list('b')), 0)
+  })
+
+  t.test('dead letters: a subscriber copy goes back to the retry list as its envelope, never to the consumer list', async (t) => {
+    const engine = await fresh(t)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY)
+    await letters.add({ ...letter(1), returns: frame('envelope 1') }, 100)
+    await letters.add(letter(2), 100)
+    await letters.add({ ...letter(3), returns: frame('envelope 3') }, 100)
+    t.match(await letters.get(letter(1).id, ANY_SIZE), { frame: frame('bytes 1') }, 'shown with the bytes it had on the bus')
+    t.equal(await letters.redeliver(letter(1).id), true)
+    t.same((await letters.redeliverOldest(-Infinity, Infinity, 10)).moved, 2)
+    t.same(await drain(engine, t), ['bytes 2'], 'the consumer list got the consumer letter only')
+    const retry = engine.consumer(`test.processing.${randomUUID()}`, RETRY)
+    const back = await retry.claim(10, { max: 10 })
+    t.same(back.map(String), ['envelope 1', 'envelope 3'], 'the copies went to the retry list, in order')
+    await letters.add({ ...letter(4), returns: frame('envelope 4') }, 100)
+    t.equal(await letters.remove(letter(4).id), true)
+    t.equal(await letters.count(), 0)
+  })
+
   t.test('dead letters: a letter taken in from the tail of an old list, once, only while that tail is there', async (t) => {
     const engine = await fresh(t)
     const base = `test.letters.${randomUUID()}`
-    const letters = engine.deadLetterStore(base)
+    const letters = engine.deadLetterStore(base, RETRY)
     const old = `${base}`
     // An LPUSHed list: newest first, oldest last.
     for (const v of ['o1', 'o2', 'o3', 'o4', 'o5']) await engine.store.listPushCapped(old, v, 100)
@@ -471,7 +513,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.same(taken, ['small', 'after'], 'only what is within the bound comes back')
     t.same(asides, [1])
     t.equal(await consumer.pending(), 2, 'the set-aside value is not held either')
-    const letters = engine.deadLetterStore(`test.letters.${id}`)
+    const letters = engine.deadLetterStore(`test.letters.${id}`, RETRY)
     t.same(await letters.adoptHeld(oversized.key, { id: 'dl_0000000000000001', meta: '{"reason":"too_large"}' }, 100), { bytes: 5000, dropped: 0 })
     t.same(await letters.adoptHeld(oversized.key, { id: 'dl_0000000000000002', meta: '{}' }, 100), null, 'then the list is empty')
     const kept = await letters.get('dl_0000000000000001', 2 ** 20)
@@ -481,7 +523,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
 
   t.test('dead letters: bytes past the bound a reader gives stay in the engine, their size read; redelivered whole', async (t) => {
     const engine = await fresh(t)
-    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY)
     const large = Buffer.from(Array.from({ length: 5000 }, (_, i) => i % 251))
     const empty = Buffer.alloc(0)
     await letters.add(letter(1), 100)
@@ -513,7 +555,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
 
   t.test('dead letters: one read brings in at most READ_FRAME_BUDGET of bytes; the rest are shown by their size', async (t) => {
     const engine = await fresh(t)
-    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY)
     const mb = Buffer.alloc(2 ** 20, 1)
     const count = READ_FRAME_BUDGET / mb.byteLength + 4
     for (let n = 1; n <= count; n++) await letters.add(letter(n, mb), 1000)
@@ -528,7 +570,7 @@ export function engineContract (t: Test, make: EngineFactory): void {
 
   t.test('dead letters: a redelivery step moves at most READ_FRAME_BUDGET bytes, one letter at least', async (t) => {
     const engine = await fresh(t)
-    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`)
+    const letters = engine.deadLetterStore(`test.letters.${randomUUID()}`, RETRY)
     const mb = Buffer.alloc(2 ** 20, 2)
     const fit = READ_FRAME_BUDGET / mb.byteLength
     for (let n = 1; n <= fit + 4; n++) await letters.add(letter(n, mb), 1000)

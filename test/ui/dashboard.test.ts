@@ -20,7 +20,8 @@ const tokens = [
   { token: 'admin-token', scopes: new Set(['publish', 'subscribe', 'admin'] as const) },
   { token: 'watch-token', scopes: new Set(['subscribe'] as const) }
 ]
-const { app, base } = await listeningApp(t, redis.url, { tokens, webhookAllowPrivate: true })
+// A list this gateway owns alone: what no webhook takes is dead-lettered, for the dead-letter view.
+const { app, base } = await listeningApp(t, redis.url, { tokens, webhookAllowPrivate: true, webhookTake: 'all' })
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
 t.teardown(async () => { await browser.close() })
 
@@ -151,6 +152,8 @@ t.test('webhooks with their health, and the dead-letter count', async (t) => {
   const receiver = await startReceiver(t)
   const res = await app.inject({ method: 'POST', url: '/webhooks', headers: { authorization: 'Bearer admin-token' }, payload: { url: receiver.url, event_names: ['kernel_*'] } })
   t.equal(res.statusCode, 201)
+  const subscriber = await app.inject({ method: 'POST', url: '/webhooks', headers: { authorization: 'Bearer admin-token' }, payload: { url: receiver.url, event_names: ['audit_*'], role: 'subscriber' } })
+  t.equal(subscriber.statusCode, 201)
   await post({ event_name: 'kernel_started', agent_id: 'i-ag01' })
   await post({ event_name: 'nobody_takes_this', agent_id: 'i-ag01' })
   await receiver.waitFor(1)
@@ -160,8 +163,14 @@ t.test('webhooks with their health, and the dead-letter count', async (t) => {
   const total = (await app.deadLetters.list(0, 1)).total
   t.ok(total >= 1, 'the event no webhook takes was dead-lettered')
   const page = await signedIn('admin-token')
+  const consumerRow = page.locator(`li.webhook[data-webhook-id="${res.json().id as string}"]`)
+  const subscriberRow = page.locator(`li.webhook[data-webhook-id="${subscriber.json().id as string}"]`)
   await page.locator(`li.webhook[data-webhook-id="${res.json().id as string}"][data-health="healthy"]`).waitFor({ timeout: 15_000 })
-  t.match(await page.locator('li.webhook .url').first().textContent(), receiver.url)
+  await subscriberRow.waitFor({ timeout: 15_000 })
+  t.match(await consumerRow.locator('.url').textContent(), receiver.url)
+  t.equal(await consumerRow.locator('.role').textContent(), 'consumer', 'the consumer is labelled so')
+  t.equal(await subscriberRow.locator('.role').textContent(), 'subscriber', 'the subscriber is labelled so')
+  t.match(await subscriberRow.textContent(), /subscriber/)
   await page.locator('#dead-letter-count', { hasText: new RegExp(`^${total}$`) }).waitFor({ timeout: 15_000 })
   t.pass(`${total} dead letters shown`)
 

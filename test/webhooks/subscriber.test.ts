@@ -85,3 +85,28 @@ t.test('copies wait in Redis while the receiver is set aside, and are delivered 
   await until(() => new Set(receiver.received.filter((r) => r.json.event_name === 'numbered').map((r) => r.json.args[0])).size >= 20, 10_000)
   t.equal(new Set(receiver.received.map((r) => r.json.args[0])).size, 20, 'every one delivered')
 })
+
+t.test('a subscriber copy that runs out of attempts is dead-lettered for its webhook, and redelivered to it alone', async (t) => {
+  const { app, names, register } = await webhookGateway(t, redis, { webhookMaxAttempts: 2 })
+  let failing = true
+  const subscriber = await startReceiver(t, () => ({ status: failing ? 500 : 200 }))
+  const consumer = await startReceiver(t)
+  const { id } = await register(subscriber.url, ['audit_*'], { role: 'subscriber' })
+  await register(consumer.url, ['*'])
+  await redis.client.publish(names.pubsubChannel, event('audit_logged', 'once'))
+  let letters: Array<{ id: string, webhook_id: string | null, reason: string, event_name: string }> = []
+  await until(async () => {
+    letters = (await app.inject({ method: 'GET', url: '/dead-letters' })).json().dead_letters
+    return letters.length === 1
+  }, 5000)
+  t.match(letters[0], { webhook_id: id, reason: 'delivery_failed', event_name: 'audit_logged' })
+  failing = false
+  const before = subscriber.received.length
+  t.equal((await app.inject({ method: 'POST', url: `/dead-letters/${letters[0]?.id ?? ''}/redeliver` })).statusCode, 202)
+  await subscriber.waitFor(before + 1)
+  await until(() => false, 300)
+  t.equal(subscriber.received.length, before + 1, 'the subscriber got it again')
+  t.equal(subscriber.received.at(-1)?.headers['webhook-id'], subscriber.received[0]?.headers['webhook-id'], 'with its id')
+  t.equal(consumer.received.length, 0, 'no consumer webhook got it')
+  t.equal(await redis.client.llen(names.prodconsKey), 0, 'nor the consumer list')
+})

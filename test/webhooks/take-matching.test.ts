@@ -76,9 +76,9 @@ t.test('beside a manager BLPOPping the same list: session events all reach the m
   const manager = redis.connect()
   t.teardown(() => manager.disconnect())
   const popped: Buffer[] = []
-  let running = true
+  const state = { running: true }
   const loop = (async () => {
-    while (running) {
+    while (state.running) {
       const got = await manager.blpopBuffer(names.prodconsKey, 0.05)
       if (got !== null) popped.push(got[1])
     }
@@ -87,7 +87,7 @@ t.test('beside a manager BLPOPping the same list: session events all reach the m
     await app.inject({ method: 'POST', url: '/events', payload: { event_name: i % 2 === 0 ? 'session_started' : 'kernel_started', args: [i] } })
   }
   await until(async () => popped.length + receiver.received.length >= 200 && (await redis.client.llen(names.prodconsKey)) === 0, 10_000)
-  running = false
+  state.running = false
   await loop
   const sessionsAtManager = popped.map((f) => decode(f) as { event_name: string }).filter((e) => e.event_name === 'session_started').length
   t.equal(sessionsAtManager, 100, 'every session event went to the manager')
