@@ -106,6 +106,16 @@ export class WebhookDispatcher {
   #unopened = 0
   /** loops waiting for work, the longest waiting first */
   #idle: Array<() => void> = []
+  /**
+   * Idle looks at the list are paced, since each reads up to the scan bound inside Redis: after
+   * one that found nothing, a broadcast wakes a loop no sooner than a poll later (it is noted
+   * for the next poll meanwhile), and polls that find nothing come ever less often, up to ten
+   * times BUSGATE_WEBHOOK_POLL_MS, until a claim brings something.
+   */
+  #emptyAt = -Infinity
+  #hinted = false
+  #pollEvery = 0
+  #polledAt = 0
   /** where the next claim starts in the list of subscriber lists */
   #sourceTurn = 0
   readonly #recorder: SubscriberRecorder
@@ -129,8 +139,9 @@ export class WebhookDispatcher {
     })
     this.#recorder = new SubscriberRecorder(engine, async () => await this.#envelopes(), (id) => this.subscriberList(id),
       { keyPrefix: options.keyPrefix, queueMax: options.subscriberQueueMax }, metrics.recorder, (n) => this.#wake(n), log)
-    // A change of the registry may make work for loops that found none.
-    registry.onChange(() => this.#wake(Infinity))
+    // A change of the registry may make work for loops that found none: one looks, and wakes
+    // another when its claim comes back full (each look reads up to the scan bound in Redis).
+    registry.onChange(() => this.#wake(1))
   }
 
   get #retryKey (): string {
@@ -215,7 +226,8 @@ export class WebhookDispatcher {
     const log = setInterval(() => { this.attempts.flush().catch(() => undefined) }, ATTEMPT_FLUSH_MS)
     // Loops that found nothing wait to be woken; one of them looks again each poll, for
     // messages pushed without a broadcast and for delayed ones that came due.
-    const poll = setInterval(() => this.#wake(1), this.options.pollMs)
+    this.#pollEvery = this.options.pollMs
+    const poll = setInterval(() => this.#poll(), this.options.pollMs)
     for (const timer of [beat, sweep, log, poll]) timer.unref()
     this.#timers = [beat, sweep, log, poll]
     this.registry.onChange(async () => await this.#follow())
@@ -306,11 +318,33 @@ export class WebhookDispatcher {
     if (name === undefined) return
     const targets = subscribing ? webhooks.filter((w) => w.role === 'subscriber' && w.enabled && this.#matches(w, name)).map((w) => w.id) : []
     if (targets.length > 0) this.#recorder.hear({ frame, webhooks: targets, id: this.#messageId() })
-    if (waiting && webhooks.some((w) => w.role === 'consumer' && w.enabled && this.#matches(w, name))) this.#wake(1)
+    if (waiting && webhooks.some((w) => w.role === 'consumer' && w.enabled && this.#matches(w, name))) {
+      if (performance.now() - this.#emptyAt >= this.options.pollMs) this.#wake(1)
+      else this.#hinted = true
+    }
   }
 
   #messageId (): string {
     return `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`
+  }
+
+  #poll (): void {
+    const now = performance.now()
+    if (!this.#hinted && now - this.#polledAt < this.#pollEvery) return
+    if (!this.#hinted) this.#pollEvery = Math.min(this.#pollEvery * 2, this.options.pollMs * 10)
+    this.#hinted = false
+    this.#polledAt = now
+    this.#wake(1)
+  }
+
+  /** What a claim that did not wait in Redis brought: pacing for the next idle look. */
+  #claimed (count: number): void {
+    if (count > 0) {
+      this.#pollEvery = this.options.pollMs
+      this.#emptyAt = -Infinity
+    } else {
+      this.#emptyAt = performance.now()
+    }
   }
 
   /** Wakes up to `n` loops waiting for work. */
@@ -461,6 +495,7 @@ export class WebhookDispatcher {
           done = []
           // A full claim means more may wait: one more loop gets to look.
           if (batch.length >= CLAIM_MAX) this.#wake(1)
+          if (!blocking) this.#claimed(batch.length)
           if (batch.length === 0 && !blocking) await this.#rest(60_000)
           continue
         }

@@ -13,7 +13,7 @@ export async function webhookGateway (t: Test, redis: RedisServer, overrides: Pa
   const app = await testApp(t, redis.url, {
     ...names, webhookAllowPrivate: true, webhookBackoffMs: 50, webhookBackoffMaxMs: 200, webhookTimeoutMs: 1000, ...overrides
   })
-  const register = async (url: string, eventNames?: string[], fields: { role?: 'consumer' | 'subscriber' } = {}) => {
+  const register = async (url: string, eventNames?: string[], fields: { role?: 'consumer' | 'subscriber', enabled?: boolean } = {}) => {
     const res = await app.inject({ method: 'POST', url: '/webhooks', payload: { url, ...(eventNames === undefined ? {} : { event_names: eventNames }), ...fields } })
     if (res.statusCode !== 201) throw new Error(res.body)
     return res.json() as { id: string, secret: string }

@@ -13,8 +13,10 @@ import { EnvelopeSealer } from '../../src/webhooks/envelope.js'
 // receiver can lie or stall.
 const redis = await startRedis(t)
 
+// With BUSGATE_WEBHOOK_TAKE=all busgate takes whatever is pushed, so these attacks reach the
+// dispatcher; with `matching` they are left in the list (test/webhooks/take-matching.test.ts).
 async function gateway (t: Test, overrides: Partial<Config> = {}) {
-  const { app, names, register } = await webhookGateway(t, redis, overrides)
+  const { app, names, register } = await webhookGateway(t, redis, { webhookTake: 'all', ...overrides })
   const push = async (...values: Array<Buffer | string>) => { await redis.client.rpush(names.prodconsKey, ...values) }
   const event = (name: string, ...args: unknown[]) => Buffer.from(encode({ event_name: name, agent_id: 'x', args }, { useBigInt64: true }))
   const deadLetters = async () => (await app.inject({ method: 'GET', url: '/dead-letters' })).json() as

@@ -81,3 +81,32 @@ t.test('two instances on one Redis: every message delivered, spread round-robin;
   for (const key of await redis.client.keys('busgate:processing:*')) t.equal(await redis.client.llen(key), 0, `${key} empty`)
   a.proc.kill('SIGTERM')
 })
+
+t.test('a subscriber webhook beside a Python-like manager: copies once per event across two instances; kill -9 of one loses none', async (t) => {
+  const redis = await startRedis(t)
+  const receiver = await startReceiver(t, () => ({ status: 200, delayMs: 20 }))
+  const a = await gateway(t, redis.url)
+  const b = await gateway(t, redis.url)
+  const res = await fetch(`${a.base}/webhooks`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: receiver.url, event_names: ['kernel_*'], role: 'subscriber' })
+  })
+  t.equal(res.status, 201)
+  await until(async () => (await redis.client.pubsub('NUMSUB', 'events.pubsub'))[1] === 2, 3000)
+  const { encode } = await import('@msgpack/msgpack')
+  const total = 300
+  for (let i = 0; i < total; i++) {
+    // As a Backend.AI agent produces: one copy published, one pushed for the managers.
+    const frame = Buffer.from(encode({ event_name: i % 3 === 0 ? 'session_started' : 'kernel_started', agent_id: 'i-a', args: [i] }))
+    await redis.client.multi().publish('events.pubsub', frame).rpush('events.prodcons', frame).exec()
+  }
+  const wanted = Array.from({ length: total }, (_, i) => i).filter((i) => i % 3 !== 0)
+  await until(() => receiver.received.length >= wanted.length / 3)
+  b.proc.kill('SIGKILL')
+  const seen = () => new Set(receiver.received.map((r) => r.json.args[0] as number))
+  await until(() => seen().size >= wanted.length, 30_000)
+  t.same([...seen()].sort((x, y) => x - y), wanted, 'every kernel event reached the subscriber, none other')
+  const duplicates = receiver.received.length - seen().size
+  t.ok(duplicates <= 4 * CLAIM_MAX, `duplicates only where the kill forced them (${duplicates})`)
+  t.equal(await redis.client.llen('events.prodcons'), total, 'the consumer list is the managers\', untouched')
+  a.proc.kill('SIGTERM')
+})

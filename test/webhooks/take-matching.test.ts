@@ -128,3 +128,23 @@ t.test('the memory engine takes only what matches too', async (t) => {
   await until(() => false, 200)
   t.equal(await app.engine.queueLength(), 2, 'the other two wait')
 })
+
+t.test('a value of 40 MB at the head never travels to the gateway and is left; what is before it is delivered', async (t) => {
+  const { names, register } = await webhookGateway(t, redis, { busMaxMessageBytes: 64 * 1024, webhookPollMs: 20 })
+  const huge = Buffer.alloc(40 * 1024 * 1024, 0x61)
+  await redis.client.rpush(names.prodconsKey, event('kernel_started', 'before'), huge, event('kernel_started', 'after'))
+  const sent = async () => Number(/total_net_output_bytes:(\d+)/.exec(await redis.client.info('stats'))?.[1])
+  const before = await sent()
+  const receiver = await startReceiver(t)
+  await register(receiver.url, ['kernel_*'])
+  await receiver.waitFor(1)
+  await until(() => false, 500)
+  t.same(receiver.received.map((r) => r.json.args[0]), ['before'], 'the one before it; the one after is past the 8 MiB a claim reads')
+  t.ok(await sent() - before < 8 * 1024 * 1024, `Redis sent ${((await sent() - before) / 2 ** 20).toFixed(1)} MB meanwhile, not the 40 MB value`)
+  t.equal(await redis.client.llen(names.prodconsKey), 2, 'the huge value and the one behind it wait for the other consumers')
+  t.equal(await redis.client.lindex(names.prodconsKey, 0).then((v) => v?.length), huge.byteLength)
+  // A manager pops the huge value: the event behind it comes within reach.
+  await redis.client.lpop(names.prodconsKey)
+  await receiver.waitFor(2)
+  t.same(receiver.received.map((r) => r.json.args[0]), ['before', 'after'])
+})
