@@ -127,10 +127,10 @@ export interface Store {
   hashDelete (key: string, field: string): Promise<boolean>
   /**
    * Compare and set, in one step: when the field holds `expected` (null: no such field), sets it
-   * to `value` (null: deletes it), increments the counter `counterKey` and returns true;
-   * otherwise changes nothing and returns false.
+   * to `value` (null: deletes it), increments the counter `counterKey` and returns its new value;
+   * otherwise changes nothing and returns 0.
    */
-  hashSwap (key: string, field: string, expected: string | null, value: string | null, counterKey: string): Promise<boolean>
+  hashSwap (key: string, field: string, expected: string | null, value: string | null, counterKey: string): Promise<number>
   /** Deletes keys; what is not there is no error. */
   deleteKeys (...keys: string[]): Promise<void>
   /** SET with an expiry: liveness keys. */

@@ -197,11 +197,12 @@ export class MemoryEngine implements Engine {
     hashDelete: async (key, field) => this.#hash(key)?.delete(field) ?? false,
     hashSwap: async (key, field, expected, value, counterKey) => {
       const hash = this.#hash(key) ?? new Map<string, string>()
-      if ((hash.get(field) ?? null) !== expected) return false
+      if ((hash.get(field) ?? null) !== expected) return 0
       if (value === null) hash.delete(field)
       else this.#hashes.set(key, hash.set(field, value))
-      this.#counters.set(counterKey, (this.#counters.get(counterKey) ?? 0) + 1)
-      return true
+      const counter = (this.#counters.get(counterKey) ?? 0) + 1
+      this.#counters.set(counterKey, counter)
+      return counter
     },
     deleteKeys: async (...keys) => {
       for (const key of keys) {

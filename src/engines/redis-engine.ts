@@ -335,8 +335,7 @@ elseif held ~= ARGV[3] then
   return 0
 end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[5]) else redis.call('HDEL', KEYS[1], ARGV[1]) end
-redis.call('INCR', KEYS[2])
-return 1
+return redis.call('INCR', KEYS[2])
 `
 
 // ARGV: ttl, guard field, rising field, n, n guard values, then the fields and the defaults, each
@@ -803,7 +802,7 @@ export class RedisEngine implements Engine {
     },
     hashDelete: async (key, field) => (await this.#call(() => this.#commands.hdel(key, field))) > 0,
     hashSwap: async (key, field, expected, value, counterKey) =>
-      await this.#call(() => this.#scripts.busgateHashSwap(key, counterKey, field, expected === null ? '0' : '1', expected ?? '', value === null ? '0' : '1', value ?? '')) === 1,
+      await this.#call(() => this.#scripts.busgateHashSwap(key, counterKey, field, expected === null ? '0' : '1', expected ?? '', value === null ? '0' : '1', value ?? '')),
     deleteKeys: async (...keys) => { if (keys.length > 0) await this.#call(() => this.#commands.del(...keys)) },
     setExpiring: async (key, value, ttlMs) => { await this.#call(() => this.#commands.set(key, value, 'PX', ttlMs)) },
     exists: async (key) => (await this.#call(() => this.#commands.exists(key))) > 0,

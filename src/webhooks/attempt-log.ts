@@ -26,10 +26,11 @@ export class AttemptLog {
     if (lines.length > ATTEMPT_LOG_MAX) lines.splice(0, lines.length - ATTEMPT_LOG_MAX)
   }
 
-  async flush (): Promise<void> {
+  /** Writes what waits; lines of webhooks `exists` no longer knows (deleted meanwhile) are dropped, not left behind. */
+  async flush (exists: (webhookId: string) => boolean = () => true): Promise<void> {
     const pending = this.#pending
     this.#pending = new Map()
-    await Promise.all([...pending].map(async ([webhookId, lines]) => {
+    await Promise.all([...pending].filter(([webhookId]) => exists(webhookId)).map(async ([webhookId, lines]) => {
       await this.store.listPushCapped(this.#key(webhookId), lines, ATTEMPT_LOG_MAX)
     }))
   }

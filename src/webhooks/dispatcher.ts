@@ -21,6 +21,8 @@ export const CLAIM_MAX = 8
 const ATTEMPT_FLUSH_MS = 250
 /** most subscriber lists one claim looks at; the dispatcher goes round them */
 const SOURCES_PER_CLAIM = 16
+/** after a broadcast woke a loop, when another looks, for a message pushed just after its publish */
+const RELOOK_MS = 10
 
 export interface DispatcherOptions {
   keyPrefix: string
@@ -113,6 +115,7 @@ export class WebhookDispatcher {
    * times BUSGATE_WEBHOOK_POLL_MS, until a claim brings something.
    */
   #emptyAt = -Infinity
+  #relook: NodeJS.Timeout | undefined
   #hinted = false
   #pollEvery = 0
   #polledAt = 0
@@ -223,7 +226,7 @@ export class WebhookDispatcher {
     await this.#reclaimOrphans().catch(() => undefined)
     const beat = setInterval(() => { this.#heartbeat().catch(() => undefined) }, Math.max(100, Math.floor(this.options.instanceTtlMs / 3)))
     const sweep = setInterval(() => { this.#reclaimOrphans().catch(() => undefined) }, Math.max(200, Math.floor(this.options.instanceTtlMs / 2)))
-    const log = setInterval(() => { this.attempts.flush().catch(() => undefined) }, ATTEMPT_FLUSH_MS)
+    const log = setInterval(() => { this.attempts.flush((id) => this.registry.current(id) !== undefined).catch(() => undefined) }, ATTEMPT_FLUSH_MS)
     // Loops that found nothing wait to be woken; one of them looks again each poll, for
     // messages pushed without a broadcast and for delayed ones that came due.
     this.#pollEvery = this.options.pollMs
@@ -245,6 +248,7 @@ export class WebhookDispatcher {
     this.#stopping = true
     this.#stop.abort()
     for (const timer of this.#timers) clearInterval(timer)
+    clearTimeout(this.#relook)
     this.#wake(Infinity)
     await this.#following
     await this.#unsubscribe?.().catch(() => undefined)
@@ -255,7 +259,7 @@ export class WebhookDispatcher {
     for (let n = 0; n < this.options.concurrency; n++) {
       await this.engine.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
     }
-    await this.attempts.flush().catch(() => undefined)
+    await this.attempts.flush((id) => this.registry.current(id) !== undefined).catch(() => undefined)
     await this.#agent.close()
   }
 
@@ -310,7 +314,8 @@ export class WebhookDispatcher {
       if (w.role === 'subscriber') subscribing = true
       else consuming = true
     }
-    const waiting = consuming && this.#idle.length > 0 && this.options.take === 'matching'
+    // Loops idle here (not in BLMOVE): `matching`, or `all` beside subscriber webhooks.
+    const waiting = consuming && this.#idle.length > 0
     if (!subscribing && !waiting) return
     // Past the bound, nothing is decoded: a subscriber's copy could not be delivered anyway.
     if (frame.byteLength > this.options.maxMessageBytes) return
@@ -319,8 +324,16 @@ export class WebhookDispatcher {
     const targets = subscribing ? webhooks.filter((w) => w.role === 'subscriber' && w.enabled && this.#matches(w, name)).map((w) => w.id) : []
     if (targets.length > 0) this.#recorder.hear({ frame, webhooks: targets, id: this.#messageId() })
     if (waiting && webhooks.some((w) => w.role === 'consumer' && w.enabled && this.#matches(w, name))) {
-      if (performance.now() - this.#emptyAt >= this.options.pollMs) this.#wake(1)
-      else this.#hinted = true
+      if (performance.now() - this.#emptyAt >= this.options.pollMs) {
+        this.#wake(1)
+        // A producer that PUBLISHes before it pushes: one more look a moment later finds it.
+        this.#relook ??= setTimeout(() => {
+          this.#relook = undefined
+          this.#wake(1)
+        }, RELOOK_MS)
+      } else {
+        this.#hinted = true
+      }
     }
   }
 

@@ -68,6 +68,11 @@ export const REGISTRY_POLL_MS = 50
 const REGISTRY_FULL_READ_MS = 10_000
 /** Tries of one change against others made meanwhile (each try reads the record again). */
 const SWAP_TRIES = 20
+/** Longest a change waits for the other live instances to have read it (one that is frozen, say). */
+export const REGISTRY_ACK_MS = 250
+/** How often an instance says it is alive beside what it has read, and for how long that holds. */
+const SEEN_EVERY_MS = 1000
+const SEEN_TTL_MS = 5000
 
 export class RegistryConflictError extends Error {}
 
@@ -81,6 +86,10 @@ export class RegistryConflictError extends Error {}
 export class WebhookRegistry {
   readonly #key: string
   readonly #counterKey: string
+  /** a hash: instance → "<the counter its snapshot reflects> <until when it says it is alive (ms)>" */
+  readonly #seenKey: string
+  #instance = ''
+  #toldAt = 0
   #snapshot = new Map<string, StoredWebhook>()
   #ordered: StoredWebhook[] = []
   #counter = -1
@@ -96,17 +105,26 @@ export class WebhookRegistry {
   constructor (private readonly store: Store, keyPrefix: string, private readonly onInvalid: (id: string, why: string) => void = () => {}) {
     this.#key = `${keyPrefix}webhooks`
     this.#counterKey = `${keyPrefix}webhooks:changes`
+    this.#seenKey = `${keyPrefix}webhooks:seen`
   }
 
-  /** Reads the registry now, then follows changes until `stop`. Never throws: a bus that is down is read again later. */
-  async start (): Promise<void> {
+  /**
+   * Reads the registry now, then follows changes until `stop`, telling the others (as `instance`)
+   * what it has read, and that it is alive, every second. Never throws: a bus that is down is
+   * read again later.
+   */
+  async start (instance: string): Promise<void> {
+    this.#instance = instance
     await this.refresh(true).catch(() => undefined)
     this.#timer = setInterval(() => { this.refresh().catch(() => undefined) }, REGISTRY_POLL_MS)
     this.#timer.unref()
   }
 
-  stop (): void {
+  /** Stops following; the others no longer wait for this instance to read their changes. */
+  async stop (): Promise<void> {
     clearInterval(this.#timer)
+    await this.#refreshing?.catch(() => undefined)
+    if (this.#instance !== '') await this.store.hashDelete(this.#seenKey, this.#instance).catch(() => false)
   }
 
   /** Called after the snapshot changed; a change made here returns once its listeners' promises have settled. */
@@ -132,10 +150,35 @@ export class WebhookRegistry {
       const all = await this.list()
       if (writes !== this.#writes) return // read again at the next poll, the counter having moved
       this.#readAt = Date.now()
+      const moved = counter !== this.#counter
       this.#counter = counter
       await this.#replace(all)
+      // Told once the snapshot (and what follows from it: subscriptions) is in effect here.
+      if (moved) await this.#tell()
     })().finally(() => { this.#refreshing = undefined })
     await this.#refreshing
+    if (Date.now() - this.#toldAt > SEEN_EVERY_MS) await this.#tell()
+  }
+
+  /** What this instance has read, and that it is alive for SEEN_TTL_MS more (wall clocks: instances' clocks must agree within that). */
+  async #tell (): Promise<void> {
+    if (this.#instance === '' || this.#counter < 0) return
+    this.#toldAt = Date.now()
+    await this.store.hashSet(this.#seenKey, this.#instance, `${this.#counter} ${Date.now() + SEEN_TTL_MS}`)
+  }
+
+  /** The other instances that said lately they are alive, with the change each has read. */
+  async #peers (): Promise<Array<{ instance: string, counter: number }>> {
+    const now = Date.now()
+    const peers: Array<{ instance: string, counter: number }> = []
+    for (const [instance, value] of Object.entries(await this.store.hashGetAll(this.#seenKey))) {
+      const [counter, until] = value.split(' ').map(Number)
+      if (instance === this.#instance) continue
+      if ((until ?? 0) > now) peers.push({ instance, counter: counter ?? 0 })
+      // Gone for a minute: its entry goes too.
+      else if ((until ?? 0) < now - 60_000) await this.store.hashDelete(this.#seenKey, instance)
+    }
+    return peers
   }
 
   async list (): Promise<StoredWebhook[]> {
@@ -162,10 +205,9 @@ export class WebhookRegistry {
       updated_at: now,
       secrets: [{ value: newSecret(), expires_at: null }]
     }
-    if (!(await this.store.hashSwap(this.#key, webhook.id, null, JSON.stringify(webhook), this.#counterKey))) {
-      throw new RegistryConflictError(`webhook id ${webhook.id} is taken`)
-    }
-    await this.#applied(webhook.id, webhook)
+    const counter = await this.store.hashSwap(this.#key, webhook.id, null, JSON.stringify(webhook), this.#counterKey)
+    if (counter === 0) throw new RegistryConflictError(`webhook id ${webhook.id} is taken`)
+    await this.#applied(webhook.id, webhook, counter)
     return webhook
   }
 
@@ -178,8 +220,9 @@ export class WebhookRegistry {
     for (let i = 0; i < SWAP_TRIES; i++) {
       const json = await this.store.hashGet(this.#key, id)
       if (json === null) return false
-      if (await this.store.hashSwap(this.#key, id, json, null, this.#counterKey)) {
-        await this.#applied(id, undefined)
+      const counter = await this.store.hashSwap(this.#key, id, json, null, this.#counterKey)
+      if (counter > 0) {
+        await this.#applied(id, undefined, counter)
         return true
       }
     }
@@ -209,20 +252,35 @@ export class WebhookRegistry {
       const webhook = this.#decode(id, json)
       if (webhook === undefined) return undefined
       const updated = next(webhook)
-      if (await this.store.hashSwap(this.#key, id, json, JSON.stringify(updated), this.#counterKey)) {
-        await this.#applied(id, updated)
+      const counter = await this.store.hashSwap(this.#key, id, json, JSON.stringify(updated), this.#counterKey)
+      if (counter > 0) {
+        await this.#applied(id, updated, counter)
         return updated
       }
     }
     throw new RegistryConflictError(`webhook ${id} kept changing; not changed`)
   }
 
-  async #applied (id: string, webhook: StoredWebhook | undefined): Promise<void> {
+  /**
+   * In effect here at once; then, before the change returns, on every other live instance: each
+   * says which change it has read, and this waits (up to REGISTRY_ACK_MS) until all have read
+   * this one, so no instance makes a new attempt to a webhook after its delete has answered.
+   */
+  async #applied (id: string, webhook: StoredWebhook | undefined, counter: number): Promise<void> {
     this.#writes++
     const all = new Map(this.#snapshot)
     if (webhook === undefined) all.delete(id)
     else all.set(id, webhook)
     await this.#replace([...all.values()])
+    const deadline = performance.now() + REGISTRY_ACK_MS
+    try {
+      while (performance.now() < deadline) {
+        if ((await this.#peers()).every((p) => p.counter >= counter)) return
+        await new Promise((resolve) => setTimeout(resolve, 5))
+      }
+    } catch {
+      // The change holds; others take it up within REGISTRY_POLL_MS once they can read it.
+    }
   }
 
   async #replace (webhooks: StoredWebhook[]): Promise<void> {

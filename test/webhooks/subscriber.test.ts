@@ -110,3 +110,17 @@ t.test('a subscriber copy that runs out of attempts is dead-lettered for its web
   t.equal(consumer.received.length, 0, 'no consumer webhook got it')
   t.equal(await redis.client.llen(names.prodconsKey), 0, 'nor the consumer list')
 })
+
+t.test('the memory engine: a subscriber webhook gets its copies, the consumer list keeps its own', async (t) => {
+  const app = await testApp(t, undefined, { webhookAllowPrivate: true })
+  const receiver = await startReceiver(t)
+  const res = await app.inject({ method: 'POST', url: '/webhooks', payload: { url: receiver.url, event_names: ['kernel_*'], role: 'subscriber' } })
+  t.equal(res.statusCode, 201)
+  for (const name of ['kernel_started', 'session_started', 'kernel_terminated']) {
+    t.equal((await app.inject({ method: 'POST', url: '/events', payload: { event_name: name } })).statusCode, 202)
+  }
+  const got = await receiver.waitFor(2)
+  await until(() => false, 200)
+  t.same(got.map((r) => r.json.event_name).sort(), ['kernel_started', 'kernel_terminated'])
+  t.equal(await app.engine.queueLength(), 3, 'the consumer list untouched')
+})
