@@ -39,6 +39,7 @@ export interface Metrics {
   webhookOrphaned: Counter
   subscriberHeard: Counter<'outcome'>
   subscriberTrimmed: Counter
+  subscriberGaps: Counter
   invalidRecords: Counter<'kind'>
 }
 
@@ -156,6 +157,11 @@ export default fp(async (app) => {
     subscriberTrimmed: new Counter({
       name: 'busgate_webhook_subscriber_trimmed_total',
       help: 'Oldest copies dropped because a subscriber webhook had BUSGATE_WEBHOOK_SUBSCRIBER_QUEUE_MAX waiting',
+      registers: [registry]
+    }),
+    subscriberGaps: new Counter({
+      name: 'busgate_webhook_subscriber_gaps_total',
+      help: 'Times this instance\'s bus subscription was lost and re-made while subscriber webhooks were enabled: events published meanwhile were not seen by it',
       registers: [registry]
     }),
     invalidRecords: new Counter({

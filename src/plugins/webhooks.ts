@@ -70,6 +70,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     },
     givenBack: () => metrics.webhookGivenBack.inc(),
     orphaned: () => metrics.webhookOrphaned.inc(),
+    subscriberGap: () => metrics.subscriberGaps.inc(),
     recorder: {
       heard: (outcome, count) => { if (count > 0) metrics.subscriberHeard.inc({ outcome }, count) },
       trimmed: (count) => metrics.subscriberTrimmed.inc(count)

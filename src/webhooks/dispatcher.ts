@@ -55,6 +55,8 @@ export interface DispatcherMetrics {
   givenBack: () => void
   /** a subscriber webhook's copy dropped because the webhook is gone */
   orphaned: () => void
+  /** the subscription was lost while subscriber webhooks wanted it: what was published meanwhile is missed */
+  subscriberGap: () => void
   recorder: RecorderMetrics
 }
 
@@ -287,6 +289,7 @@ export class WebhookDispatcher {
             message: (frame) => this.#heard(frame),
             gap: () => {
               if (this.registry.snapshot().some((w) => w.role === 'subscriber' && w.enabled)) {
+                this.metrics.subscriberGap()
                 this.log.warn('the bus subscription was lost and is back: subscriber webhooks miss what was published meanwhile')
               }
             }
