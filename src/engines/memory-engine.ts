@@ -488,10 +488,10 @@ export class MemoryEngine implements Engine {
               const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
               for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
             } else if (take.globs.length > 0) {
-              const { found, looked, unreadable } = this.#scan(take.globs, take.depth, max * sharers, oversized?.maxBytes ?? 0)
+              const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
+              const { found, looked, unreadable } = this.#scan(take.globs, take.depth, share, oversized?.maxBytes ?? 0)
               scanned?.(looked, unreadable)
-              const share = Math.min(max, found.length, Math.max(1, Math.floor(found.length / sharers)))
-              taken.push(...this.#removeQueued(found.slice(0, share)))
+              taken.push(...this.#removeQueued(found))
             }
           }
           if (taken.length === 0 && max > 0) {

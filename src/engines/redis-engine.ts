@@ -176,7 +176,7 @@ end
 // retry list (one per claim, so a loop does not take a run of retries for a failing receiver
 // at once), then takes up to ARGV[1] messages: put-back ones first, else from the consumer list
 // and from the subscriber lists KEYS[6..] (envelopes for one webhook each), in the order ARGV[6]
-// says. From the consumer list, a fair share (1/ARGV[2], at least one) of what it could take:
+// says. From the consumer list, a fair share (1/ARGV[2] of its length, at least one):
 // with ARGV[4] = 0 every message, the oldest first, a value longer than ARGV[3] (0: no bound)
 // going to the list KEYS[5] instead, so it never travels to the gateway (see Consumer.claim);
 // with ARGV[4] = depth, only messages among the first `depth` (and SCAN_BYTES) whose event name
@@ -226,9 +226,12 @@ end
 local function take_matching ()
   local globs = {}
   for i = 1, nglobs do globs[i] = glob_parts(ARGV[6 + i]) end
-  local found, bytes, at = {}, 0, 0
-  while at < depth and #found < max * sharers and bytes <= ${SCAN_BYTES} do
-    local chunk = redis.call('LRANGE', KEYS[3], at, math.min(at + 32, depth) - 1)
+  -- A fair share of what is queued, as with take_all: no more is looked for.
+  local want = math.min(max, math.max(1, math.floor(redis.call('LLEN', KEYS[3]) / sharers)))
+  -- Read in chunks that grow: a list whose head is what busgate wants costs a short read.
+  local found, bytes, at, size = {}, 0, 0, math.max(want, 8)
+  while at < depth and #found < want and bytes <= ${SCAN_BYTES} do
+    local chunk = redis.call('LRANGE', KEYS[3], at, math.min(at + size, depth) - 1)
     for _, v in ipairs(chunk) do
       scanned = scanned + 1
       bytes = bytes + #v
@@ -241,13 +244,13 @@ local function take_matching ()
           if glob_match(parts, name) then found[#found + 1] = v break end
         end
       end
-      if #found >= max * sharers or bytes > ${SCAN_BYTES} then break end
+      if #found >= want or bytes > ${SCAN_BYTES} then break end
     end
-    if #chunk < 32 then break end
+    if #chunk < size then break end
     at = at + #chunk
+    size = math.min(size * 2, 128)
   end
-  local n = math.min(max, #found, math.max(1, math.floor(#found / sharers)))
-  for i = 1, n do
+  for i = 1, #found do
     if redis.call('LREM', KEYS[3], 1, found[i]) == 1 then
       redis.call('RPUSH', KEYS[1], found[i])
       out[#out + 1] = found[i]
