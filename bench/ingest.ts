@@ -4,7 +4,10 @@
  * Targets: single ≥ 0.75× bare; batch ≥ 10× single (events/s). Each round runs all three, in
  * turn, on the same machine; the medians of the rounds are reported.
  *
- *   npm run bench:ingest -- [--rounds 5] [--duration 10] [--connections 64] [--batch 100]
+ *   npm run bench:ingest -- [--rounds 5] [--duration 10] [--connections 64] [--batch 100] [--wait-replicas 0]
+ *
+ * --wait-replicas N starts N replicas of the private Redis and runs the gateway with
+ * BUSGATE_REDIS_WAIT_REPLICAS=N: what a 202 that means "replicated" costs.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
@@ -17,9 +20,11 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '5' },
     duration: { type: 'string', default: '10' },
     connections: { type: 'string', default: '64' },
-    batch: { type: 'string', default: '100' }
+    batch: { type: 'string', default: '100' },
+    'wait-replicas': { type: 'string', default: '0' }
   }
 })
+const waitReplicas = Number(values['wait-replicas'])
 const rounds = Number(values.rounds)
 const duration = Number(values.duration)
 const connections = Number(values.connections)
@@ -57,6 +62,12 @@ async function warm (port: number, path: string, body: string): Promise<void> {
 const redisPort = await freePort()
 const redis = await startProcess('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {}, 'Ready to accept connections')
 const check = new Redis({ port: redisPort })
+const replicas = []
+for (let i = 0; i < waitReplicas; i++) {
+  const port = await freePort()
+  replicas.push(await startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', '/tmp',
+    '--replicaof', '127.0.0.1', String(redisPort)], {}, 'MASTER <-> REPLICA sync: Finished with success'))
+}
 
 const samples = {
   bare: [] as number[],
@@ -78,7 +89,7 @@ try {
 
     const gwPort = await freePort()
     const gateway = await startProcess(process.execPath, [`${root}dist/src/server.js`], {
-      PORT: String(gwPort), REDIS_URL: `redis://127.0.0.1:${redisPort}/0`
+      PORT: String(gwPort), REDIS_URL: `redis://127.0.0.1:${redisPort}/0`, BUSGATE_REDIS_WAIT_REPLICAS: String(waitReplicas)
     }, 'Server listening')
     await warm(gwPort, '/events', single)
     await sleep(300) // let requests still in flight from the warm-up land before counting from zero
@@ -113,6 +124,7 @@ try {
   }
 } finally {
   check.disconnect()
+  for (const replica of replicas) await stopProcess(replica)
   await stopProcess(redis)
 }
 
@@ -120,7 +132,7 @@ const bare = median(samples.bare)
 const singleRps = median(samples.single)
 const batchEps = median(samples.batch)
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US')
-process.stdout.write(`\nbench/ingest — ${rounds} rounds × ${duration} s, ${connections} connections, batch of ${batchSize}, medians\n\n`)
+process.stdout.write(`\nbench/ingest — ${rounds} rounds × ${duration} s, ${connections} connections, batch of ${batchSize}, BUSGATE_REDIS_WAIT_REPLICAS=${waitReplicas}, medians\n\n`)
 process.stdout.write(table([
   ['path', 'rate', 'p99 latency', 'baseline', 'ratio', 'target'],
   ['bare Fastify route (baseline)', `${fmt(bare)} req/s`, `${median(samples.bareP99)} ms`, '', '', ''],

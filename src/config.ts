@@ -14,12 +14,16 @@ export interface TokenGrant {
 }
 
 export interface RedisTarget {
+  /** the server; with `sentinel`, the first sentinel (for logs) */
   host: string
   port: number
   db: number
+  /** the data nodes' credentials (with Sentinel too: a sentinel's own password is BUSGATE_REDIS_SENTINEL_PASSWORD) */
   username: string | undefined
   password: string | undefined
   tls: boolean
+  /** `redis+sentinel://`: the sentinels to ask for the master of the service `name` */
+  sentinel?: { hosts: Array<{ host: string, port: number }>, name: string }
 }
 
 export interface Config {
@@ -27,6 +31,9 @@ export interface Config {
   port: number
   /** unset selects the embedded memory engine */
   redis: RedisTarget | undefined
+  redisSentinelPassword: string | undefined
+  redisWaitReplicas: number
+  redisWaitTimeoutMs: number
   logLevel: LogLevel
   pubsubChannel: string
   prodconsKey: string
@@ -95,8 +102,16 @@ export const SETTINGS = [
   setting('host', 'HOST', '127.0.0.1', 'listen address', nonEmpty),
   setting('port', 'PORT', '8080', 'listen port', (raw) => integer(raw, 0, 65535)),
   setting('redis', 'REDIS_URL', undefined,
-    '`redis://` or `rediss://` URL with optional user, password and db index (`redis://:pw@host:6379/4`); unset = the embedded in-memory engine',
+    '`redis://` or `rediss://` URL with optional user, password and db index (`redis://:pw@host:6379/4`), or ' +
+    '`redis+sentinel://[[user]:password@]host:port[,host:port…]/<service_name>[/<db>]` (the password is the data nodes\'); unset = the embedded in-memory engine',
     parseRedisUrl),
+  setting('redisSentinelPassword', 'BUSGATE_REDIS_SENTINEL_PASSWORD', undefined, 'the sentinels\' own password, if they have one (`redis+sentinel://` only)',
+    (raw) => bounded(raw, 1024)),
+  setting('redisWaitReplicas', 'BUSGATE_REDIS_WAIT_REPLICAS', '0',
+    'a `202` means this many replicas hold the event too (Redis `WAIT` after each write); 0 = the master alone', (raw) => integer(raw, 0, 100)),
+  setting('redisWaitTimeoutMs', 'BUSGATE_REDIS_WAIT_TIMEOUT_MS', '1000',
+    'how long a produce waits for BUSGATE_REDIS_WAIT_REPLICAS replicas; then 503 BUSGATE_REPLICATION_UNCONFIRMED (the event may be kept or lost)',
+    (raw) => integer(raw, 1, 60_000)),
   setting('logLevel', 'LOG_LEVEL', 'info', `pino level: ${LOG_LEVELS.join(', ')}`, (raw) => oneOf(raw, LOG_LEVELS)),
   setting('pubsubChannel', 'BUSGATE_PUBSUB_CHANNEL', 'events.pubsub', 'the broadcast channel', redisName),
   setting('prodconsKey', 'BUSGATE_PRODCONS_KEY', 'events.prodcons', 'the consumer list', redisName),
@@ -320,15 +335,16 @@ function parseOrigins (raw: string): string[] {
 }
 
 export function parseRedisUrl (raw: string): RedisTarget {
+  if (/^redis\+sentinel:/i.test(raw.trim())) return parseSentinelUrl(raw.trim())
   let url: URL
   try {
     url = new URL(raw.trim())
   } catch {
-    throw new Error('is not a URL; expected redis://[user:password@]host[:port][/db]')
+    throw new Error('is not a URL; expected redis://[user:password@]host[:port][/db] or redis+sentinel://host:port[,host:port…]/<service_name>[/<db>]')
   }
   const shown = withoutPassword(url)
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
-    throw new Error(`"${shown}" must start with redis:// or rediss://`)
+    throw new Error(`"${shown}" must start with redis://, rediss:// or redis+sentinel://`)
   }
   if (url.hostname === '') throw new Error(`"${shown}" has no host`)
   if (url.search !== '' || url.hash !== '') throw new Error(`"${shown}" must not have query parameters or a fragment`)
@@ -348,6 +364,31 @@ export function parseRedisUrl (raw: string): RedisTarget {
   }
 }
 
+// A list of hosts is no URL authority WHATWG parses: read by hand, as Backend.AI's config lists them.
+function parseSentinelUrl (raw: string): RedisTarget {
+  const match = /^redis\+sentinel:\/\/(?:([^:@/]*)(?::([^@/]*))?@)?([^/@]+)\/([^/]+)(?:\/(\d{1,5}))?\/?$/i.exec(raw)
+  const shown = raw.replace(/:\/\/([^:@/]*):[^@/]*@/, '://$1:***@')
+  if (match === null) throw new Error(`"${shown}" is not redis+sentinel://[[user]:password@]host:port[,host:port…]/<service_name>[/<db>]`)
+  const [, user, password, list, name, db] = match as unknown as [string, string | undefined, string | undefined, string, string, string | undefined]
+  const hosts = list.split(',').map((part) => {
+    const hostPort = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(part.trim())
+    if (hostPort === null) throw new Error(`"${shown}": "${part}" is not host:port`)
+    const port = hostPort[3] === undefined ? 26379 : Number(hostPort[3])
+    if (port < 1 || port > 65535) throw new Error(`"${shown}": port ${port} is out of range`)
+    return { host: (hostPort[1] ?? hostPort[2]) as string, port }
+  })
+  const first = hosts[0] as { host: string, port: number }
+  return {
+    host: first.host,
+    port: first.port,
+    db: db === undefined ? 0 : Number(db),
+    username: user === undefined || user === '' ? undefined : decodeURIComponent(user),
+    password: password === undefined || password === '' ? undefined : decodeURIComponent(password),
+    tls: false,
+    sentinel: { hosts, name: decodeURIComponent(name) }
+  }
+}
+
 function withoutPassword (url: URL): string {
   const copy = new URL(url.href)
   if (copy.password !== '') copy.password = '***'
@@ -357,6 +398,10 @@ function withoutPassword (url: URL): string {
 /** How the Redis target is named in logs: never with its password. */
 export function describeRedis (target: RedisTarget): string {
   const auth = target.password === undefined ? '' : `${target.username ?? ''}:***@`
+  if (target.sentinel !== undefined) {
+    const hosts = target.sentinel.hosts.map(({ host, port }) => `${host.includes(':') ? `[${host}]` : host}:${port}`).join(',')
+    return `redis+sentinel://${auth}${hosts}/${target.sentinel.name}/${target.db}`
+  }
   const host = target.host.includes(':') ? `[${target.host}]` : target.host
   return `${target.tls ? 'rediss' : 'redis'}://${auth}${host}:${target.port}/${target.db}`
 }

@@ -20,6 +20,8 @@ export const Errors = {
   UnsupportedMediaType: createError('BUSGATE_UNSUPPORTED_MEDIA_TYPE', 'Content-Type %s is not accepted here; use %s', 415),
   Internal: createError('BUSGATE_INTERNAL', 'Internal Server Error', 500),
   RedisUnavailable: createError('BUSGATE_REDIS_UNAVAILABLE', 'The event bus is unavailable: %s', 503),
+  ReplicationUnconfirmed: createError('BUSGATE_REPLICATION_UNCONFIRMED',
+    'The event reached the Redis master but %s: it may be kept or lost (a retry may make a duplicate)', 503),
   QueueFull: createError('BUSGATE_QUEUE_FULL', 'The consumer list is full (%s messages); retry later', 503),
   ShuttingDown: createError('BUSGATE_SHUTTING_DOWN', 'The gateway is shutting down; retry on another instance', 503),
   TooManyStreams: createError('BUSGATE_TOO_MANY_STREAMS', 'This instance holds its maximum of %s streams; retry on another instance', 503)
@@ -37,7 +39,7 @@ export interface ErrorBody {
 /** An engine failure that means "try again": the bus is unreachable, slow or full. */
 export function isUnavailable (err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code
-  return code === 'BUSGATE_REDIS_UNAVAILABLE' || code === 'BUSGATE_QUEUE_FULL' || code === 'BUSGATE_SHUTTING_DOWN' ||
+  return code === 'BUSGATE_REDIS_UNAVAILABLE' || code === 'BUSGATE_QUEUE_FULL' || code === 'BUSGATE_REPLICATION_UNCONFIRMED' || code === 'BUSGATE_SHUTTING_DOWN' ||
     code === 'BUSGATE_TOO_MANY_STREAMS'
 }
 

@@ -46,7 +46,7 @@ t.test('environment variables and flags, a flag winning', async (t) => {
 
 t.test('every setting has a flag named after its variable', async (t) => {
   t.same(SETTINGS.map((s) => s.flag), [
-    'host', 'port', 'redis-url', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
+    'host', 'port', 'redis-url', 'redis-sentinel-password', 'redis-wait-replicas', 'redis-wait-timeout-ms', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
     'cors-origins', 'body-limit', 'bus-max-message-bytes', 'request-timeout-ms', 'max-connections', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
     'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-max-buffer-bytes',
     'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients', 'webhook-concurrency', 'webhook-timeout-ms',
@@ -69,7 +69,7 @@ const BAD: Array<[Record<string, string>, string[], RegExp]> = [
   [{ PORT: 'abc' }, [], /^PORT: must be an integer from 0 to 65535, got "abc"$/],
   [{ PORT: '70000' }, [], /^PORT: .*got 70000/],
   [{}, ['--port=-1'], /^--port: must be an integer/],
-  [{ REDIS_URL: 'http://x' }, [], /^REDIS_URL: "http:\/\/x\/?" must start with redis:\/\/ or rediss:\/\//],
+  [{ REDIS_URL: 'http://x' }, [], /^REDIS_URL: "http:\/\/x\/?" must start with redis:\/\/, rediss:\/\/ or redis\+sentinel:\/\//],
   [{ REDIS_URL: 'not a url' }, [], /^REDIS_URL: is not a URL/],
   [{ REDIS_URL: 'redis://h/db4' }, [], /^REDIS_URL: .*database index/],
   [{ REDIS_URL: 'redis://:hunter2@h/x' }, [], /^REDIS_URL: "redis:\/\/:\*\*\*@h\/x"/],
@@ -112,4 +112,20 @@ t.test('tokens are parsed with their scopes, and never echoed in errors', async 
       t.notMatch((err as Error).message, /topsecret|secret123|sk:live/, 'no part of the token')
     }
   }
+})
+
+t.test('redis+sentinel:// URLs: the sentinels, the service, the data nodes\' credentials, the db', async (t) => {
+  const { parseRedisUrl, describeRedis } = await import('../src/config.js')
+  t.match(parseRedisUrl('redis+sentinel://:s3cret@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/4'), {
+    db: 4,
+    password: 's3cret',
+    username: undefined,
+    sentinel: { name: 'mymaster', hosts: [{ host: '10.0.0.1', port: 26379 }, { host: '10.0.0.2', port: 26379 }, { host: '::1', port: 26380 }] }
+  })
+  t.match(parseRedisUrl('redis+sentinel://user:pw@s1:5000/svc'), { db: 0, username: 'user', password: 'pw', sentinel: { name: 'svc' } })
+  t.equal(describeRedis(parseRedisUrl('redis+sentinel://:pw@s1:5000,s2:5001/svc/2')), 'redis+sentinel://:***@s1:5000,s2:5001/svc/2', 'no password in logs')
+  for (const bad of ['redis+sentinel://s1:5000', 'redis+sentinel://s1:99999/svc', 'redis+sentinel:///svc', 'redis+sentinel://s1:5000/svc/x', 'redis+sentinel://s1,/svc']) {
+    t.throws(() => parseRedisUrl(bad), `${bad} is refused`)
+  }
+  t.throws(() => parseRedisUrl('redis+sentinel://:hunter2@s1:5000'), /\*\*\*/, 'the error hides the password')
 })

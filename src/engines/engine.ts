@@ -303,7 +303,8 @@ export interface Engine {
   close (): Promise<void>
 }
 
-export type EngineOptions = Pick<Config, 'redis' | 'pubsubChannel' | 'prodconsKey' | 'redisTimeoutMs' | 'memoryQueueMax' | 'memoryQueueMaxBytes'>
+export type EngineOptions = Pick<Config, 'redis' | 'pubsubChannel' | 'prodconsKey' | 'redisTimeoutMs' | 'memoryQueueMax' | 'memoryQueueMaxBytes'> &
+  Partial<Pick<Config, 'redisSentinelPassword' | 'redisWaitReplicas' | 'redisWaitTimeoutMs'>>
 
 /** Produce arguments every engine refuses alike. */
 export function checkFrameCount (frames: readonly Uint8Array[]): void {

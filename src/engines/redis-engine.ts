@@ -583,6 +583,8 @@ export class RedisEngine implements Engine {
   #state: EngineState = 'connecting'
   #subscriberState: EngineState = 'ready'
   readonly #commands: Redis
+  /** produces, when they WAIT for replicas */
+  #producer: Redis | undefined
   #subscriber: Redis | undefined
   readonly #handlers = new Set<SubscriptionHandlers>()
   readonly #others = new Set<Redis>()
@@ -620,6 +622,20 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateLetterImport', { numberOfKeys: 6, lua: LETTER_IMPORT_LUA })
     this.#commands.defineCommand('busgateLetterAdopt', { numberOfKeys: 5, lua: LETTER_ADOPT_LUA })
     this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
+    // WAIT holds its connection until the replicas answer: produces get one of their own then,
+    // so the other commands never queue behind it.
+    if ((options.redisWaitReplicas ?? 0) > 0) {
+      this.#producer = new Redis({
+        ...this.#baseOptions('producer'),
+        enableOfflineQueue: false,
+        autoResendUnfulfilledCommands: false,
+        maxRetriesPerRequest: 0,
+        commandTimeout: options.redisTimeoutMs + (options.redisWaitTimeoutMs ?? 1000)
+      })
+      this.#producer.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
+      this.#watch(this.#producer, 'producer')
+      this.#others.add(this.#producer)
+    }
   }
 
   get state (): EngineState {
@@ -627,14 +643,25 @@ export class RedisEngine implements Engine {
   }
 
   #baseOptions (role: string): RedisOptions {
-    const { host, port, db, username, password, tls } = this.options.redis
+    const { host, port, db, username, password, tls, sentinel } = this.options.redis
+    // With Sentinel every connection asks the sentinels for the master, again after each
+    // disconnect, and hears of a failover from them (failoverDetector) rather than by a timeout.
+    const where: RedisOptions = sentinel === undefined
+      ? { host, port, tls: tls ? (isIP(host) === 0 ? { servername: host } : {}) : undefined }
+      : {
+          sentinels: sentinel.hosts,
+          name: sentinel.name,
+          role: 'master',
+          sentinelPassword: this.options.redisSentinelPassword,
+          sentinelMaxConnections: 3,
+          failoverDetector: true,
+          sentinelRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 5), 2000)
+        }
     return {
-      host,
-      port,
+      ...where,
       db,
       username,
       password,
-      tls: tls ? (isIP(host) === 0 ? { servername: host } : {}) : undefined,
       // RESP2 is what every Redis a Backend.AI cluster may run understands.
       protocol: 2,
       connectionName: `busgate:${role}`,
@@ -711,18 +738,27 @@ export class RedisEngine implements Engine {
     if (members.length === 0) return
     this.#group = { members: [], frames: 0, bytes: 0 }
     const frames = members.length === 1 ? (members[0] as PendingProduce).frames : members.flatMap((m) => m.frames)
-    ;(this.#commands as unknown as ProduceCommand)
-      .busgateProduce(this.options.prodconsKey, this.options.pubsubChannel, ...frames)
-      .then(([subscribers, finalLength]) => {
-        let end = finalLength - frames.length
-        for (const member of members) {
-          end += member.frames.length
-          member.resolve({ subscribers, queueLength: end })
-        }
-      }, (err: unknown) => {
-        const translated = this.#translate(err)
-        for (const member of members) member.reject(translated)
-      })
+    const conn = this.#producer ?? this.#commands
+    const produced = (conn as unknown as ProduceCommand).busgateProduce(this.options.prodconsKey, this.options.pubsubChannel, ...frames)
+    // WAIT right behind the script on the same connection: it counts the replicas that hold
+    // every write this connection made before it, this group's included.
+    const replicas = this.options.redisWaitReplicas ?? 0
+    const confirmed = replicas === 0 ? Promise.resolve(0) : conn.wait(replicas, this.options.redisWaitTimeoutMs ?? 1000)
+    Promise.all([produced, confirmed]).then(([[subscribers, finalLength], acked]) => {
+      if (acked < replicas) {
+        const err = new Errors.ReplicationUnconfirmed(`${acked} of the ${replicas} replicas asked for confirmed it within ${this.options.redisWaitTimeoutMs ?? 1000} ms`)
+        for (const member of members) member.reject(err)
+        return
+      }
+      let end = finalLength - frames.length
+      for (const member of members) {
+        end += member.frames.length
+        member.resolve({ subscribers, queueLength: end })
+      }
+    }, (err: unknown) => {
+      const translated = this.#translate(err)
+      for (const member of members) member.reject(translated)
+    })
   }
 
   async subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>> {

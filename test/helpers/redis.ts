@@ -1,5 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Redis } from 'ioredis'
 
 export interface RedisServer {
@@ -55,9 +58,12 @@ async function launch (args: string[]): Promise<ChildProcess | undefined> {
  */
 export async function startRedis (t: Teardown, extra: (port: number) => string[] = () => []): Promise<RedisServer> {
   const tls = extra(0).includes('--tls-port')
+  // A directory of its own: a replica writes the master's data there (dump.rdb) when it syncs,
+  // and any server started in that directory later would load it.
+  const dir = await mkdtemp(join(tmpdir(), 'busgate-redis-'))
   const argsFor = (port: number): string[] => [
     ...(tls ? ['--port', '0'] : ['--port', String(port)]),
-    '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra(port)
+    '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...extra(port)
   ]
   let proc: ChildProcess | undefined
   let port = 0
@@ -96,6 +102,45 @@ export async function startRedis (t: Teardown, extra: (port: number) => string[]
   t.teardown(async () => {
     for (const client of clients) client.disconnect()
     await kill()
+    await rm(dir, { recursive: true, force: true })
   })
   return server
+}
+
+/**
+ * A Redis Sentinel in front of `master`: a plain redis-server in sentinel mode on a free port,
+ * with a config file of its own (a sentinel rewrites it), quorum 1, fast failure detection.
+ */
+export async function startSentinel (t: Teardown, master: RedisServer, name = 'mymaster'): Promise<{ port: number, client: Redis }> {
+  const dir = await mkdtemp(join(tmpdir(), 'busgate-sentinel-'))
+  const port = await freePort()
+  const file = join(dir, 'sentinel.conf')
+  await writeFile(file, [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, `sentinel monitor ${name} 127.0.0.1 ${master.port} 1`,
+    `sentinel down-after-milliseconds ${name} 1000`, `sentinel failover-timeout ${name} 3000`, ''].join('\n'))
+  const child = spawn('redis-server', [file, '--sentinel'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  await new Promise<void>((resolve, reject) => {
+    let log = ''
+    const timer = setTimeout(() => reject(new Error(`sentinel did not start: ${log}`)), 10_000)
+    child.stdout?.on('data', (chunk: Buffer) => {
+      log += chunk.toString()
+      if (log.includes('+monitor master')) {
+        clearTimeout(timer)
+        child.stdout?.removeAllListeners('data')
+        child.stdout?.resume()
+        resolve()
+      }
+    })
+  })
+  const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1 })
+  client.on('error', () => {})
+  t.teardown(async () => {
+    client.disconnect()
+    if (child.exitCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGKILL')
+      await exited
+    }
+    await rm(dir, { recursive: true, force: true })
+  })
+  return { port, client }
 }
