@@ -24,6 +24,8 @@ export interface RedisTarget {
   tls: boolean
   /** `redis+sentinel://`: the sentinels to ask for the master of the service `name` */
   sentinel?: { hosts: Array<{ host: string, port: number }>, name: string }
+  /** `redis+cluster://`: nodes of a Redis Cluster to start from */
+  cluster?: { nodes: Array<{ host: string, port: number }> }
 }
 
 export interface Config {
@@ -103,7 +105,8 @@ export const SETTINGS = [
   setting('port', 'PORT', '8080', 'listen port', (raw) => integer(raw, 0, 65535)),
   setting('redis', 'REDIS_URL', undefined,
     '`redis://` or `rediss://` URL with optional user, password and db index (`redis://:pw@host:6379/4`), or ' +
-    '`redis+sentinel://[[user]:password@]host:port[,host:port…]/<service_name>[/<db>]` (the password is the data nodes\'); unset = the embedded in-memory engine',
+    '`redis+sentinel://[[user]:password@]host:port[,host:port…]/<service_name>[/<db>]` (the password is the data nodes\'), or ' +
+    '`redis+cluster://[[user]:password@]host:port[,host:port…]`; unset = the embedded in-memory engine',
     parseRedisUrl),
   setting('redisSentinelPassword', 'BUSGATE_REDIS_SENTINEL_PASSWORD', undefined, 'the sentinels\' own password, if they have one (`redis+sentinel://` only)',
     (raw) => bounded(raw, 1024)),
@@ -231,16 +234,26 @@ export function loadConfig (env: NodeJS.ProcessEnv, argv: readonly string[]): Cl
       throw new ConfigError(`${name}: ${(err as Error).message}`)
     }
   }
-  const result = config as unknown as Config
+  const result = inCluster(config as unknown as Config)
   checkKeys(result)
   return { kind: 'run', config: result }
+}
+
+/**
+ * In a Redis Cluster a script's keys must share a slot: busgate's own keys take the consumer
+ * list's name as their hash tag (`busgate:{events.prodcons}:…`), so they live in its slot, and
+ * every script that moves messages between them and the list stays on one node.
+ */
+export function inCluster (config: Config): Config {
+  if (config.redis?.cluster === undefined || config.keyPrefix.includes('{')) return config
+  return { ...config, keyPrefix: `${config.keyPrefix}{${config.prodconsKey}}:` }
 }
 
 /** The defaults, with overrides: what tests and benchmarks build apps from. */
 export function defaultConfig (overrides: Partial<Config> = {}): Config {
   const action = loadConfig({}, [])
   if (action.kind !== 'run') throw new Error('unreachable')
-  const config = { ...action.config, ...overrides }
+  const config = inCluster({ ...action.config, ...overrides })
   checkKeys(config)
   return config
 }
@@ -336,6 +349,7 @@ function parseOrigins (raw: string): string[] {
 
 export function parseRedisUrl (raw: string): RedisTarget {
   if (/^redis\+sentinel:/i.test(raw.trim())) return parseSentinelUrl(raw.trim())
+  if (/^redis\+cluster:/i.test(raw.trim())) return parseClusterUrl(raw.trim())
   let url: URL
   try {
     url = new URL(raw.trim())
@@ -364,19 +378,41 @@ export function parseRedisUrl (raw: string): RedisTarget {
   }
 }
 
+function hostList (list: string, shown: string, defaultPort: number): Array<{ host: string, port: number }> {
+  return list.split(',').map((part) => {
+    const hostPort = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(part.trim())
+    if (hostPort === null) throw new Error(`"${shown}": "${part}" is not host:port`)
+    const port = hostPort[3] === undefined ? defaultPort : Number(hostPort[3])
+    if (port < 1 || port > 65535) throw new Error(`"${shown}": port ${port} is out of range`)
+    return { host: (hostPort[1] ?? hostPort[2]) as string, port }
+  })
+}
+
+function parseClusterUrl (raw: string): RedisTarget {
+  const match = /^redis\+cluster:\/\/(?:([^:@/]*)(?::([^@/]*))?@)?([^/@]+)\/?$/i.exec(raw)
+  const shown = raw.replace(/:\/\/([^:@/]*):[^@/]*@/, '://$1:***@')
+  if (match === null) throw new Error(`"${shown}" is not redis+cluster://[[user]:password@]host:port[,host:port…] (a cluster has database 0 only)`)
+  const [, user, password, list] = match as unknown as [string, string | undefined, string | undefined, string]
+  const nodes = hostList(list, shown, 6379)
+  const first = nodes[0] as { host: string, port: number }
+  return {
+    host: first.host,
+    port: first.port,
+    db: 0,
+    username: user === undefined || user === '' ? undefined : decodeURIComponent(user),
+    password: password === undefined || password === '' ? undefined : decodeURIComponent(password),
+    tls: false,
+    cluster: { nodes }
+  }
+}
+
 // A list of hosts is no URL authority WHATWG parses: read by hand, as Backend.AI's config lists them.
 function parseSentinelUrl (raw: string): RedisTarget {
   const match = /^redis\+sentinel:\/\/(?:([^:@/]*)(?::([^@/]*))?@)?([^/@]+)\/([^/]+)(?:\/(\d{1,5}))?\/?$/i.exec(raw)
   const shown = raw.replace(/:\/\/([^:@/]*):[^@/]*@/, '://$1:***@')
   if (match === null) throw new Error(`"${shown}" is not redis+sentinel://[[user]:password@]host:port[,host:port…]/<service_name>[/<db>]`)
   const [, user, password, list, name, db] = match as unknown as [string, string | undefined, string | undefined, string, string, string | undefined]
-  const hosts = list.split(',').map((part) => {
-    const hostPort = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(part.trim())
-    if (hostPort === null) throw new Error(`"${shown}": "${part}" is not host:port`)
-    const port = hostPort[3] === undefined ? 26379 : Number(hostPort[3])
-    if (port < 1 || port > 65535) throw new Error(`"${shown}": port ${port} is out of range`)
-    return { host: (hostPort[1] ?? hostPort[2]) as string, port }
-  })
+  const hosts = hostList(list, shown, 26379)
   const first = hosts[0] as { host: string, port: number }
   return {
     host: first.host,
@@ -398,6 +434,9 @@ function withoutPassword (url: URL): string {
 /** How the Redis target is named in logs: never with its password. */
 export function describeRedis (target: RedisTarget): string {
   const auth = target.password === undefined ? '' : `${target.username ?? ''}:***@`
+  if (target.cluster !== undefined) {
+    return `redis+cluster://${auth}${target.cluster.nodes.map(({ host, port }) => `${host.includes(':') ? `[${host}]` : host}:${port}`).join(',')}`
+  }
   if (target.sentinel !== undefined) {
     const hosts = target.sentinel.hosts.map(({ host, port }) => `${host.includes(':') ? `[${host}]` : host}:${port}`).join(',')
     return `redis+sentinel://${auth}${hosts}/${target.sentinel.name}/${target.db}`

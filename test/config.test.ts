@@ -129,3 +129,14 @@ t.test('redis+sentinel:// URLs: the sentinels, the service, the data nodes\' cre
   }
   t.throws(() => parseRedisUrl('redis+sentinel://:hunter2@s1:5000'), /\*\*\*/, 'the error hides the password')
 })
+
+t.test('redis+cluster:// URLs: the nodes to start from; busgate\'s keys take the consumer list\'s slot', async (t) => {
+  const { parseRedisUrl, describeRedis, defaultConfig } = await import('../src/config.js')
+  t.match(parseRedisUrl('redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001,[::1]'), {
+    db: 0, password: 'pw', cluster: { nodes: [{ host: '10.0.0.1', port: 7000 }, { host: '10.0.0.2', port: 7001 }, { host: '::1', port: 6379 }] }
+  })
+  t.equal(describeRedis(parseRedisUrl('redis+cluster://:pw@a:7000,b:7001')), 'redis+cluster://:***@a:7000,b:7001')
+  t.throws(() => parseRedisUrl('redis+cluster://a:7000/3'), /database 0 only/)
+  t.equal(defaultConfig({ redis: parseRedisUrl('redis+cluster://a:7000') }).keyPrefix, 'busgate:{events.prodcons}:')
+  t.equal(defaultConfig({ redis: parseRedisUrl('redis://a:7000') }).keyPrefix, 'busgate:', 'standalone keys unchanged')
+})

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Redis, ReplyError, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, ReplyError, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { describeRedis, type RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
@@ -592,8 +592,7 @@ export class RedisEngine implements Engine {
   #flushScheduled = false
 
   constructor (private readonly options: EngineOptions & { redis: RedisTarget }, private readonly log: FastifyBaseLogger) {
-    this.#commands = new Redis({
-      ...this.#baseOptions('commands'),
+    this.#commands = this.#open('commands', {
       // A produce must fail fast rather than wait for a reconnect, and must never be replayed
       // behind the client's back after it was answered 503.
       enableOfflineQueue: false,
@@ -625,8 +624,7 @@ export class RedisEngine implements Engine {
     // WAIT holds its connection until the replicas answer: produces get one of their own then,
     // so the other commands never queue behind it.
     if ((options.redisWaitReplicas ?? 0) > 0) {
-      this.#producer = new Redis({
-        ...this.#baseOptions('producer'),
+      this.#producer = this.#open('producer', {
         enableOfflineQueue: false,
         autoResendUnfulfilledCommands: false,
         maxRetriesPerRequest: 0,
@@ -640,6 +638,27 @@ export class RedisEngine implements Engine {
 
   get state (): EngineState {
     return this.#state === 'ready' ? this.#subscriberState : this.#state
+  }
+
+  /**
+   * A connection of one role. With Redis Cluster it is a cluster client, which routes each
+   * command (and each script, by its keys, all in one slot: see inCluster) to the node of its
+   * slot and follows MOVED and failovers; it has the same commands, so the rest of the engine
+   * does not tell them apart.
+   */
+  #open (role: string, extra: RedisOptions): Redis {
+    const { cluster } = this.options.redis
+    if (cluster === undefined) return new Redis({ ...this.#baseOptions(role), ...extra })
+    const { host: _host, port: _port, db: _db, ...node } = { ...this.#baseOptions(role), ...extra }
+    const client = new Cluster(cluster.nodes, {
+      redisOptions: node,
+      enableOfflineQueue: extra.enableOfflineQueue ?? true,
+      lazyConnect: extra.lazyConnect ?? false,
+      maxRedirections: 16,
+      clusterRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 5), 2000),
+      slotsRefreshTimeout: this.options.redisTimeoutMs
+    })
+    return client as unknown as Redis
   }
 
   #baseOptions (role: string): RedisOptions {
@@ -779,7 +798,7 @@ export class RedisEngine implements Engine {
   // One connection for the whole process, whatever the number of handlers. ioredis
   // resubscribes by itself after a reconnect; what was published meanwhile is gone.
   #createSubscriber (): Redis {
-    const subscriber = new Redis({ ...this.#baseOptions('subscriber'), maxRetriesPerRequest: null })
+    const subscriber = this.#open('subscriber', { maxRetriesPerRequest: null })
     this.#subscriber = subscriber
     this.#subscriberState = 'connecting'
     let lost = false
@@ -855,12 +874,17 @@ export class RedisEngine implements Engine {
     },
     keys: async (pattern) => {
       const found = new Set<string>()
-      let cursor = '0'
-      do {
-        const [next, batch] = await this.#call(() => this.#commands.scan(cursor, 'MATCH', pattern, 'COUNT', 500))
-        cursor = next
-        for (const key of batch) found.add(key)
-      } while (cursor !== '0')
+      // A cluster's keys are spread over its masters: each is scanned.
+      const commands: unknown = this.#commands
+      const nodes = commands instanceof Cluster ? commands.nodes('master') : [this.#commands]
+      for (const node of nodes) {
+        let cursor = '0'
+        do {
+          const [next, batch] = await this.#call(() => node.scan(cursor, 'MATCH', pattern, 'COUNT', 500))
+          cursor = next
+          for (const key of batch) found.add(key)
+        } while (cursor !== '0')
+      }
       return [...found]
     },
     listPushCapped: async (key, value, max) => {
@@ -963,7 +987,7 @@ export class RedisEngine implements Engine {
   consumer (processingKey: string, retryKey?: string, delayKey?: string): Consumer {
     // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design),
     // and wait through reconnects instead of failing.
-    const conn = new Redis({ ...this.#baseOptions('consumer'), maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
+    const conn = this.#open('consumer', { maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
     this.#watch(conn, 'consumer')
     this.#others.add(conn)
     const { prodconsKey } = this.options

@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 
 export interface RedisServer {
   port: number
@@ -143,4 +143,27 @@ export async function startSentinel (t: Teardown, master: RedisServer, name = 'm
     await rm(dir, { recursive: true, force: true })
   })
   return { port, client }
+}
+
+/** A Redis Cluster of three masters (no replicas) on free ports, each a plain redis-server; killed at teardown. */
+export async function startCluster (t: Teardown): Promise<{ url: string, client: Cluster, ports: number[] }> {
+  const nodes: RedisServer[] = []
+  for (let i = 0; i < 3; i++) {
+    nodes.push(await startRedis(t, (port) => ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000']))
+  }
+  const ports = nodes.map((n) => n.port)
+  await new Promise<void>((resolve, reject) => {
+    const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    create.stdout?.on('data', (c: Buffer) => { out += c.toString() })
+    create.stderr?.on('data', (c: Buffer) => { out += c.toString() })
+    create.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`redis-cli --cluster create failed: ${out}`))))
+  })
+  for (const node of nodes) {
+    for (let i = 0; i < 200 && !/cluster_state:ok/.test(String(await node.client.call('CLUSTER', 'INFO'))); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  const client = new Cluster(ports.map((port) => ({ host: '127.0.0.1', port })))
+  client.on('error', () => {})
+  t.teardown(() => client.disconnect())
+  return { url: `redis+cluster://${ports.map((p) => `127.0.0.1:${p}`).join(',')}`, client, ports }
 }
