@@ -82,6 +82,7 @@ const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { confi
     request.log.debug({ req: request, task: taskId }, 'task stream opened')
     const retry = `retry: ${config.sseRetryMs}\n`
     let last = fromState(taskId, state)
+    let sent = ''
     let ended = false
     const send = (report: TaskReport): void => {
       if (ended) return
@@ -90,7 +91,10 @@ const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { confi
       const data = JSON.stringify({ task_id: taskId, message: last.message, current_progress: last.current, total_progress: last.total })
       const frame = `event: ${report.name}\n${retry}data: ${data}\n\n`
       if (report.status === 'started') {
-        stream.write(Buffer.from(frame))
+        // The state read from the hash and the broadcast that made it can both arrive (the
+        // broadcast late, as on a cluster's bus): the same progress twice says nothing new.
+        if (frame !== sent) stream.write(Buffer.from(frame))
+        sent = frame
         return
       }
       ended = true

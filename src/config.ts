@@ -354,11 +354,11 @@ export function parseRedisUrl (raw: string): RedisTarget {
   try {
     url = new URL(raw.trim())
   } catch {
-    throw new Error('is not a URL; expected redis://[user:password@]host[:port][/db] or redis+sentinel://host:port[,host:port…]/<service_name>[/<db>]')
+    throw new Error('is not a URL; expected redis://[user:password@]host[:port][/db], redis+sentinel://host:port[,host:port…]/<service_name>[/<db>] or redis+cluster://host:port[,host:port…]')
   }
   const shown = withoutPassword(url)
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
-    throw new Error(`"${shown}" must start with redis://, rediss:// or redis+sentinel://`)
+    throw new Error(`"${shown}" must start with redis://, rediss://, redis+sentinel:// or redis+cluster://`)
   }
   if (url.hostname === '') throw new Error(`"${shown}" has no host`)
   if (url.search !== '' || url.hash !== '') throw new Error(`"${shown}" must not have query parameters or a fragment`)

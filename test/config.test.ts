@@ -69,7 +69,7 @@ const BAD: Array<[Record<string, string>, string[], RegExp]> = [
   [{ PORT: 'abc' }, [], /^PORT: must be an integer from 0 to 65535, got "abc"$/],
   [{ PORT: '70000' }, [], /^PORT: .*got 70000/],
   [{}, ['--port=-1'], /^--port: must be an integer/],
-  [{ REDIS_URL: 'http://x' }, [], /^REDIS_URL: "http:\/\/x\/?" must start with redis:\/\/, rediss:\/\/ or redis\+sentinel:\/\//],
+  [{ REDIS_URL: 'http://x' }, [], /^REDIS_URL: "http:\/\/x\/?" must start with redis:\/\/, rediss:\/\/, redis\+sentinel:\/\/ or redis\+cluster:\/\//],
   [{ REDIS_URL: 'not a url' }, [], /^REDIS_URL: is not a URL/],
   [{ REDIS_URL: 'redis://h/db4' }, [], /^REDIS_URL: .*database index/],
   [{ REDIS_URL: 'redis://:hunter2@h/x' }, [], /^REDIS_URL: "redis:\/\/:\*\*\*@h\/x"/],

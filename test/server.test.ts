@@ -53,7 +53,7 @@ t.test('a wrong setting stops the process with one line, no stack trace', async 
   t.equal(res.stdout, '')
   const flag = runOnce({}, ['--redis-url', 'http://wrong'])
   t.equal(flag.status, 2)
-  t.match(flag.stderr, /^busgate: --redis-url: .* must start with redis:\/\/ or rediss:\/\/\n$/)
+  t.match(flag.stderr, /^busgate: --redis-url: .* must start with redis:\/\/, rediss:\/\/, redis\+sentinel:\/\/ or redis\+cluster:\/\/\n$/)
 })
 
 t.test('--help lists every setting; --version prints the version', async (t) => {
