@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util'
 import { MAX_MESSAGE_BYTES } from './codec.js'
-import { MAX_FRAMES_PER_PRODUCE } from './engines/engine.js'
+import { MAX_FRAMES_PER_PRODUCE } from './engines/limits.js'
 
 export type Scope = 'publish' | 'subscribe' | 'admin'
 export const SCOPES: readonly Scope[] = ['publish', 'subscribe', 'admin']

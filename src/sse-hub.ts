@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyBaseLogger } from 'fastify'
 import { CodecError, decodeEvent, hexPreview, toJsonEvent, type BusEvent } from './codec.js'
-import type { Engine } from './engines/engine.js'
+import type { Bus } from './engines/engine.js'
 import { globList } from './glob.js'
 import { RingBuffer } from './ring-buffer.js'
 
@@ -249,7 +249,7 @@ export class SseHub {
   #serving: NodeJS.Immediate | undefined
 
   constructor (
-    private readonly engine: Engine,
+    private readonly engine: Pick<Bus, 'subscribe'>,
     private readonly options: HubOptions,
     private readonly metrics: HubMetrics,
     private readonly log: FastifyBaseLogger

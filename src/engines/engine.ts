@@ -1,5 +1,7 @@
-import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
+import { MAX_FRAMES_PER_PRODUCE } from './limits.js'
+
+export { MAX_FRAMES_PER_PRODUCE }
 
 export interface ProduceResult {
   /** clients that received the PUBLISH (other gateways, Backend.AI managers…) */
@@ -12,9 +14,6 @@ export type EngineState = 'connecting' | 'ready' | 'down' | 'closed'
 
 /** Most bytes of the consumer list one matching claim reads (see ClaimOptions.take), besides its depth bound. */
 export const SCAN_BYTES = 8 * 1024 * 1024
-
-/** Most frames one produce takes: Lua's C stack holds about 8000 values, and one RPUSH takes them all. */
-export const MAX_FRAMES_PER_PRODUCE = 5000
 
 export type MessageHandler = (frame: Buffer) => void
 
@@ -252,10 +251,11 @@ export interface HeardEvent {
 }
 
 /**
- * The event bus busgate bridges. Both engines keep the seed's semantics: `produce` writes one
- * copy per event to the broadcast channel and one to the consumer list, all or nothing.
+ * The event bus busgate bridges: what producers, streams and the task view need. Both engines
+ * keep the seed's semantics: `produce` writes one copy per event to the broadcast channel and
+ * one to the consumer list, all or nothing.
  */
-export interface Engine {
+export interface Bus {
   readonly kind: 'redis' | 'memory'
   /** `ready` only when every connection in use (commands, and the subscription once made) is */
   readonly state: EngineState
@@ -263,18 +263,23 @@ export interface Engine {
   connect (): Promise<void>
   /** Writes every frame (1 to MAX_FRAMES_PER_PRODUCE) to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
   produce (frames: readonly Uint8Array[]): Promise<ProduceResult>
-  /** Appends frames to the consumer list only (no broadcast): a redelivery. Returns the list's length. */
-  enqueue (frames: readonly Uint8Array[]): Promise<number>
   /**
    * Receives every message of the broadcast channel, in publish order, until the returned
    * function is called. The bus subscription exists while at least one handler does.
    */
   subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>>
   queueLength (): Promise<number>
-  /** How many messages wait in a delay set (see Consumer.delay). */
-  delayedLength (delayKey: string): Promise<number>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
   ping (): Promise<void>
+  close (): Promise<void>
+}
+
+/** The work queue the webhook dispatcher consumes: claims, acknowledgements, delays, reclaims, dead letters. */
+export interface WorkQueue {
+  /** Appends frames to the consumer list only (no broadcast): a redelivery. Returns the list's length. */
+  enqueue (frames: readonly Uint8Array[]): Promise<number>
+  /** How many messages wait in a delay set (see Consumer.delay). */
+  delayedLength (delayKey: string): Promise<number>
   /**
    * A consumer with its own processing list; `retryKey` is the list it takes put-back messages
    * from first, `delayKey` the set of delayed ones it takes when they are due.
@@ -297,10 +302,17 @@ export interface Engine {
   recordHeard (events: readonly HeardEvent[], ttlMs: number, max: number): Promise<{ recorded: boolean[], dropped: number }>
   /** How many values a list of Buffers holds (a subscriber webhook's copies). */
   listLength (key: string): Promise<number>
-  readonly store: Store
   /** The dead letters kept under keys that start with `base` (see each engine); redelivered to the consumer list, or (see ImportedLetter.returns) to `retryKey`. */
   deadLetterStore (base: string, retryKey: string): DeadLetterStore
-  close (): Promise<void>
+}
+
+/**
+ * One engine serves all three parts, over the same connections: the bus, the work queue and
+ * busgate's own store. Its users take the part they need (the SSE hub the Bus, the task view
+ * the Store, the dispatcher the WorkQueue and the Store).
+ */
+export interface Engine extends Bus, WorkQueue {
+  readonly store: Store
 }
 
 export type EngineOptions = Pick<Config, 'redis' | 'pubsubChannel' | 'prodconsKey' | 'redisTimeoutMs' | 'memoryQueueMax' | 'memoryQueueMaxBytes'> &
@@ -311,13 +323,4 @@ export function checkFrameCount (frames: readonly Uint8Array[]): void {
   if (frames.length === 0 || frames.length > MAX_FRAMES_PER_PRODUCE) {
     throw new RangeError(`a produce takes 1 to ${MAX_FRAMES_PER_PRODUCE} frames, not ${frames.length}`)
   }
-}
-
-export async function createEngine (options: EngineOptions, log: FastifyBaseLogger): Promise<Engine> {
-  if (options.redis === undefined) {
-    const { MemoryEngine } = await import('./memory-engine.js')
-    return new MemoryEngine(options)
-  }
-  const { RedisEngine } = await import('./redis-engine.js')
-  return new RedisEngine({ ...options, redis: options.redis }, log)
 }

@@ -1,9 +1,9 @@
-import { isIP } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Cluster, Redis, ReplyError, type RedisOptions } from 'ioredis'
+import { ReplyError, type Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
-import { describeRedis, type RedisTarget } from '../config.js'
+import type { RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
+import { RedisConnections } from './redis-connections.js'
 import {
   LETTER_TRIM_MAX, MAX_FRAMES_PER_PRODUCE, READ_FRAME_BUDGET, SCAN_BYTES, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type HeardEvent,
   type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
@@ -591,8 +591,12 @@ export class RedisEngine implements Engine {
   #group: { members: PendingProduce[], frames: number, bytes: number } = { members: [], frames: 0, bytes: 0 }
   #flushScheduled = false
 
+  /** how connections are made: standalone, Sentinel and Cluster differ only there */
+  readonly #connections: RedisConnections
+
   constructor (private readonly options: EngineOptions & { redis: RedisTarget }, private readonly log: FastifyBaseLogger) {
-    this.#commands = this.#open('commands', {
+    this.#connections = new RedisConnections(options, log, () => this.#state === 'closed')
+    this.#commands = this.#connections.open('commands', {
       // A produce must fail fast rather than wait for a reconnect, and must never be replayed
       // behind the client's back after it was answered 503.
       enableOfflineQueue: false,
@@ -620,98 +624,24 @@ export class RedisEngine implements Engine {
     this.#commands.defineCommand('busgateLetterRedeliverOldest', { numberOfKeys: 5, lua: LETTER_REDELIVER_OLDEST_LUA })
     this.#commands.defineCommand('busgateLetterImport', { numberOfKeys: 6, lua: LETTER_IMPORT_LUA })
     this.#commands.defineCommand('busgateLetterAdopt', { numberOfKeys: 5, lua: LETTER_ADOPT_LUA })
-    this.#watch(this.#commands, 'commands', (state) => { this.#state = state })
+    this.#connections.watch(this.#commands, 'commands', (state) => { this.#state = state })
     // WAIT holds its connection until the replicas answer: produces get one of their own then,
     // so the other commands never queue behind it.
     if ((options.redisWaitReplicas ?? 0) > 0) {
-      this.#producer = this.#open('producer', {
+      this.#producer = this.#connections.open('producer', {
         enableOfflineQueue: false,
         autoResendUnfulfilledCommands: false,
         maxRetriesPerRequest: 0,
         commandTimeout: options.redisTimeoutMs + (options.redisWaitTimeoutMs ?? 1000)
       })
       this.#producer.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
-      this.#watch(this.#producer, 'producer')
+      this.#connections.watch(this.#producer, 'producer')
       this.#others.add(this.#producer)
     }
   }
 
   get state (): EngineState {
     return this.#state === 'ready' ? this.#subscriberState : this.#state
-  }
-
-  /**
-   * A connection of one role. With Redis Cluster it is a cluster client, which routes each
-   * command (and each script, by its keys, all in one slot: see inCluster) to the node of its
-   * slot and follows MOVED and failovers; it has the same commands, so the rest of the engine
-   * does not tell them apart.
-   */
-  #open (role: string, extra: RedisOptions): Redis {
-    const { cluster } = this.options.redis
-    if (cluster === undefined) return new Redis({ ...this.#baseOptions(role), ...extra })
-    const { host: _host, port: _port, db: _db, ...node } = { ...this.#baseOptions(role), ...extra }
-    const client = new Cluster(cluster.nodes, {
-      redisOptions: node,
-      enableOfflineQueue: extra.enableOfflineQueue ?? true,
-      lazyConnect: extra.lazyConnect ?? false,
-      maxRedirections: 16,
-      clusterRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 5), 2000),
-      slotsRefreshTimeout: this.options.redisTimeoutMs
-    })
-    return client as unknown as Redis
-  }
-
-  #baseOptions (role: string): RedisOptions {
-    const { host, port, db, username, password, tls, sentinel } = this.options.redis
-    // With Sentinel every connection asks the sentinels for the master, again after each
-    // disconnect, and hears of a failover from them (failoverDetector) rather than by a timeout.
-    const where: RedisOptions = sentinel === undefined
-      ? { host, port, tls: tls ? (isIP(host) === 0 ? { servername: host } : {}) : undefined }
-      : {
-          sentinels: sentinel.hosts,
-          name: sentinel.name,
-          role: 'master',
-          sentinelPassword: this.options.redisSentinelPassword,
-          sentinelMaxConnections: 3,
-          failoverDetector: true,
-          sentinelRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 5), 2000)
-        }
-    return {
-      ...where,
-      db,
-      username,
-      password,
-      // RESP2 is what every Redis a Backend.AI cluster may run understands.
-      protocol: 2,
-      connectionName: `busgate:${role}`,
-      connectTimeout: this.options.redisTimeoutMs,
-      retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 5), 2000),
-      reconnectOnError: (err) => (err.message.startsWith('READONLY') ? 2 : false)
-    }
-  }
-
-  // One line when a connection goes down and one when it is back: a dead Redis must not flood the log.
-  #watch (conn: Redis, role: string, onState?: (state: EngineState) => void): void {
-    let up = false
-    let reported = false
-    const target = describeRedis(this.options.redis)
-    conn.on('ready', () => {
-      up = true
-      reported = false
-      onState?.('ready')
-      this.log.info({ redis: target, connection: role }, 'redis connected')
-    })
-    conn.on('error', (err: Error) => {
-      if (reported) return
-      reported = true
-      this.log.warn({ redis: target, connection: role, err: { message: err.message } }, 'redis connection failed; retrying')
-    })
-    conn.on('close', () => {
-      if (conn.status === 'end' || this.#state === 'closed') return
-      onState?.('down')
-      if (up) this.log.warn({ redis: target, connection: role }, 'redis connection lost; reconnecting')
-      up = false
-    })
   }
 
   async connect (): Promise<void> {
@@ -798,11 +728,11 @@ export class RedisEngine implements Engine {
   // One connection for the whole process, whatever the number of handlers. ioredis
   // resubscribes by itself after a reconnect; what was published meanwhile is gone.
   #createSubscriber (): Redis {
-    const subscriber = this.#open('subscriber', { maxRetriesPerRequest: null })
+    const subscriber = this.#connections.open('subscriber', { maxRetriesPerRequest: null })
     this.#subscriber = subscriber
     this.#subscriberState = 'connecting'
     let lost = false
-    this.#watch(subscriber, 'subscriber', (state) => {
+    this.#connections.watch(subscriber, 'subscriber', (state) => {
       this.#subscriberState = state
       if (state === 'down') lost = true
       if (state === 'ready' && lost) {
@@ -874,10 +804,7 @@ export class RedisEngine implements Engine {
     },
     keys: async (pattern) => {
       const found = new Set<string>()
-      // A cluster's keys are spread over its masters: each is scanned.
-      const commands: unknown = this.#commands
-      const nodes = commands instanceof Cluster ? commands.nodes('master') : [this.#commands]
-      for (const node of nodes) {
+      for (const node of this.#connections.masters(this.#commands)) {
         let cursor = '0'
         do {
           const [next, batch] = await this.#call(() => node.scan(cursor, 'MATCH', pattern, 'COUNT', 500))
@@ -987,8 +914,8 @@ export class RedisEngine implements Engine {
   consumer (processingKey: string, retryKey?: string, delayKey?: string): Consumer {
     // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design),
     // and wait through reconnects instead of failing.
-    const conn = this.#open('consumer', { maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
-    this.#watch(conn, 'consumer')
+    const conn = this.#connections.open('consumer', { maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
+    this.#connections.watch(conn, 'consumer')
     this.#others.add(conn)
     const { prodconsKey } = this.options
     // A consumer without a retry list or a delay set looks at ones that nothing fills.

@@ -1,7 +1,8 @@
 import fp from 'fastify-plugin'
 import { Gauge } from 'prom-client'
 import type { Config } from '../config.js'
-import { createEngine, type Engine } from '../engines/engine.js'
+import { createEngine } from '../engines/create-engine.js'
+import type { Engine } from '../engines/engine.js'
 import { busCountGauge } from './metrics.js'
 
 declare module 'fastify' {

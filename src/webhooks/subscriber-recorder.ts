@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Engine, HeardEvent } from '../engines/engine.js'
+import type { HeardEvent, WorkQueue } from '../engines/engine.js'
 import type { EnvelopeSealer } from './envelope.js'
 
 /** How long a heard event is remembered in Redis, so that the other instances hearing it too record it no more. */
@@ -43,7 +43,7 @@ export class SubscriberRecorder {
   #writing: Promise<void> | undefined
 
   constructor (
-    private readonly engine: Engine,
+    private readonly engine: Pick<WorkQueue, 'recordHeard'>,
     private readonly sealer: () => Promise<EnvelopeSealer>,
     private readonly listKey: (webhookId: string) => string,
     private readonly options: { keyPrefix: string, queueMax: number },
