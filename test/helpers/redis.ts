@@ -31,15 +31,15 @@ export async function freePort (): Promise<number> {
   })
 }
 
-/** Resolves with the process once redis-server says it is ready, or undefined when it exits first. */
-async function launch (args: string[]): Promise<ChildProcess | undefined> {
+/** Resolves with the process once redis-server says it is ready (`readyText`), or undefined when it exits first. */
+async function launch (args: string[], readyText = 'Ready to accept connections'): Promise<ChildProcess | undefined> {
   const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] })
   return await new Promise((resolve) => {
     let log = ''
     const timer = setTimeout(() => { child.kill('SIGKILL'); resolve(undefined) }, 10_000)
     child.stdout?.on('data', (chunk: Buffer) => {
       log += chunk.toString()
-      if (log.includes('Ready to accept connections')) {
+      if (log.includes(readyText)) {
         clearTimeout(timer)
         child.stdout?.removeAllListeners('data')
         child.stdout?.resume()
@@ -117,20 +117,8 @@ export async function startSentinel (t: Teardown, master: RedisServer, name = 'm
   const file = join(dir, 'sentinel.conf')
   await writeFile(file, [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, `sentinel monitor ${name} 127.0.0.1 ${master.port} 1`,
     `sentinel down-after-milliseconds ${name} 1000`, `sentinel failover-timeout ${name} 3000`, ''].join('\n'))
-  const child = spawn('redis-server', [file, '--sentinel'], { stdio: ['ignore', 'pipe', 'pipe'] })
-  await new Promise<void>((resolve, reject) => {
-    let log = ''
-    const timer = setTimeout(() => reject(new Error(`sentinel did not start: ${log}`)), 10_000)
-    child.stdout?.on('data', (chunk: Buffer) => {
-      log += chunk.toString()
-      if (log.includes('+monitor master')) {
-        clearTimeout(timer)
-        child.stdout?.removeAllListeners('data')
-        child.stdout?.resume()
-        resolve()
-      }
-    })
-  })
+  const child = await launch([file, '--sentinel'], '+monitor master')
+  if (child === undefined) throw new Error('redis-server --sentinel did not start')
   const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1 })
   client.on('error', () => {})
   t.teardown(async () => {
