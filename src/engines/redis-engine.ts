@@ -582,6 +582,8 @@ export class RedisEngine implements Engine {
   readonly kind = 'redis'
   #state: EngineState = 'connecting'
   #subscriberState: EngineState = 'ready'
+  /** the WAIT producer's connection, when there is one: produces need it */
+  #producerState: EngineState = 'ready'
   readonly #commands: Redis
   /** produces, when they WAIT for replicas */
   #producer: Redis | undefined
@@ -635,13 +637,15 @@ export class RedisEngine implements Engine {
         commandTimeout: options.redisTimeoutMs + (options.redisWaitTimeoutMs ?? 1000)
       })
       this.#producer.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
-      this.#connections.watch(this.#producer, 'producer')
+      this.#producerState = 'connecting'
+      this.#connections.watch(this.#producer, 'producer', (state) => { this.#producerState = state })
       this.#others.add(this.#producer)
     }
   }
 
   get state (): EngineState {
-    return this.#state === 'ready' ? this.#subscriberState : this.#state
+    if (this.#state !== 'ready') return this.#state
+    return this.#producerState === 'ready' ? this.#subscriberState : this.#producerState
   }
 
   async connect (): Promise<void> {
@@ -892,7 +896,8 @@ export class RedisEngine implements Engine {
 
   async ping (): Promise<void> {
     try {
-      await this.#commands.ping()
+      // Produces go through the WAIT producer when there is one: it must answer too.
+      await Promise.all([this.#commands.ping(), this.#producer?.ping()])
     } catch (err) {
       throw this.#translate(err)
     }
