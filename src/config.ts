@@ -245,7 +245,13 @@ export function loadConfig (env: NodeJS.ProcessEnv, argv: readonly string[]): Cl
  * every script that moves messages between them and the list stays on one node.
  */
 export function inCluster (config: Config): Config {
-  if (config.redis?.cluster === undefined || config.keyPrefix.includes('{')) return config
+  if (config.redis?.cluster === undefined) return config
+  // A name with braces hashes on what is inside them: the tag would name another slot.
+  if (/[{}]/.test(config.prodconsKey) || /[{}]/.test(config.keyPrefix)) {
+    throw new ConfigError('with redis+cluster://, BUSGATE_PRODCONS_KEY and BUSGATE_KEY_PREFIX must not hold braces: busgate tags its keys with the consumer list\'s name')
+  }
+  // WAIT counts the replicas of the node it is sent to, which a cluster client picks at random.
+  if (config.redisWaitReplicas > 0) throw new ConfigError('BUSGATE_REDIS_WAIT_REPLICAS is not supported with redis+cluster:// yet')
   return { ...config, keyPrefix: `${config.keyPrefix}{${config.prodconsKey}}:` }
 }
 

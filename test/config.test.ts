@@ -139,4 +139,6 @@ t.test('redis+cluster:// URLs: the nodes to start from; busgate\'s keys take the
   t.throws(() => parseRedisUrl('redis+cluster://a:7000/3'), /database 0 only/)
   t.equal(defaultConfig({ redis: parseRedisUrl('redis+cluster://a:7000') }).keyPrefix, 'busgate:{events.prodcons}:')
   t.equal(defaultConfig({ redis: parseRedisUrl('redis://a:7000') }).keyPrefix, 'busgate:', 'standalone keys unchanged')
+  t.throws(() => defaultConfig({ redis: parseRedisUrl('redis+cluster://a:7000'), prodconsKey: 'events.{x}' }), /must not hold braces/, 'a tag of its own would name another slot')
+  t.throws(() => defaultConfig({ redis: parseRedisUrl('redis+cluster://a:7000'), redisWaitReplicas: 1 }), /not supported with redis\+cluster/)
 })

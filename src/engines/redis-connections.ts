@@ -4,6 +4,8 @@ import { Cluster, Redis, type RedisOptions } from 'ioredis'
 import { describeRedis, type RedisTarget } from '../config.js'
 import type { EngineOptions, EngineState } from './engine.js'
 
+const DEMOTED = /(?:^|-)READONLY\b|WAIT cannot be used with replica|^UNBLOCKED\b/
+
 /**
  * How the Redis engine's connections are made and watched: a standalone server, the master a
  * set of sentinels names, or a Redis Cluster. The engine above it does not tell them apart.
@@ -61,7 +63,10 @@ export class RedisConnections {
       connectionName: `busgate:${role}`,
       connectTimeout: this.options.redisTimeoutMs,
       retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 5), 2000),
-      reconnectOnError: (err) => (err.message.startsWith('READONLY') ? 2 : false)
+      // A demoted master: READONLY (inside a script: "ERR Error running script … -READONLY …"),
+      // WAIT refused on a replica, a BLMOVE unblocked by the role change. Reconnect (Sentinel
+      // then names the new master) and send the command again: nothing was written.
+      reconnectOnError: (err) => (DEMOTED.test(err.message) ? 2 : false)
     }
   }
 

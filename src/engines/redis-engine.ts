@@ -687,15 +687,30 @@ export class RedisEngine implements Engine {
   }
 
   #flush (): void {
-    const { members } = this.#group
-    if (members.length === 0) return
+    const group = this.#group
+    if (group.members.length === 0) return
     this.#group = { members: [], frames: 0, bytes: 0 }
+    // A WAIT holds the producer connection until the replicas answer: the next group goes when
+    // it has, so none times out queued behind it (and is then written all the same).
+    if (this.#waiting) {
+      this.#backlog.push(group)
+      return
+    }
+    this.#send(group.members)
+  }
+
+  /** Groups waiting for the WAIT in flight to answer (BUSGATE_REDIS_WAIT_REPLICAS only). */
+  readonly #backlog: Array<{ members: PendingProduce[] }> = []
+  #waiting = false
+
+  #send (members: PendingProduce[]): void {
     const frames = members.length === 1 ? (members[0] as PendingProduce).frames : members.flatMap((m) => m.frames)
     const conn = this.#producer ?? this.#commands
     const produced = (conn as unknown as ProduceCommand).busgateProduce(this.options.prodconsKey, this.options.pubsubChannel, ...frames)
     // WAIT right behind the script on the same connection: it counts the replicas that hold
     // every write this connection made before it, this group's included.
     const replicas = this.options.redisWaitReplicas ?? 0
+    if (replicas > 0) this.#waiting = true
     const confirmed = replicas === 0 ? Promise.resolve(0) : conn.wait(replicas, this.options.redisWaitTimeoutMs ?? 1000)
     Promise.all([produced, confirmed]).then(([[subscribers, finalLength], acked]) => {
       if (acked < replicas) {
@@ -711,6 +726,11 @@ export class RedisEngine implements Engine {
     }, (err: unknown) => {
       const translated = this.#translate(err)
       for (const member of members) member.reject(translated)
+    }).finally(() => {
+      if (replicas === 0) return
+      this.#waiting = false
+      const next = this.#backlog.shift()
+      if (next !== undefined) this.#send(next.members)
     })
   }
 
@@ -725,7 +745,8 @@ export class RedisEngine implements Engine {
     return async () => {
       if (!this.#handlers.delete(handlers) || this.#handlers.size > 0) return
       // Nobody listens: stop Redis sending every message to this process. The connection stays.
-      await subscriber.unsubscribe(this.options.pubsubChannel).catch(() => undefined)
+      // Bounded as the subscribe is: a connection that is reconnecting must not hold the caller (a registry change waits on this).
+      await Promise.race([subscriber.unsubscribe(this.options.pubsubChannel).catch(() => undefined), sleep(this.options.redisTimeoutMs)])
     }
   }
 
