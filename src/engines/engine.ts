@@ -300,8 +300,6 @@ export interface WorkQueue {
    * values the bound dropped.
    */
   recordHeard (events: readonly HeardEvent[], ttlMs: number, max: number): Promise<{ recorded: boolean[], dropped: number }>
-  /** How many values a list of Buffers holds (a subscriber webhook's copies). */
-  listLength (key: string): Promise<number>
   /** The dead letters kept under keys that start with `base` (see each engine); redelivered to the consumer list, or (see ImportedLetter.returns) to `retryKey`. */
   deadLetterStore (base: string, retryKey: string): DeadLetterStore
 }

@@ -241,7 +241,8 @@ export class MemoryEngine implements Engine {
       this.#lists.set(key, kept)
       return list.length - kept.length
     },
-    listLength: async (key) => this.#lists.get(key)?.length ?? 0,
+    // Lists of bytes (retry, subscriber copies) are kept apart from those of text: either is a list.
+    listLength: async (key) => this.#lists.get(key)?.length ?? this.#retries.get(key)?.length ?? 0,
     increment: async (key, by = 1) => {
       const next = (this.#counters.get(key) ?? 0) + by
       this.#counters.set(key, next)
@@ -406,10 +407,6 @@ export class MemoryEngine implements Engine {
     return { recorded, dropped }
   }
 
-  async listLength (key: string): Promise<number> {
-    return this.#retries.get(key)?.length ?? 0
-  }
-
   async ping (): Promise<void> {
     this.#assertOpen()
   }
@@ -484,14 +481,13 @@ export class MemoryEngine implements Engine {
             }
           }
           const fromList = (): void => {
+            const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
             if (take === undefined) {
-              const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
               for (let frame = this.#take(); frame !== undefined; frame = taken.length < share ? this.#take() : undefined) taken.push(frame)
             } else if (take.globs.length > 0) {
-              const share = Math.min(max, Math.max(1, Math.floor(this.#queue.length / sharers)))
               const { found, looked, unreadable } = this.#scan(take.globs, take.depth, share, oversized?.maxBytes ?? 0)
               scanned?.(looked, unreadable)
-              taken.push(...this.#removeQueued(found))
+              taken.push(...this.#removeQueued(found, looked))
             }
           }
           if (taken.length === 0 && max > 0) {
@@ -562,8 +558,6 @@ export class MemoryEngine implements Engine {
     this.#handlers.clear()
   }
 
-  #lastScanned = 0
-
   /** The first `depth` queued messages (and SCAN_BYTES) a matching claim may take, as the script finds them. */
   #scan (globs: readonly string[], depth: number, most: number, maxBytes: number): { found: Buffer[], looked: number, unreadable: number } {
     const matches = globList(globs.join(','))
@@ -572,7 +566,7 @@ export class MemoryEngine implements Engine {
     let unreadable = 0
     let bytes = 0
     for (const frame of this.#queue.first(depth)) {
-      this.#lastScanned = ++looked
+      looked++
       bytes += frame.byteLength
       const name = maxBytes > 0 && frame.byteLength > maxBytes ? undefined : eventNameOf(frame)
       if (name === undefined) unreadable++
@@ -582,10 +576,10 @@ export class MemoryEngine implements Engine {
     return { found, looked, unreadable }
   }
 
-  /** Takes these queued messages out, wherever they are, leaving the others in their order. */
-  #removeQueued (frames: readonly Buffer[]): Buffer[] {
+  /** Takes these messages, found among the first `within` queued, out, leaving the others in their order. */
+  #removeQueued (frames: readonly Buffer[], within: number): Buffer[] {
     const wanted = new Set(frames)
-    const removed = this.#queue.removeWhere(this.#lastScanned, (f) => wanted.has(f))
+    const removed = this.#queue.removeWhere(within, (f) => wanted.has(f))
     for (const frame of removed) this.#queuedBytes -= frame.byteLength
     return removed
   }

@@ -795,10 +795,6 @@ export class RedisEngine implements Engine {
     return { recorded: recorded.map((r) => r === 1), dropped }
   }
 
-  async listLength (key: string): Promise<number> {
-    return await this.#call(() => this.#commands.llen(key))
-  }
-
   async delayedLength (delayKey: string): Promise<number> {
     return await this.#call(() => this.#commands.zcard(delayKey))
   }

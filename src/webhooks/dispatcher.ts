@@ -167,11 +167,6 @@ export class WebhookDispatcher {
     return await this.engine.delayedLength(this.#delayKey)
   }
 
-  /** Copies waiting for a subscriber webhook. */
-  async queued (webhookId: string): Promise<number> {
-    return await this.engine.listLength(this.subscriberList(webhookId))
-  }
-
   /** What a deleted webhook leaves: its waiting copies (a subscriber's), its attempt log. */
   async forget (webhookId: string): Promise<void> {
     this.#circuits.delete(webhookId)
@@ -228,7 +223,7 @@ export class WebhookDispatcher {
     await this.#reclaimOrphans().catch(() => undefined)
     const beat = setInterval(() => { this.#heartbeat().catch(() => undefined) }, Math.max(100, Math.floor(this.options.instanceTtlMs / 3)))
     const sweep = setInterval(() => { this.#reclaimOrphans().catch(() => undefined) }, Math.max(200, Math.floor(this.options.instanceTtlMs / 2)))
-    const log = setInterval(() => { this.attempts.flush((id) => this.registry.current(id) !== undefined).catch(() => undefined) }, ATTEMPT_FLUSH_MS)
+    const log = setInterval(() => { this.#flushAttempts().catch(() => undefined) }, ATTEMPT_FLUSH_MS)
     // Loops that found nothing wait to be woken; one of them looks again each poll, for
     // messages pushed without a broadcast and for delayed ones that came due.
     this.#pollEvery = this.options.pollMs
@@ -261,8 +256,13 @@ export class WebhookDispatcher {
     for (let n = 0; n < this.options.concurrency; n++) {
       await this.engine.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
     }
-    await this.attempts.flush((id) => this.registry.current(id) !== undefined).catch(() => undefined)
+    await this.#flushAttempts().catch(() => undefined)
     await this.#agent.close()
+  }
+
+  /** Lines of webhooks deleted meanwhile are dropped, not written back under their id. */
+  async #flushAttempts (): Promise<void> {
+    await this.attempts.flush((id) => this.registry.current(id) !== undefined)
   }
 
   #following: Promise<void> | undefined
@@ -755,7 +755,7 @@ export class WebhookDispatcher {
    * is kept in its envelope once the first round fails.
    */
   #fresh (claimed: Buffer): { envelope: Envelope, frame: Buffer } {
-    return { envelope: { id: `msg_${this.instance}${(++this.#sequence).toString(36).padStart(6, '0')}`, first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
+    return { envelope: { id: this.#messageId(), first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
   }
 }
 

@@ -450,14 +450,14 @@ export function engineContract (t: Test, make: EngineFactory): void {
     t.same(await engine.recordHeard([{ seenKey, occurrence: 1, copies: [copy('a', 'x'), copy('b', 'y')] }], 10_000, 3), { recorded: [false], dropped: 0 })
     // The same bytes heard a second time are a second event.
     t.same(await engine.recordHeard([{ seenKey, occurrence: 2, copies: [copy('a', 'e2 for a')] }], 10_000, 3), { recorded: [true], dropped: 0 })
-    t.equal(await engine.listLength(list('a')), 2)
-    t.equal(await engine.listLength(list('b')), 1)
+    t.equal(await engine.store.listLength(list('a')), 2)
+    t.equal(await engine.store.listLength(list('b')), 1)
     const more = Array.from({ length: 3 }, (_, i) => ({ seenKey: `${seenKey}.${i}`, occurrence: 1, copies: [copy('a', `more ${i}`)] }))
     t.same(await engine.recordHeard(more, 10_000, 3), { recorded: [true, true, true], dropped: 2 }, 'the oldest go past the bound')
     const taker = engine.consumer(`test.processing.${id}`)
     t.same((await taker.claim(10, { max: 10, sources: [list('a')] })).map(String), ['more 0', 'more 1', 'more 2'])
     await engine.store.deleteKeys(list('b'))
-    t.equal(await engine.listLength(list('b')), 0)
+    t.equal(await engine.store.listLength(list('b')), 0)
   })
 
   t.test('dead letters: a subscriber copy goes back to the retry list as its envelope, never to the consumer list', async (t) => {
