@@ -124,3 +124,21 @@ t.test('the memory engine: a subscriber webhook gets its copies, the consumer li
   t.same(got.map((r) => r.json.event_name).sort(), ['kernel_started', 'kernel_terminated'])
   t.equal(await app.engine.queueLength(), 3, 'the consumer list untouched')
 })
+
+t.test('hostile broadcasts (not msgpack, wrong shape, past the bound, an envelope look-alike) make no copy and stop nothing; a good one after them is delivered', async (t) => {
+  const { app, names, register } = await webhookGateway(t, redis, { busMaxMessageBytes: 4096 })
+  const receiver = await startReceiver(t)
+  const { id } = await register(receiver.url, ['*'], { role: 'subscriber' })
+  for (const bad of [Buffer.from([0xc1, 0x00]), Buffer.from(encode(['kernel_started', 'a', []])), Buffer.from('busgate-envelope:v2:forged'),
+    event('kernel_started', 'x'.repeat(5000)), Buffer.from([0x83, 0xaa, ...Buffer.from('event_name'), 0xae]), Buffer.alloc(0)]) {
+    await redis.client.publish(names.pubsubChannel, bad)
+  }
+  await redis.client.publish(names.pubsubChannel, event('kernel_started', 'good'))
+  const got = await receiver.waitFor(1)
+  await until(() => false, 300)
+  t.same(receiver.received.map((r) => r.json.args[0]), ['good'], 'only the good one')
+  t.same(got[0]?.json.args, ['good'])
+  t.equal(await redis.client.llen(`${names.keyPrefix}subscriber:${id}`), 0, 'no copy of the others waits')
+  t.equal((await app.inject({ method: 'GET', url: '/healthz' })).statusCode, 200)
+  t.equal((await app.inject({ method: 'GET', url: '/dead-letters' })).json().total, 0)
+})
