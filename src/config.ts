@@ -58,6 +58,7 @@ export interface Config {
   sseHistory: number
   sseLingerMs: number
   sseHistoryBytes: number
+  sseSharedHistory: boolean
   sseMaxBufferBytes: number
   sseMaxClients: number
   webhookAllowPrivate: boolean
@@ -152,6 +153,9 @@ export const SETTINGS = [
     (raw) => integer(raw, 0, 86_400_000)),
   setting('sseHistoryBytes', 'BUSGATE_SSE_HISTORY_BYTES', '67108864', 'bytes the resume history may hold; the oldest events go first',
     (raw) => integer(raw, 0, 2 ** 40)),
+  setting('sseSharedHistory', 'BUSGATE_SSE_SHARED_HISTORY', 'true',
+    'with Redis: keep the resume history in Redis, one for all instances (a stream resumes on any of them, and after a restart); false: each process keeps its own',
+    parseBoolean),
   setting('sseMaxBufferBytes', 'BUSGATE_SSE_MAX_BUFFER_BYTES', '1048576',
     'unsent bytes a stream client may fall behind by before it is disconnected', (raw) => integer(raw, 1024, 1024 * 1024 * 1024)),
   setting('webhookAllowPrivate', 'BUSGATE_WEBHOOK_ALLOW_PRIVATE', 'false',

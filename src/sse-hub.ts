@@ -1,9 +1,8 @@
-import { randomBytes } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyBaseLogger } from 'fastify'
 import { CodecError, decodeEvent, hexPreview, toJsonEvent, type BusEvent } from './codec.js'
-import type { Bus } from './engines/engine.js'
+import type { Feed, FeedEntry } from './engines/feed.js'
 import { globList } from './glob.js'
 import { RingBuffer } from './ring-buffer.js'
 
@@ -52,6 +51,8 @@ export interface Filter {
  */
 interface HistoryEntry extends Partial<Filterable> {
   seq: number
+  /** its id in the feed (the SSE id) */
+  id: string
   raw: Buffer | undefined
   frame: Buffer | undefined
   bytes: number
@@ -86,6 +87,8 @@ interface Client {
    */
   replayNext: number
   replayLast: number
+  /** the part of its replay older than this process's memory, read from the shared history first */
+  remote: RemoteReplay | undefined
   /** frames for this client alone (its view's own events), sent after the replay and before its share of the backlog */
   own: Buffer[]
   ownBytes: number
@@ -95,6 +98,21 @@ interface Client {
   sinceWaiting: number
   /** waits for a later turn's write budget */
   deferred: boolean
+}
+
+/** A replay from the shared history, a page at a time as the socket takes it. */
+interface RemoteReplay {
+  /** the id the client asked to resume from */
+  asked: string
+  /** the id of the last entry read (at first the one asked for) */
+  after: string
+  /** the newest id it reads: what is newer is in this process's memory */
+  until: string
+  page: FeedEntry[]
+  index: number
+  fetching: boolean
+  /** the first page came: the id asked for is in the history */
+  found: boolean
 }
 
 /** What one flush gives a group: the frames of a turn, with their size; joined once for a large group. */
@@ -180,6 +198,10 @@ const PENDING_MAX_BYTES = 16 * 1024 * 1024
 const JOIN_MIN = 4
 /** Event names and agent ids whose matching groups are remembered: a producer may send any number of them. */
 const MATCH_CACHE_MAX = 1024
+/** How long a resume waits for this process to read an id another has streamed already. */
+const CATCH_UP_WAIT_MS = 1000
+/** Entries of the shared history read at once for a replay. */
+const REPLAY_PAGE = 256
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
   const names = eventNames === undefined || eventNames === '*' ? undefined : globList(eventNames)
@@ -206,13 +228,13 @@ function unsafeName (name: string): string | undefined {
  * in slices of SLICE_MS a turn, so no burst, heavy message or crowd of streams holds the process.
  */
 export class SseHub {
-  /** Distinguishes this process's ids from any other's: an id of another instance cannot resume here. */
-  readonly instance = randomBytes(4).toString('hex')
   #seq = 0
   /** the newest seq delivered to the streams (decoded, matched, queued); later ones are pending */
   #deliveredSeq = 0
-  readonly #history: RingBuffer<HistoryEntry>
+  #history: RingBuffer<HistoryEntry>
   #historyBytes = 0
+  /** the id before the oldest entry held: the history holds everything after it */
+  #base = ''
   readonly #groups = new Map<string, FilterGroup>()
   /** which groups take an event of this name and agent: the filters are tested once per pair */
   readonly #matching = new Map<string, FilterGroup[]>()
@@ -221,11 +243,10 @@ export class SseHub {
   #subscription: Promise<() => Promise<void>> | undefined
   #linger: NodeJS.Timeout | undefined
   /**
-   * The seq at which the hub last stopped hearing the channel (unsubscribed, or lost the
-   * subscription): a client whose last id is this or older may have missed what came next.
+   * The id of the newest entry before the hub last stopped hearing the channel (unsubscribed,
+   * or lost the subscription): a client whose last id is this or older may have missed what came next.
    */
-  #coveredAfter = -1
-  #everSubscribed = false
+  #coveredAfter: string | undefined
   /** streams between their request and their attach: they count as users of the subscription */
   #opening = 0
   /** users of the subscription other than streams (see `hold`) */
@@ -249,7 +270,7 @@ export class SseHub {
   #serving: NodeJS.Immediate | undefined
 
   constructor (
-    private readonly engine: Pick<Bus, 'subscribe'>,
+    private readonly feed: Feed,
     private readonly options: HubOptions,
     private readonly metrics: HubMetrics,
     private readonly log: FastifyBaseLogger
@@ -261,8 +282,9 @@ export class SseHub {
     return this.#clientCount
   }
 
+  /** the newest id: of the newest entry held, or of where the history began */
   get lastId (): string {
-    return this.#id(this.#seq)
+    return this.#history.at(this.#history.length - 1)?.id ?? this.#base
   }
 
   start (): void {
@@ -286,6 +308,7 @@ export class SseHub {
     this.#opening++
     try {
       await this.#watch()
+      if (lastEventId !== undefined) await this.#heardUpTo(lastEventId)
     } finally {
       this.#opening--
     }
@@ -308,7 +331,7 @@ export class SseHub {
       this.#groups.set(filter.key, group)
       this.#matching.clear()
     }
-    const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, own: [], ownBytes: 0, waiting: false, sinceWaiting: 0, deferred: false }
+    const client: Client = { socket, group, behind: -1, behindBytes: 0, replayNext: -1, replayLast: -1, remote: undefined, own: [], ownBytes: 0, waiting: false, sinceWaiting: 0, deferred: false }
     group.clients.add(client)
     this.#clientCount++
     this.metrics.clients(this.#clientCount)
@@ -369,14 +392,46 @@ export class SseHub {
     clearTimeout(this.#linger)
     this.#linger = undefined
     if (this.#subscription === undefined && !this.#closing) {
-      if (this.#everSubscribed) this.#markBreak()
-      this.#everSubscribed = true
-      this.#subscription = this.engine.subscribe({
-        message: (frame) => this.#onMessage(frame),
-        gap: () => this.#onBusGap()
+      this.#subscription = this.feed.follow({
+        begin: (start) => this.#begin(start),
+        message: (raw, id) => this.#onMessage(raw, id),
+        setAside: (id, bytes) => this.#onTooLarge(id, bytes),
+        gap: (id) => this.#onBusGap(id)
       })
     }
     await this.#subscription
+  }
+
+  /**
+   * Following (again) from `start`. A shared history has what came meanwhile: this process's
+   * memory starts afresh there, and a resume from before it reads the shared one. A process's
+   * own history lacks it: a break.
+   */
+  #begin (start: string): void {
+    if (this.feed.shared || this.#base === '') {
+      this.#history = new RingBuffer(this.options.historySize)
+      this.#historyBytes = 0
+      this.#base = start
+      this.#coveredAfter = undefined
+    } else {
+      this.#markBreak(start)
+    }
+  }
+
+  /**
+   * A resume from the shared history waits, a little, until this process has read what the
+   * history held when it came (its reader may be a moment behind: what was there before the
+   * client came back is replay, not live lag), and the id the client has (another instance may
+   * have streamed it already).
+   */
+  async #heardUpTo (lastEventId: string): Promise<void> {
+    const { feed } = this
+    if (!feed.shared || feed.kind(lastEventId) !== 'ours') return
+    const newest = await feed.newest().catch(() => lastEventId)
+    const target = feed.compare(newest, lastEventId) > 0 ? newest : lastEventId
+    for (let waited = 0; waited < CATCH_UP_WAIT_MS && (feed.compare(target, this.lastId) > 0 || !feed.caughtUp()); waited += 5) {
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
   }
 
   async #unwatch (): Promise<void> {
@@ -387,12 +442,12 @@ export class SseHub {
 
   /**
    * The hub stopped hearing the channel for a while (unsubscribed, or the subscription was
-   * lost). The break takes a seq of its own, holding nothing: a resume from before it is a
-   * gap, and the gap event's id (the break's seq or later) resumes cleanly.
+   * lost). The break is an entry of its own, holding nothing: a resume from before it is a
+   * gap, and the gap event's id (the break's or later) resumes cleanly.
    */
-  #markBreak (): void {
-    this.#coveredAfter = this.#seq
-    this.#remember({ seq: ++this.#seq, raw: undefined, frame: undefined, bytes: 0 })
+  #markBreak (id: string): void {
+    this.#coveredAfter = this.lastId
+    this.#remember({ seq: ++this.#seq, id, raw: undefined, frame: undefined, bytes: 0 })
   }
 
   get full (): boolean {
@@ -400,34 +455,52 @@ export class SseHub {
   }
 
   #resume (client: Client, lastEventId: string): void {
-    const match = /^([0-9a-f]{8}):(\d{1,15})$/.exec(lastEventId)
-    const seq = Number(match?.[2])
+    const { feed } = this
+    const kind = feed.kind(lastEventId)
     let reason: GapReason | undefined
-    if (match === null) {
+    if (kind !== 'ours') {
+      reason = kind
+    } else if (feed.compare(lastEventId, this.lastId) > 0) {
       reason = 'unknown_id'
-    } else if (match[1] !== this.instance) {
-      reason = 'other_instance'
-    } else if (seq > this.#seq) {
-      reason = 'unknown_id'
-    } else {
-      // Resumable from the oldest event held, and only from after the last break.
-      const oldest = this.#history.at(0)?.seq ?? this.#seq + 1
-      if (seq < oldest - 1 || seq <= this.#coveredAfter) reason = 'too_old'
+    } else if (this.#coveredAfter !== undefined && feed.compare(lastEventId, this.#coveredAfter) <= 0) {
+      // From before the last break: what came between is not here.
+      reason = 'too_old'
+    } else if (!feed.shared && feed.compare(lastEventId, this.#base) < 0) {
+      reason = 'too_old'
     }
     if (reason !== undefined) {
       this.metrics.resume(reason)
       this.#writeOwn(client, this.#gapFrame(reason, lastEventId))
       return
     }
-    this.metrics.resume('hit')
+    // Older than this process's memory: the shared history first (it says whether it has the id).
+    const remote = feed.compare(lastEventId, this.#base) < 0
+    if (remote) client.remote = { asked: lastEventId, after: lastEventId, until: this.#base, page: [], index: 0, fetching: false, found: false }
+    else this.metrics.resume('hit')
+    const next = remote ? (this.#history.at(0)?.seq ?? this.#seq + 1) : this.#seqAfter(lastEventId)
     // What is still pending reaches this client live, like every other.
-    if (seq >= this.#deliveredSeq) return
+    if (next <= this.#deliveredSeq) {
+      client.replayNext = next
+      client.replayLast = this.#deliveredSeq
+    } else if (!remote) {
+      return
+    }
     // Read from the history as the socket drains, however long: a resume costs nothing up front,
     // and live events wait in the group's backlog behind it.
-    client.replayNext = seq + 1
-    client.replayLast = this.#deliveredSeq
     if (client.behind < 0) this.#fallBehindNow(client)
     this.#catchUp(client)
+  }
+
+  /** The seq of the first entry held that is newer than `id` (one of the history's, not older than #base). */
+  #seqAfter (id: string): number {
+    let low = 0
+    let high = this.#history.length
+    while (low < high) {
+      const mid = (low + high) >>> 1
+      if (this.feed.compare((this.#history.at(mid) as HistoryEntry).id, id) <= 0) low = mid + 1
+      else high = mid
+    }
+    return this.#history.at(low)?.seq ?? this.#seq + 1
   }
 
   /** The history entry of a seq, while it is held. */
@@ -435,10 +508,10 @@ export class SseHub {
     return this.#history.at(this.#history.length - 1 - (this.#seq - seq))
   }
 
-  #gapFrame (reason: GapReason, lastEventId: string | undefined): Buffer {
-    const data = JSON.stringify({ reason, last_event_id: lastEventId ?? null, resume_from: this.lastId })
+  #gapFrame (reason: GapReason, lastEventId: string | undefined, id = this.lastId): Buffer {
+    const data = JSON.stringify({ reason, last_event_id: lastEventId ?? null, resume_from: id })
     // The gap carries the newest id, so the client's next reconnect does not ask for the lost range again.
-    return Buffer.from(`id: ${this.lastId}\nevent: ${GAP_EVENT}\ndata: ${data}\n\n`)
+    return Buffer.from(`id: ${id}\nevent: ${GAP_EVENT}\ndata: ${data}\n\n`)
   }
 
   #detach (client: Client): void {
@@ -470,27 +543,30 @@ export class SseHub {
     return this.#clientCount === 0 && this.#opening === 0 && this.#holds === 0
   }
 
-  /** Called by the engine for every message of the channel: whatever it holds, nothing here may throw. */
-  #onMessage (raw: Buffer): void {
+  /** Called by the feed for every message of the channel: whatever it holds, nothing here may throw. */
+  #onMessage (raw: Buffer, id: string): void {
     try {
-      this.#take(raw)
+      this.#take(raw, id)
     } catch (err) {
       this.#failed('message', err, { preview: hexPreview(raw) })
     }
   }
 
+  /** A message set aside for its size (before anything looks inside: its decoding alone could stall every stream) keeps its place. */
+  #onTooLarge (id: string, bytes: number, raw?: Buffer): void {
+    const entry: HistoryEntry = { seq: ++this.#seq, id, raw: undefined, frame: undefined, bytes: 0 }
+    this.#remember(entry)
+    this.#malformed(raw, 'too_large', `${bytes} bytes, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${this.options.maxMessageBytes})`)
+    this.#delivered(entry.seq)
+  }
+
   /** Remembers a message and queues it for delivery: decoding waits for the hub's next slice. */
-  #take (raw: Buffer): void {
-    const entry: HistoryEntry = { seq: ++this.#seq, raw, frame: undefined, bytes: raw.byteLength }
+  #take (raw: Buffer, id: string): void {
     if (raw.byteLength > this.options.maxMessageBytes) {
-      // Set aside before anything looks inside: its decoding alone could stall every stream.
-      entry.raw = undefined
-      entry.bytes = 0
-      this.#remember(entry)
-      this.#malformed(raw, 'too_large', `${raw.byteLength} bytes, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${this.options.maxMessageBytes})`)
-      this.#delivered(entry.seq)
+      this.#onTooLarge(id, raw.byteLength, raw)
       return
     }
+    const entry: HistoryEntry = { seq: ++this.#seq, id, raw, frame: undefined, bytes: raw.byteLength }
     if (this.#clientCount === 0 && this.#holds === 0) {
       // The subscriber's buffer may be shared with other messages: keep a copy of our own.
       entry.raw = Buffer.from(raw)
@@ -785,9 +861,24 @@ export class SseHub {
       }
       const parts: Buffer[] = []
       let bytes = 0
+      const { remote } = client
+      if (remote !== undefined) {
+        while (bytes < WRITE_BYTES && remote.index < remote.page.length && !this.#outOfTime()) {
+          const frame = this.#remoteFrame(remote.page[remote.index++] as FeedEntry, group.filter, remote.asked)
+          if (frame !== undefined) {
+            parts.push(frame)
+            bytes += frame.byteLength
+          }
+        }
+        if (parts.length === 0 && remote.index >= remote.page.length) {
+          // The next page; this goes on when it comes.
+          this.#readPage(client, remote)
+          return
+        }
+      }
       // Framing what nobody watched is decoding: a resume whose filter matches little must not
       // decode the whole history in one turn, so the slice is checked per entry.
-      while (bytes < WRITE_BYTES && client.replayNext >= 0 && !this.#outOfTime()) {
+      while (bytes < WRITE_BYTES && client.remote === undefined && client.replayNext >= 0 && !this.#outOfTime()) {
         if (client.replayNext > client.replayLast) {
           client.replayNext = -1
           break
@@ -836,6 +927,61 @@ export class SseHub {
     this.#awaitDrain(client)
   }
 
+  /**
+   * Reads the next page of a client's replay from the shared history. The first says whether
+   * the id it asked for is there: if not, what followed it may be lost, and it gets a gap and
+   * then what is live, as from any history. Later ones find the last entry written: if it is
+   * gone, the history was trimmed past the client while it read (it is slower than the bus).
+   */
+  #readPage (client: Client, remote: RemoteReplay): void {
+    if (remote.fetching) return
+    remote.fetching = true
+    const gone = (): boolean => !client.group.clients.has(client) || client.socket.destroyed
+    this.feed.read(remote.after, remote.until, REPLAY_PAGE).then((page) => {
+      remote.fetching = false
+      if (gone()) return
+      if (page === 'gone') {
+        if (remote.found) {
+          this.#cut(client, 'its replay fell out of the history')
+          return
+        }
+        client.remote = undefined
+        client.replayNext = -1
+        this.metrics.resume('too_old')
+        const gap = this.#gapFrame('too_old', remote.asked)
+        client.own.unshift(gap)
+        client.ownBytes += gap.byteLength
+      } else {
+        if (!remote.found) this.metrics.resume('hit')
+        remote.found = true
+        if (page.length === 0) client.remote = undefined
+        remote.page = page
+        remote.index = 0
+        remote.after = page[page.length - 1]?.id ?? remote.after
+      }
+      this.#beginSlice()
+      this.#catchUp(client)
+    }, (err: unknown) => {
+      remote.fetching = false
+      if (gone()) return
+      // It reconnects and resumes from what it was sent: nothing is lost.
+      this.#failed('replay', err)
+      this.#cut(client, 'its replay could not be read from Redis')
+    })
+  }
+
+  /** An entry of the shared history as a frame for one replay, or nothing (its filter does not take it, it is malformed or was set aside). */
+  #remoteFrame (entry: FeedEntry, filter: Filter, asked: string): Buffer | undefined {
+    if (entry.raw === undefined) {
+      if (entry.tooLarge !== undefined) return undefined
+      // A break: nobody recorded what came here, and the client goes on after it.
+      return this.#gapFrame('too_old', asked, entry.id)
+    }
+    const held: HistoryEntry = { seq: -1, id: entry.id, raw: entry.raw, frame: undefined, bytes: 0 }
+    this.#frame(held, false)
+    return held.frame !== undefined && filter.matches(held as Filterable) ? held.frame : undefined
+  }
+
   #catchUpDone (client: Client): void {
     const { group } = client
     client.behind = -1
@@ -847,7 +993,7 @@ export class SseHub {
    * Decodes and frames a message once; returns the event the first time, for live delivery.
    * A malformed message is counted and marked, and never framed.
    */
-  #frame (entry: HistoryEntry): BusEvent | undefined {
+  #frame (entry: HistoryEntry, counted = true): BusEvent | undefined {
     if (entry.raw === undefined) return undefined
     const raw = entry.raw
     entry.raw = undefined
@@ -860,28 +1006,33 @@ export class SseHub {
       json = JSON.stringify(toJsonEvent(event))
     } catch (err) {
       this.#resize(entry, 0)
-      this.#malformed(raw, err instanceof CodecError ? err.reason : 'undecodable', (err as Error).message)
+      if (counted) this.#malformed(raw, err instanceof CodecError ? err.reason : 'undecodable', (err as Error).message)
       return undefined
     }
-    entry.frame = Buffer.from(`id: ${this.#id(entry.seq)}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
+    entry.frame = Buffer.from(`id: ${entry.id}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
     entry.event_name = event.event_name
     entry.agent_id = event.agent_id
     this.#resize(entry, entry.frame.byteLength)
-    this.metrics.published()
+    if (counted) this.metrics.published()
     return event
   }
 
   #remember (entry: HistoryEntry): void {
     this.#historyBytes += entry.bytes
     const dropped = this.#history.push(entry)
-    if (dropped !== undefined) this.#historyBytes -= dropped.bytes
+    if (dropped !== undefined) {
+      this.#historyBytes -= dropped.bytes
+      this.#base = dropped.id
+    }
     this.#trim()
   }
 
   /** Drops the oldest entries past the byte bound; framing can grow an entry several times over. */
   #trim (): void {
     while (this.#historyBytes > this.options.historyBytes && this.#history.length > 0) {
-      this.#historyBytes -= (this.#history.shift() as HistoryEntry).bytes
+      const dropped = this.#history.shift() as HistoryEntry
+      this.#historyBytes -= dropped.bytes
+      this.#base = dropped.id
     }
   }
 
@@ -891,9 +1042,9 @@ export class SseHub {
     entry.bytes = bytes
   }
 
-  #onBusGap (): void {
+  #onBusGap (id: string): void {
     // What was published while the subscription was down is not in the history either.
-    this.#markBreak()
+    this.#markBreak(id)
     this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
     // In its place: after every message heard before it.
     this.#pending.push({ gap: this.#gapFrame('bus_reconnected', undefined) })
@@ -903,10 +1054,10 @@ export class SseHub {
 
   // Counted every time; logged the first time and then once per thousand, so a broken
   // producer cannot flood the log.
-  #malformed (raw: Buffer, reason: string, message: string): void {
+  #malformed (raw: Buffer | undefined, reason: string, message: string): void {
     this.metrics.malformed(reason)
     if (this.#malformedLogged++ % 1000 === 0) {
-      this.log.warn({ reason: message, preview: hexPreview(raw), seen: this.#malformedLogged },
+      this.log.warn({ reason: message, preview: raw === undefined ? undefined : hexPreview(raw), seen: this.#malformedLogged },
         'malformed message on the broadcast channel, not streamed')
     }
   }
@@ -945,10 +1096,6 @@ export class SseHub {
     const seen = (this.#failures.get(kind) ?? 0) + 1
     this.#failures.set(kind, seen)
     if (seen % 1000 === 1) this.log.error({ err, kind, seen, ...extra }, 'stream hub: a step failed and was skipped')
-  }
-
-  #id (seq: number): string {
-    return `${this.instance}:${seq}`
   }
 
   /** Ends every stream with a retry hint, so clients reconnect (to another instance) promptly. */

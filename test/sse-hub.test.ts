@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
 import t, { type Test } from 'tap'
 import { encodeEvent } from '../src/codec.js'
+import { LocalFeed } from '../src/engines/feed.js'
 import { MemoryEngine } from '../src/engines/memory-engine.js'
 import { globList } from '../src/glob.js'
 import { NO_EVENTS, SseHub, makeFilter } from '../src/sse-hub.js'
@@ -25,7 +26,7 @@ t.test('globs match in linear time', async (t) => {
 t.test('a stream that dies while another is opening does not end the subscription under the living one', async (t) => {
   const engine = new MemoryEngine({ redis: undefined, pubsubChannel: 'p', prodconsKey: 'q', redisTimeoutMs: 1000, memoryQueueMax: 1000, memoryQueueMaxBytes: 2 ** 20 })
   const metrics = { clients: () => {}, published: () => {}, delivered: () => {}, slowDisconnect: () => {}, resume: () => {}, malformed: () => {} }
-  const hub = new SseHub(engine, { lingerMs: 50, historySize: 100, historyBytes: 2 ** 20, maxBufferBytes: 2 ** 20, heartbeatMs: 60_000, retryMs: 1000, maxClients: 10, maxMessageBytes: 2 ** 20 },
+  const hub = new SseHub(new LocalFeed(engine), { lingerMs: 50, historySize: 100, historyBytes: 2 ** 20, maxBufferBytes: 2 ** 20, heartbeatMs: 60_000, retryMs: 1000, maxClients: 10, maxMessageBytes: 2 ** 20 },
     metrics, pino({ level: 'silent' }))
   hub.start()
   t.teardown(async () => { await hub.close(); await engine.close() })
@@ -66,7 +67,7 @@ async function hubWithSockets (t: Test, maxBufferBytes: number) {
   const engine = new MemoryEngine({ redis: undefined, pubsubChannel: 'p', prodconsKey: 'q', redisTimeoutMs: 1000, memoryQueueMax: 1_000_000, memoryQueueMaxBytes: 2 ** 31 })
   const counters = { slow: 0 }
   const metrics = { clients: () => {}, published: () => {}, delivered: () => {}, slowDisconnect: () => { counters.slow++ }, resume: () => {}, malformed: () => {} }
-  const hub = new SseHub(engine, { lingerMs: 60_000, historySize: 10_000, historyBytes: 2 ** 30, maxBufferBytes, heartbeatMs: 60_000, retryMs: 1000, maxClients: 100, maxMessageBytes: 2 ** 25 },
+  const hub = new SseHub(new LocalFeed(engine), { lingerMs: 60_000, historySize: 10_000, historyBytes: 2 ** 30, maxBufferBytes, heartbeatMs: 60_000, retryMs: 1000, maxClients: 100, maxMessageBytes: 2 ** 25 },
     metrics, pino({ level: 'silent' }))
   hub.start()
   const responses: ServerResponse[] = []

@@ -1,5 +1,7 @@
 import type { Config } from '../config.js'
+import type { Feed } from './feed.js'
 import { MAX_FRAMES_PER_PRODUCE } from './limits.js'
+import type { HistoryMetrics } from './redis-history.js'
 
 export { MAX_FRAMES_PER_PRODUCE }
 
@@ -29,6 +31,18 @@ export function deliverMessage (handlers: Iterable<SubscriptionHandlers>, frame:
       onError(err)
     }
   }
+}
+
+export interface HistoryOptions {
+  shared: boolean
+  /** where the shared history's keys go */
+  keyPrefix: string
+  /** most entries and bytes of messages it keeps; the oldest go first */
+  size: number
+  bytes: number
+  /** messages larger than this keep their place, not their bytes */
+  maxMessageBytes: number
+  metrics: HistoryMetrics
 }
 
 export interface SubscriptionHandlers {
@@ -268,6 +282,11 @@ export interface Bus {
    * function is called. The bus subscription exists while at least one handler does.
    */
   subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>>
+  /**
+   * The broadcast channel as a history with ids, for streams and their resumes: in Redis, one
+   * for every instance, when `shared` (Redis only); otherwise this process's (see Feed).
+   */
+  history (options: HistoryOptions): Feed
   queueLength (): Promise<number>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
   ping (): Promise<void>

@@ -6,6 +6,7 @@ import {
   type LetterBytes, type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
 } from './engine.js'
 import { RankedList, type Ranked } from './ranked-list.js'
+import { LocalFeed, type Feed } from './feed.js'
 
 /** A FIFO with O(1) push and shift: an array that is compacted once half of it is consumed. */
 class Fifo<T> {
@@ -137,6 +138,11 @@ export class MemoryEngine implements Engine {
     const length = this.#queue.length
     this.#serveWaiters()
     return length
+  }
+
+  /** This process's own: the memory engine is one process's bus. */
+  history (): Feed {
+    return new LocalFeed(this)
   }
 
   async subscribe (handlers: SubscriptionHandlers): Promise<() => Promise<void>> {

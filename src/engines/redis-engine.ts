@@ -3,10 +3,12 @@ import { ReplyError, type Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RedisTarget } from '../config.js'
 import { Errors } from '../errors.js'
+import { LocalFeed, type Feed } from './feed.js'
 import { RedisConnections } from './redis-connections.js'
+import { RedisHistory } from './redis-history.js'
 import {
   LETTER_TRIM_MAX, MAX_FRAMES_PER_PRODUCE, READ_FRAME_BUDGET, SCAN_BYTES, checkFrameCount, deliverMessage, type Consumer, type DeadLetterStore, type Engine, type EngineOptions, type EngineState, type HeardEvent,
-  type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
+  type HistoryOptions, type ProduceResult, type Store, type StoredLetter, type SubscriptionHandlers
 } from './engine.js'
 
 // RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
@@ -748,6 +750,21 @@ export class RedisEngine implements Engine {
       // Bounded as the subscribe is: a connection that is reconnecting must not hold the caller (a registry change waits on this).
       await Promise.race([subscriber.unsubscribe(this.options.pubsubChannel).catch(() => undefined), sleep(this.options.redisTimeoutMs)])
     }
+  }
+
+  history (options: HistoryOptions): Feed {
+    if (!options.shared) return new LocalFeed(this)
+    const prefix = options.keyPrefix
+    return new RedisHistory(this.#commands, () => {
+      // A blocking read: no command timeout, and it waits through reconnects.
+      const reader = this.#connections.open('history', { maxRetriesPerRequest: null })
+      this.#connections.watch(reader, 'history')
+      this.#others.add(reader)
+      reader.once('end', () => this.#others.delete(reader))
+      return reader
+    }, async (handlers) => await this.subscribe(handlers),
+    { stream: `${prefix}history`, lease: `${prefix}history:recorder`, meta: `${prefix}history:meta` },
+    options, options.metrics, this.log)
   }
 
   // One connection for the whole process, whatever the number of handlers. ioredis

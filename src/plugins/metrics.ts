@@ -28,6 +28,8 @@ export interface Metrics {
   sseDeliveries: Counter
   sseSlowDisconnects: Counter
   sseResumes: Counter<'result'>
+  historyRecorded: Counter<'kind'>
+  historyRecording: Gauge
   webhookDeliveries: Counter<'outcome'>
   webhookSeconds: Histogram
   deadLettered: Counter<'reason'>
@@ -96,6 +98,17 @@ export default fp(async (app) => {
     sseSlowDisconnects: new Counter({
       name: 'busgate_sse_slow_disconnects_total',
       help: 'Stream clients cut off because their unsent bytes passed BUSGATE_SSE_MAX_BUFFER_BYTES',
+      registers: [registry]
+    }),
+    historyRecorded: new Counter({
+      name: 'busgate_history_recorded_total',
+      help: 'Entries this instance wrote to the shared stream history: message, or break (messages may be missing there)',
+      labelNames: ['kind'],
+      registers: [registry]
+    }),
+    historyRecording: new Gauge({
+      name: 'busgate_history_recorder',
+      help: '1 while this instance is the one that records the shared stream history',
       registers: [registry]
     }),
     sseResumes: new Counter({

@@ -18,7 +18,18 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   // replaced by the hub's one timer for all streams.
   await app.register(fastifySSE, { heartbeatInterval: 0 })
   const { metrics } = app
-  const hub = new SseHub(app.engine, {
+  const feed = app.engine.history({
+    shared: config.sseSharedHistory,
+    keyPrefix: config.keyPrefix,
+    size: config.sseHistory,
+    bytes: config.sseHistoryBytes,
+    maxMessageBytes: config.busMaxMessageBytes,
+    metrics: {
+      recorded: (kind, count) => metrics.historyRecorded.inc({ kind }, count),
+      recording: (yes) => metrics.historyRecording.set(yes ? 1 : 0)
+    }
+  })
+  const hub = new SseHub(feed, {
     lingerMs: config.sseLingerMs,
     historySize: config.sseHistory,
     historyBytes: config.sseHistoryBytes,
@@ -37,5 +48,8 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   }, app.log)
   hub.start()
   app.decorate('hub', hub)
-  app.addHook('preClose', async () => { await hub.close() })
+  app.addHook('preClose', async () => {
+    await hub.close()
+    await feed.close()
+  })
 }, { name: 'busgate-sse-hub', fastify: '5.x', dependencies: ['busgate-engine', 'busgate-metrics'] })
