@@ -16,6 +16,12 @@ const RECENT_BYTES = 32 * 1024 * 1024
 const TAIL = 32
 const RECORD_BATCH = 256
 const READ_COUNT = 64
+/**
+ * The least the history keeps, whatever its bounds: a reader a moment behind (its process busy,
+ * a burst) must still find what was recorded since it last read, or its streams get a gap.
+ */
+const KEPT_MIN = 4096
+const KEPT_MIN_BYTES = 16 * 1024 * 1024
 /** The history goes this long after its last write: nothing of a bus no gateway watches stays in Redis for ever. */
 const HISTORY_TTL_MS = 24 * 60 * 60 * 1000
 
@@ -313,7 +319,7 @@ export class RedisHistory implements Feed {
     while (this.#toRecord.length > 0 && this.#leading) {
       const batch = this.#toRecord.splice(0, RECORD_BATCH)
       const bytes = batch.reduce((n, h) => n + size(h), 0)
-      const args: Array<string | number | Buffer> = [this.#token, Math.max(1, this.options.size), this.options.bytes, HISTORY_TTL_MS]
+      const args: Array<string | number | Buffer> = [this.#token, Math.max(KEPT_MIN, this.options.size), Math.max(KEPT_MIN_BYTES, this.options.bytes), HISTORY_TTL_MS]
       for (const heard of batch) args.push(heard.kind, heard.kind === 'm' ? heard.raw : heard.kind === 'x' ? heard.size : 1)
       let written: Buffer[] | number
       try {

@@ -108,7 +108,7 @@ export default fp(async (app) => {
     }),
     historyRecording: new Gauge({
       name: 'busgate_history_recorder',
-      help: '1 while this instance is the one that records the shared stream history',
+      help: 'Whether this instance is the one that records the shared stream history (1) or not (0)',
       registers: [registry]
     }),
     sseResumes: new Counter({
