@@ -4,11 +4,15 @@
  * Targets: single ≥ 0.75× bare; batch ≥ 10× single (events/s). Each round runs all three, in
  * turn, on the same machine; the medians of the rounds are reported.
  *
- *   npm run bench:ingest -- [--rounds 5] [--duration 10] [--connections 64] [--batch 100] [--wait-replicas 0]
+ *   npm run bench:ingest -- [--rounds 5] [--duration 10] [--connections 64] [--batch 100] [--wait-replicas 0] [--streams 0]
  *
  * --wait-replicas N starts N replicas of the private Redis and runs the gateway with
- * BUSGATE_REDIS_WAIT_REPLICAS=N: what a 202 that means "replicated" costs.
+ * BUSGATE_REDIS_WAIT_REPLICAS=N: what a 202 that means "replicated" costs. --streams N keeps N
+ * SSE streams open on the gateway (each reading everything) while it is measured: the produce
+ * path while the gateway also streams, and records the shared history (unless the environment
+ * says BUSGATE_SSE_SHARED_HISTORY=false).
  */
+import { get } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
@@ -21,7 +25,8 @@ const { values } = parseArgs({
     duration: { type: 'string', default: '10' },
     connections: { type: 'string', default: '64' },
     batch: { type: 'string', default: '100' },
-    'wait-replicas': { type: 'string', default: '0' }
+    'wait-replicas': { type: 'string', default: '0' },
+    streams: { type: 'string', default: '0' }
   }
 })
 const waitReplicas = Number(values['wait-replicas'])
@@ -29,6 +34,16 @@ const rounds = Number(values.rounds)
 const duration = Number(values.duration)
 const connections = Number(values.connections)
 const batchSize = Number(values.batch)
+const streamCount = Number(values.streams)
+
+/** N streams that read and drop everything; resolves once all are open, with what closes them. */
+async function openStreams (port: number, n: number): Promise<() => void> {
+  const requests = await Promise.all(Array.from({ length: n }, async () => await new Promise<ReturnType<typeof get>>((resolve, reject) => {
+    const req = get(`http://127.0.0.1:${port}/events/stream`, (res) => { res.resume(); resolve(req) })
+    req.on('error', reject)
+  })))
+  return () => { for (const req of requests) req.destroy() }
+}
 
 const root = new URL('..', import.meta.url).pathname
 const event = { event_name: 'kernel_started', agent_id: 'i-ag01', args: ['6f0c9a3e-3f4e-4b3a-9d4c-2a7c1f0e5b11', 'kern-0001', { cpu: 2, mem: '4g' }] }
@@ -91,6 +106,7 @@ try {
     const gateway = await startProcess(process.execPath, [`${root}dist/src/server.js`], {
       PORT: String(gwPort), REDIS_URL: `redis://127.0.0.1:${redisPort}/0`, BUSGATE_REDIS_WAIT_REPLICAS: String(waitReplicas)
     }, 'Server listening')
+    const closeStreams = await openStreams(gwPort, streamCount)
     await warm(gwPort, '/events', single)
     await sleep(300) // let requests still in flight from the warm-up land before counting from zero
     await check.flushall()
@@ -102,6 +118,7 @@ try {
     await sleep(300)
     const storedBatch = await check.llen('events.prodcons')
     await check.flushall()
+    closeStreams()
     await stopProcess(gateway)
 
     for (const [name, run] of [['bare', b], ['single', s], ['batch', m]] as const) {
@@ -132,7 +149,7 @@ const bare = median(samples.bare)
 const singleRps = median(samples.single)
 const batchEps = median(samples.batch)
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US')
-process.stdout.write(`\nbench/ingest — ${rounds} rounds × ${duration} s, ${connections} connections, batch of ${batchSize}, BUSGATE_REDIS_WAIT_REPLICAS=${waitReplicas}, medians\n\n`)
+process.stdout.write(`\nbench/ingest — ${rounds} rounds × ${duration} s, ${connections} connections, batch of ${batchSize}, BUSGATE_REDIS_WAIT_REPLICAS=${waitReplicas}, ${streamCount} streams open${streamCount > 0 ? ` (shared history ${process.env.BUSGATE_SSE_SHARED_HISTORY === 'false' ? 'off' : 'on'})` : ''}, medians\n\n`)
 process.stdout.write(table([
   ['path', 'rate', 'p99 latency', 'baseline', 'ratio', 'target'],
   ['bare Fastify route (baseline)', `${fmt(bare)} req/s`, `${median(samples.bareP99)} ms`, '', '', ''],

@@ -82,9 +82,11 @@ export const StreamQuery = Type.Object({
 }, { additionalProperties: false })
 export type StreamQuery = Static<typeof StreamQuery>
 
-export const STREAM_DESCRIPTION = 'Server-Sent Events. Each bus event is `id: <instance>:<seq>`, `event: <event_name>`, ' +
+export const STREAM_DESCRIPTION = 'Server-Sent Events. Each bus event is `id: <opaque id>`, `event: <event_name>`, ' +
   '`data: {"event_name", "agent_id", "args"}` (JSON, with the documented mapping of msgpack values). The stream starts with a ' +
-  '`retry:` hint; comment lines (`:`) keep it open. An event `busgate.gap` with data `{"reason", "last_event_id", "resume_from"}` ' +
-  'says events may be missing: reason `unknown_id`, `too_old` or `other_instance` after a reconnect this instance cannot fill, ' +
-  '`bus_reconnected` after the gateway lost its Redis subscription for a while, `overloaded` when messages came faster than ' +
-  'the gateway could decode them and some were not streamed.'
+  '`retry:` hint; comment lines (`:`) keep it open. Reconnecting with `Last-Event-ID` (or `last_event_id`) replays what was ' +
+  'missed: with Redis from a history shared by every gateway instance of the bus, so on any of them; otherwise from this ' +
+  'process\'s. An event `busgate.gap` with data `{"reason", "last_event_id", "resume_from"}` ' +
+  'says events may be missing: reason `unknown_id`, `too_old` or `other_instance` (per-process history only) after a reconnect ' +
+  'that cannot be filled, `bus_reconnected` after the gateway lost its Redis subscription for a while (or the shared ' +
+  'history has a break), `overloaded` when messages came faster than the gateway could decode them and some were not streamed.'

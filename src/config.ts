@@ -147,7 +147,7 @@ export const SETTINGS = [
     'memory engine only: most bytes its consumer list holds; past it `POST /events` gets 503', (raw) => integer(raw, 1024, 2 ** 40)),
   setting('sseHeartbeatMs', 'BUSGATE_SSE_HEARTBEAT_MS', '15000', 'interval of the comment lines that keep idle streams open through proxies', (raw) => integer(raw, 100, 600_000)),
   setting('sseRetryMs', 'BUSGATE_SSE_RETRY_MS', '2000', 'the `retry:` hint sent to stream clients: how long they wait before reconnecting', (raw) => integer(raw, 0, 600_000)),
-  setting('sseHistory', 'BUSGATE_SSE_HISTORY', '10000', 'events kept per process for clients that reconnect with Last-Event-ID', (raw) => integer(raw, 0, 1_000_000)),
+  setting('sseHistory', 'BUSGATE_SSE_HISTORY', '10000', 'events kept for clients that reconnect with Last-Event-ID (in memory, and in Redis when shared)', (raw) => integer(raw, 0, 1_000_000)),
   setting('sseLingerMs', 'BUSGATE_SSE_LINGER_MS', '300000',
     'how long the gateway stays subscribed after its last stream closed, so that reconnects can resume; then it stops taking in the channel',
     (raw) => integer(raw, 0, 86_400_000)),

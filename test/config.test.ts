@@ -48,7 +48,7 @@ t.test('every setting has a flag named after its variable', async (t) => {
   t.same(SETTINGS.map((s) => s.flag), [
     'host', 'port', 'redis-url', 'redis-sentinel-password', 'redis-wait-replicas', 'redis-wait-timeout-ms', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
     'cors-origins', 'body-limit', 'bus-max-message-bytes', 'request-timeout-ms', 'max-connections', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
-    'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-max-buffer-bytes',
+    'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-shared-history', 'sse-max-buffer-bytes',
     'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients', 'webhook-concurrency', 'webhook-timeout-ms',
     'webhook-max-attempts', 'webhook-max-age-ms', 'webhook-backoff-ms', 'webhook-backoff-max-ms', 'webhook-circuit-failures',
     'webhook-circuit-cooldown-ms', 'webhook-take', 'webhook-scan-depth', 'webhook-poll-ms', 'webhook-subscriber-queue-max', 'dead-letter-max', 'instance-ttl-ms', 'task-key-prefix', 'task-tracking'

@@ -256,8 +256,8 @@ t.test('while no stream is open, messages are kept raw; a resume frames them, se
   t.match(metrics, /busgate_bus_malformed_total\{source="pubsub",reason="wrong_shape"\} 1\n/)
 })
 
-t.test('the history is bounded in bytes too', async (t) => {
-  const { base, post } = await gateway(t, { sseHistoryBytes: 4000 })
+t.test('the history is bounded in bytes too (a history per process; the shared one keeps at least 16 MiB)', async (t) => {
+  const { base, post } = await gateway(t, { sseHistoryBytes: 4000, sseSharedHistory: false })
   const s = await openStream(`${base}/events/stream`)
   await post({ event_name: 'first', args: ['x'.repeat(1000)] })
   const firstId = (await s.waitFor(1))[0]!.id!
