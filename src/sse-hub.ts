@@ -113,6 +113,8 @@ interface RemoteReplay {
   fetching: boolean
   /** the first page came: the id asked for is in the history */
   found: boolean
+  /** the newest id streamed when it asked: where a gap sends its next resume */
+  streamed: string
 }
 
 /** What one flush gives a group: the frames of a turn, with their size; joined once for a large group. */
@@ -475,8 +477,12 @@ export class SseHub {
     }
     // Older than this process's memory: the shared history first (it says whether it has the id).
     const remote = feed.compare(lastEventId, this.#base) < 0
-    if (remote) client.remote = { asked: lastEventId, after: lastEventId, until: this.#base, page: [], index: 0, fetching: false, found: false }
-    else this.metrics.resume('hit')
+    if (remote) {
+      const streamed = this.#entry(this.#deliveredSeq)?.id ?? this.#base
+      client.remote = { asked: lastEventId, after: lastEventId, until: this.#base, page: [], index: 0, fetching: false, found: false, streamed }
+    } else {
+      this.metrics.resume('hit')
+    }
     const next = remote ? (this.#history.at(0)?.seq ?? this.#seq + 1) : this.#seqAfter(lastEventId)
     // What is still pending reaches this client live, like every other.
     if (next <= this.#deliveredSeq) {
@@ -948,7 +954,8 @@ export class SseHub {
         client.remote = undefined
         client.replayNext = -1
         this.metrics.resume('too_old')
-        const gap = this.#gapFrame('too_old', remote.asked)
+        // Its id is what was streamed when it asked: what came since reaches it from its backlog.
+        const gap = this.#gapFrame('too_old', remote.asked, remote.streamed)
         client.own.unshift(gap)
         client.ownBytes += gap.byteLength
       } else {

@@ -136,6 +136,7 @@ export class RedisHistory implements Feed {
   #toRecord: Heard[] = []
   #toRecordBytes = 0
   #recording: Promise<void> | undefined
+  #stopping: Promise<void> | undefined
   /** the id of the newest entry this instance wrote, and of the newest it read */
   #lastWritten: string | undefined
   #lastRead: string | undefined
@@ -156,6 +157,8 @@ export class RedisHistory implements Feed {
   }
 
   async follow (listener: FeedListener): Promise<() => Promise<void>> {
+    // A follow right after a stop waits for it: the stop lets go of what the follow takes.
+    while (this.#stopping !== undefined) await this.#stopping
     if (this.#listener !== undefined) throw new Error('the history is followed already')
     this.#listener = listener
     this.#stopSubscription = await this.subscribe({
@@ -211,13 +214,19 @@ export class RedisHistory implements Feed {
   async #unfollow (listener: FeedListener): Promise<void> {
     if (this.#listener !== listener) return
     this.#listener = undefined
+    this.#stopping = this.#stop().finally(() => { this.#stopping = undefined })
+    await this.#stopping
+  }
+
+  async #stop (): Promise<void> {
     clearInterval(this.#tick)
     const stop = this.#stopSubscription
     this.#stopSubscription = undefined
     await stop?.()
-    // What it heard is written before it lets go: the next recorder starts after it.
+    // What it heard is written before it lets go (a Redis that does not answer holds it a
+    // second at most): the next recorder starts after it.
     await this.#leadTry
-    await this.#drained()
+    if (this.#recording !== undefined) await Promise.race([this.#drained(), sleep(TICK_MS)])
     if (this.#leading) {
       this.#leading = false
       this.metrics.recording(false)
