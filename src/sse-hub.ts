@@ -256,6 +256,7 @@ export class SseHub {
   readonly #listeners = new Set<BusListener>()
   #closing = false
   #malformedLogged = 0
+  #gapsLogged = 0
   /** failures by kind, so that each kind is logged the first time and then once in a thousand */
   readonly #failures = new Map<string, number>()
   /** heard, remembered, not yet delivered: messages in order, and gaps in their place */
@@ -1052,7 +1053,10 @@ export class SseHub {
   #onBusGap (id: string): void {
     // What was published while the subscription was down is not in the history either.
     this.#markBreak(id)
-    this.log.warn('the bus subscription was lost and is back: telling stream clients that events may be missing')
+    // Logged the first time, then once in a thousand: a history trimmed under a slow reader must not flood the log.
+    if (this.#gapsLogged++ % 1000 === 0) {
+      this.log.warn({ seen: this.#gapsLogged }, 'events may be missing (the bus subscription was lost, or the history has a break): telling stream clients')
+    }
     // In its place: after every message heard before it.
     this.#pending.push({ gap: this.#gapFrame('bus_reconnected', undefined) })
     this.#processing ??= setImmediate(() => this.#process())

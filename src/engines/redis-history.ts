@@ -12,10 +12,13 @@ const TICK_MS = 1000
 /** What an instance keeps of what it heard, to take over where the recorder stopped (see #takeOver). */
 const RECENT_MAX = 50_000
 const RECENT_BYTES = 32 * 1024 * 1024
+/** What waits to be recorded at most (a burst, a Redis that is slow or away); past it the oldest go, and a break takes their place. */
+const WAITING_MAX = 200_000
+const WAITING_BYTES = 64 * 1024 * 1024
 /** How many of the newest entries a new recorder compares with what it heard. */
 const TAIL = 32
-const RECORD_BATCH = 256
-const READ_COUNT = 64
+const RECORD_BATCH = 1024
+const READ_COUNT = 1024
 /**
  * The least the history keeps, whatever its bounds: a reader a moment behind (its process busy,
  * a burst) must still find what was recorded since it last read, or its streams get a gap.
@@ -314,11 +317,13 @@ export class RedisHistory implements Feed {
   #record (heard: Heard): void {
     this.#toRecord.push(heard)
     this.#toRecordBytes += size(heard)
-    // Redis does not answer: the oldest go, and a break says so.
-    while (this.#toRecord.length > RECENT_MAX || this.#toRecordBytes > RECENT_BYTES) {
+    // Redis does not answer, or not as fast as the bus: the oldest go, and a break says so.
+    let dropped = false
+    while (this.#toRecord.length > WAITING_MAX || this.#toRecordBytes > WAITING_BYTES) {
       this.#toRecordBytes -= size(this.#toRecord.shift()!)
-      if (this.#toRecord[0]?.kind !== 'b') this.#toRecord.unshift({ kind: 'b' })
+      dropped = true
     }
+    if (dropped && this.#toRecord[0]?.kind !== 'b') this.#toRecord.unshift({ kind: 'b' })
     this.#recording ??= this.#recordAll().finally(() => { this.#recording = undefined })
   }
 

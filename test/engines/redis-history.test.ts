@@ -23,7 +23,11 @@ async function follower (t: Test, n: ReturnType<typeof names>) {
   const engine = new RedisEngine({ redis: parseRedisUrl(server.url), ...n, redisTimeoutMs: 1000, memoryQueueMax: 0, memoryQueueMaxBytes: 0 }, silentLogger())
   const counts = { message: 0, break: 0, recording: false }
   const feed: Feed = engine.history({
-    shared: true, keyPrefix: n.keyPrefix, size: 100_000, bytes: 2 ** 26, maxMessageBytes: 2 ** 20,
+    shared: true,
+    keyPrefix: n.keyPrefix,
+    size: 100_000,
+    bytes: 2 ** 26,
+    maxMessageBytes: 2 ** 20,
     metrics: { recorded: (kind, c) => { counts[kind] += c }, recording: (yes) => { counts.recording = yes } }
   })
   const heard: Heard[] = []
