@@ -35,7 +35,7 @@ export interface RedisHistoryKeys {
   stream: string
   /** who records: the token of one instance, with an expiry */
   lease: string
-  /** the stream's counters: n (entries so far) and bytes (of messages it holds) */
+  /** the stream's counters: n (entries so far) and c (bytes of messages written so far) */
   meta: string
 }
 
@@ -48,39 +48,45 @@ export interface HistoryMetrics {
 
 // The recorder alone writes, and only while it holds the lease: a recorder that lost it (it
 // stalled past LEASE_MS and another took over) is refused here, so the history has one order.
-// Each entry is numbered: a reader that sees a number skipped knows it missed entries. The
-// oldest go while the history holds more than `size` entries or `bytes` bytes (the newest stays).
+// Each entry is numbered (n: a reader that sees a number skipped knows it missed entries) and
+// carries c, the bytes of messages written up to and including it, so what the history holds
+// is c(newest) - c(oldest) + its size without reading it all. The count is trimmed as Redis
+// trims cheaply (MAXLEN ~: whole nodes, never below `size`); the bytes, when over, from the
+// oldest, a few entries read at a time (the newest always stays).
 const RECORD_LUA = `
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local size, maxBytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local size, maxBytes = ARGV[2], tonumber(ARGV[3])
 local n = tonumber(redis.call('HGET', KEYS[3], 'n') or '0')
-local bytes = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0')
+local c = tonumber(redis.call('HGET', KEYS[3], 'c') or '0')
 local ids = {}
 for i = 5, #ARGV, 2 do
   n = n + 1
   local kind = ARGV[i]
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'n', n, kind, ARGV[i + 1])
-  if kind == 'm' then bytes = bytes + #ARGV[i + 1] end
+  if kind == 'm' then c = c + #ARGV[i + 1] end
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', size, '*', 'n', n, 'c', c, kind, ARGV[i + 1])
 end
-local len = redis.call('XLEN', KEYS[1])
-local removed = 0
-while len - removed > 1 and (len - removed > size or bytes > maxBytes) do
-  local need = len - removed - size
-  if need < 1 then need = 1 end
-  if need > 100 then need = 100 end
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', need)
-  for _, entry in ipairs(oldest) do
-    local fields = entry[2]
-    for j = 1, #fields, 2 do
-      if fields[j] == 'm' then bytes = bytes - #fields[j + 1] end
-    end
-    redis.call('XDEL', KEYS[1], entry[1])
-    removed = removed + 1
+redis.call('HSET', KEYS[3], 'n', n, 'c', c)
+local function held (entry)
+  local f, at, len = entry[2], 0, 0
+  for j = 1, #f, 2 do
+    if f[j] == 'c' then at = tonumber(f[j + 1]) elseif f[j] == 'm' then len = #f[j + 1] end
   end
-  if #oldest == 0 then break end
+  return c - at + len
 end
-if bytes < 0 then bytes = 0 end
-redis.call('HSET', KEYS[3], 'n', n, 'bytes', bytes)
+for _ = 1, 1000 do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 32)
+  if #oldest < 2 or held(oldest[1]) <= maxBytes then break end
+  local keep
+  for k = 2, #oldest do
+    if held(oldest[k]) <= maxBytes then keep = oldest[k][1] break end
+  end
+  if keep == nil then
+    local after = redis.call('XRANGE', KEYS[1], '(' .. oldest[#oldest][1], '+', 'COUNT', 1)
+    if #after == 0 then break end
+    keep = after[1][1]
+  end
+  redis.call('XTRIM', KEYS[1], 'MINID', keep)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return ids
@@ -197,7 +203,10 @@ export class RedisHistory implements Feed {
     // From `after` itself: while it is still there, nothing after it has been trimmed.
     const page = await this.#commands.xrangeBuffer(this.keys.stream, after, until, 'COUNT', max + 1) as StreamEntry[]
     if (page.length === 0 || page[0]![0].toString() !== after) return 'gone'
-    return page.slice(1).map(([id, fields]) => toEntry(id.toString(), fields))
+    return page.slice(1).map(([id, fields]) => {
+      const { n: _n, ...entry } = toEntry(id.toString(), fields)
+      return entry
+    })
   }
 
   async newest (): Promise<string> {
@@ -368,7 +377,7 @@ export class RedisHistory implements Feed {
   async #newest (): Promise<{ id: string, n: number }> {
     const [entry] = await this.#commands.xrevrangeBuffer(this.keys.stream, '+', '-', 'COUNT', 1) as StreamEntry[]
     if (entry === undefined) return { id: '0-0', n: 0 }
-    return { id: entry[0].toString(), n: entryNumber(entry[1]) }
+    return { id: entry[0].toString(), n: parse(entry[1]).n }
   }
 
   /**
@@ -388,8 +397,8 @@ export class RedisHistory implements Feed {
         if (this.#listener !== listener) return
         for (const [idBytes, fields] of reply?.[0]?.[1] ?? []) {
           const id = idBytes.toString()
-          const n = entryNumber(fields)
           const entry = toEntry(id, fields)
+          const { n } = entry
           const isBreak = entry.raw === undefined && entry.tooLarge === undefined
           // Missing entries lie after the one before: a resume from it must not cross them.
           if (n !== last.n + 1 && !isBreak) listener.gap(last.id)
@@ -418,27 +427,35 @@ function streamId (id: string): [number, number] {
   return match === null ? [Number.NaN, Number.NaN] : [Number(match[1]), Number(match[2])]
 }
 
-function field (fields: Buffer[], name: string): Buffer | undefined {
-  for (let i = 0; i < fields.length - 1; i += 2) if (fields[i]!.toString() === name) return fields[i + 1]
-  return undefined
+const N = 0x6e
+const M = 0x6d
+const X = 0x78
+
+/** An entry's fields, read by their one-letter names (n, c, then m | x | b); other fields are ignored. */
+function parse (fields: Buffer[]): { n: number, raw: Buffer | undefined, tooLarge: number | undefined } {
+  let n = Number.NaN
+  let raw: Buffer | undefined
+  let tooLarge: number | undefined
+  for (let i = 0; i < fields.length - 1; i += 2) {
+    const name = fields[i]!
+    if (name.length !== 1) continue
+    if (name[0] === N) n = Number(fields[i + 1]!.toString())
+    else if (name[0] === M) raw = fields[i + 1]
+    else if (name[0] === X) tooLarge = Number(fields[i + 1]!.toString())
+  }
+  return { n, raw, tooLarge }
 }
 
-function entryNumber (fields: Buffer[]): number {
-  return Number(field(fields, 'n')?.toString())
-}
-
-function toEntry (id: string, fields: Buffer[]): FeedEntry {
-  const raw = field(fields, 'm')
-  if (raw !== undefined) return { id, raw }
-  const tooLarge = field(fields, 'x')
-  return tooLarge !== undefined ? { id, raw: undefined, tooLarge: Number(tooLarge.toString()) } : { id, raw: undefined }
+function toEntry (id: string, fields: Buffer[]): FeedEntry & { n: number } {
+  const { n, raw, tooLarge } = parse(fields)
+  if (raw !== undefined) return { id, n, raw }
+  return tooLarge !== undefined ? { id, n, raw: undefined, tooLarge } : { id, n, raw: undefined }
 }
 
 function toHeard (fields: Buffer[]): Heard {
-  const raw = field(fields, 'm')
+  const { raw, tooLarge } = parse(fields)
   if (raw !== undefined) return { kind: 'm', raw }
-  const tooLarge = field(fields, 'x')
-  return tooLarge !== undefined ? { kind: 'x', size: Number(tooLarge.toString()) } : { kind: 'b' }
+  return tooLarge !== undefined ? { kind: 'x', size: tooLarge } : { kind: 'b' }
 }
 
 function size (heard: Heard): number {

@@ -19,14 +19,14 @@ function names () {
   return { pubsubChannel: `h.${id}.pubsub`, prodconsKey: `h.${id}.prodcons`, keyPrefix: `h.${id}:` }
 }
 
-async function follower (t: Test, n: ReturnType<typeof names>) {
+async function follower (t: Test, n: ReturnType<typeof names>, bytes = 2 ** 26) {
   const engine = new RedisEngine({ redis: parseRedisUrl(server.url), ...n, redisTimeoutMs: 1000, memoryQueueMax: 0, memoryQueueMaxBytes: 0 }, silentLogger())
   const counts = { message: 0, break: 0, recording: false }
   const feed: Feed = engine.history({
     shared: true,
     keyPrefix: n.keyPrefix,
     size: 100_000,
-    bytes: 2 ** 26,
+    bytes,
     maxMessageBytes: 2 ** 20,
     metrics: { recorded: (kind, c) => { counts[kind] += c }, recording: (yes) => { counts.recording = yes } }
   })
@@ -113,4 +113,17 @@ t.test('alignment: found once, found twice (ambiguous), not found', async (t) =>
   t.equal(alignAfter([m('a'), m('b')], [m('q')]), undefined, 'not there')
   t.equal(alignAfter([m('a'), m('b')], [{ kind: 'b' }, m('a')]), undefined, 'the newest entry is a break: nothing to go on from')
   t.equal(alignAfter([m('x'), m('a'), m('b')], [m('b'), m('a'), { kind: 'b' }, m('q')]), 3, 'compared up to the newest break')
+})
+
+t.test('the history holds its byte bound (at least 16 MiB), the oldest going first, the newest always kept', async (t) => {
+  const n = names()
+  const one = await follower(t, n, 1024 * 1024)
+  for (let i = 0; i < 30; i++) await server.client.publish(n.pubsubChannel, Buffer.alloc(1_000_000, i))
+  await until(() => one.heard.length === 30, 20_000)
+  const entries = await server.client.xrangeBuffer(`${n.keyPrefix}history`, '-', '+') as Array<[Buffer, Buffer[]]>
+  const bytes = entries.reduce((sum, [, f]) => sum + (f[f.length - 1]!.length > 100 ? f[f.length - 1]!.length : 0), 0)
+  t.ok(bytes <= 16 * 1024 * 1024 && bytes > 15_000_000, `${bytes} bytes of messages kept`)
+  const newest = entries[entries.length - 1]![1]
+  t.equal(newest[newest.length - 1]![0], 29, 'the newest is there')
+  t.same(one.heard.map((h) => h.what.length), Array(30).fill(1_000_000), 'and every one was streamed')
 })

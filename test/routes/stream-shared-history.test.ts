@@ -73,9 +73,9 @@ t.test('old, unknown and foreign ids get one gap first, then live events', async
   const publisher = redis.connect()
   t.teardown(() => publisher.disconnect())
   const pipeline = publisher.pipeline()
-  for (let i = 0; i < 4200; i++) pipeline.publish(names.pubsubChannel, Buffer.from(encode({ event_name: 'filler', agent_id: 'a', args: [i] })))
+  for (let i = 0; i < 4500; i++) pipeline.publish(names.pubsubChannel, Buffer.from(encode({ event_name: 'filler', agent_id: 'a', args: [i] })))
   await pipeline.exec()
-  const newest = (await s.waitFor(4202, 20_000))[4201]!.id!
+  const newest = (await s.waitFor(4502, 20_000))[4501]!.id!
   s.close()
 
   const cases: Array<[string, string, string]> = [
@@ -96,7 +96,9 @@ t.test('old, unknown and foreign ids get one gap first, then live events', async
     t.equal(got[1]!.event, 'live_after_gap', `${name}: then live events`)
   }
   // The history in Redis holds its bound too (here its least).
-  t.equal(await redis.client.xlen(`${names.keyPrefix}history`), 4096, 'the least kept in Redis')
+  // Trimmed as Redis trims cheaply: whole nodes (100 entries by default), never below the least.
+  const kept = await redis.client.xlen(`${names.keyPrefix}history`)
+  t.ok(kept >= 4096 && kept < 4096 + 200, `${kept}: the least kept in Redis, and a node's worth more at most`)
 })
 
 t.test('what came while no instance listened is said to be missing; a resume from the gap goes on cleanly', async (t) => {
