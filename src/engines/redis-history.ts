@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { SubscriptionHandlers } from './engine.js'
+import { RingBuffer } from '../ring-buffer.js'
 import type { Feed, FeedEntry, FeedListener, IdKind } from './feed.js'
 
 /** How long the recorder's lease lasts without a renewal: how long a crashed recorder leaves the history unwritten. */
@@ -139,7 +140,7 @@ export class RedisHistory implements Feed {
   #leading = false
   #leadTry: Promise<void> | undefined
   /** what it heard, newest last, to take over from (see #takeOver) */
-  #recent: Heard[] = []
+  #recent = new RingBuffer<Heard>(RECENT_MAX)
   #recentBytes = 0
   /** the recorder's: what waits to be written */
   #toRecord: Heard[] = []
@@ -244,7 +245,7 @@ export class RedisHistory implements Feed {
       this.metrics.recording(false)
       await this.#commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'release').catch(() => undefined)
     }
-    this.#recent = []
+    this.#recent = new RingBuffer<Heard>(RECENT_MAX)
     this.#recentBytes = 0
     this.#reader?.disconnect()
     this.#reader = undefined
@@ -260,15 +261,16 @@ export class RedisHistory implements Feed {
 
   /** The subscription was lost and is back: what came meanwhile nobody here heard. */
   #heardBreak (): void {
-    this.#recent = []
+    this.#recent = new RingBuffer<Heard>(RECENT_MAX)
     this.#recentBytes = 0
     if (this.#leading) this.#record({ kind: 'b' })
   }
 
   #remember (heard: Heard): void {
-    this.#recent.push(heard)
-    this.#recentBytes += size(heard)
-    while (this.#recent.length > RECENT_MAX || this.#recentBytes > RECENT_BYTES) this.#recentBytes -= size(this.#recent.shift()!)
+    // A ring: a full array's shift() moves every element, for every message heard.
+    const dropped = this.#recent.push(heard)
+    this.#recentBytes += size(heard) - (dropped === undefined ? 0 : size(dropped))
+    while (this.#recentBytes > RECENT_BYTES) this.#recentBytes -= size(this.#recent.shift()!)
   }
 
   async #tryLead (): Promise<void> {
@@ -314,7 +316,7 @@ export class RedisHistory implements Feed {
       this.#failed('could not read the history to take over its recording', err)
       return
     }
-    const recent = this.#recent
+    const recent = Array.from({ length: this.#recent.length }, (_, i) => this.#recent.at(i) as Heard)
     const from = alignAfter(recent, tail.map(([, fields]) => toHeard(fields)))
     this.#leading = true
     this.metrics.recording(true)
@@ -327,12 +329,15 @@ export class RedisHistory implements Feed {
     this.#toRecord.push(heard)
     this.#toRecordBytes += size(heard)
     // Redis does not answer, or not as fast as the bus: the oldest go, and a break says so.
-    let dropped = false
-    while (this.#toRecord.length > WAITING_MAX || this.#toRecordBytes > WAITING_BYTES) {
-      this.#toRecordBytes -= size(this.#toRecord.shift()!)
-      dropped = true
+    if (this.#toRecord.length > WAITING_MAX || this.#toRecordBytes > WAITING_BYTES) {
+      // A tenth at once: dropping one at a time would move the whole array for every message.
+      let cut = Math.ceil(this.#toRecord.length / 10)
+      let bytes = this.#toRecord.slice(0, cut).reduce((n, h) => n + size(h), 0)
+      while (this.#toRecordBytes - bytes > WAITING_BYTES && cut < this.#toRecord.length - 1) bytes += size(this.#toRecord[cut++]!)
+      this.#toRecord.splice(0, cut)
+      this.#toRecordBytes -= bytes
+      if (this.#toRecord[0]?.kind !== 'b') this.#toRecord.unshift({ kind: 'b' })
     }
-    if (dropped && this.#toRecord[0]?.kind !== 'b') this.#toRecord.unshift({ kind: 'b' })
     this.#recording ??= this.#recordAll().finally(() => { this.#recording = undefined })
   }
 
