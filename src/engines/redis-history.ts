@@ -151,6 +151,8 @@ export class RedisHistory implements Feed {
   #lastWritten: string | undefined
   #lastRead: string | undefined
   #failures = 0
+  /** the bounds the stream is trimmed to: the configured ones, never below the least kept */
+  readonly #keep: { size: number, bytes: number }
 
   constructor (
     commands: Redis,
@@ -162,6 +164,7 @@ export class RedisHistory implements Feed {
     private readonly log: FastifyBaseLogger
   ) {
     this.#commands = commands as Redis & HistoryCommands
+    this.#keep = { size: Math.max(KEPT_MIN, options.size), bytes: Math.max(KEPT_MIN_BYTES, options.bytes) }
     this.#commands.defineCommand('busgateHistoryRecord', { numberOfKeys: 3, lua: RECORD_LUA })
     this.#commands.defineCommand('busgateHistoryLease', { numberOfKeys: 1, lua: LEASE_LUA })
   }
@@ -177,8 +180,7 @@ export class RedisHistory implements Feed {
     })
     await this.#tryLead()
     // Read after taking over: what the takeover wrote was heard before this follow began.
-    // (Bounded: a Redis that does not answer must not hold the stream.)
-    if (this.#recording !== undefined) await Promise.race([this.#drained(), sleep(TICK_MS)])
+    await this.#written()
     const start = await this.#newest().catch(() => undefined)
     listener.begin(start?.id ?? '0-0')
     const reader = this.openReader()
@@ -236,17 +238,15 @@ export class RedisHistory implements Feed {
     const stop = this.#stopSubscription
     this.#stopSubscription = undefined
     await stop?.()
-    // What it heard is written before it lets go (a Redis that does not answer holds it a
-    // second at most): the next recorder starts after it.
+    // What it heard is written before it lets go: the next recorder starts after it.
     await this.#leadTry
-    if (this.#recording !== undefined) await Promise.race([this.#drained(), sleep(TICK_MS)])
+    await this.#written()
     if (this.#leading) {
       this.#leading = false
       this.metrics.recording(false)
       await this.#commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'release').catch(() => undefined)
     }
-    this.#recent = new RingBuffer<Heard>(RECENT_MAX)
-    this.#recentBytes = 0
+    this.#forgetRecent()
     this.#reader?.disconnect()
     this.#reader = undefined
   }
@@ -261,9 +261,13 @@ export class RedisHistory implements Feed {
 
   /** The subscription was lost and is back: what came meanwhile nobody here heard. */
   #heardBreak (): void {
+    this.#forgetRecent()
+    if (this.#leading) this.#record({ kind: 'b' })
+  }
+
+  #forgetRecent (): void {
     this.#recent = new RingBuffer<Heard>(RECENT_MAX)
     this.#recentBytes = 0
-    if (this.#leading) this.#record({ kind: 'b' })
   }
 
   #remember (heard: Heard): void {
@@ -288,13 +292,7 @@ export class RedisHistory implements Feed {
       return
     }
     if (held === 0) {
-      if (!this.#leading) return
-      // Another took over (this one stalled past the lease): it records from where this one stopped.
-      this.#leading = false
-      this.#toRecord = []
-      this.#toRecordBytes = 0
-      this.metrics.recording(false)
-      this.log.warn('another instance records the stream history now')
+      if (this.#leading) this.#stepDown()
     } else if (!this.#leading && this.#listener !== undefined) {
       await this.#takeOver()
     }
@@ -347,7 +345,7 @@ export class RedisHistory implements Feed {
     while (this.#toRecord.length > 0 && this.#leading) {
       const batch = this.#toRecord.splice(0, RECORD_BATCH)
       const bytes = batch.reduce((n, h) => n + size(h), 0)
-      const args: Array<string | number | Buffer> = [this.#token, Math.max(KEPT_MIN, this.options.size), Math.max(KEPT_MIN_BYTES, this.options.bytes), HISTORY_TTL_MS]
+      const args: Array<string | number | Buffer> = [this.#token, this.#keep.size, this.#keep.bytes, HISTORY_TTL_MS]
       for (const heard of batch) args.push(heard.kind, heard.kind === 'm' ? heard.raw : heard.kind === 'x' ? heard.size : 1)
       let written: Buffer[] | number
       try {
@@ -360,11 +358,7 @@ export class RedisHistory implements Feed {
       }
       this.#toRecordBytes -= bytes
       if (typeof written === 'number') {
-        this.#leading = false
-        this.#toRecord = []
-        this.#toRecordBytes = 0
-        this.metrics.recording(false)
-        this.log.warn('another instance records the stream history now')
+        this.#stepDown()
         return
       }
       this.#lastWritten = written[written.length - 1]?.toString() ?? this.#lastWritten
@@ -374,8 +368,23 @@ export class RedisHistory implements Feed {
     }
   }
 
-  async #drained (): Promise<void> {
-    while (this.#recording !== undefined) await this.#recording
+  /**
+   * Another took over (this one stalled past the lease, and was refused or found the lease
+   * another's): it records from where this one stopped, so what waits here goes.
+   */
+  #stepDown (): void {
+    this.#leading = false
+    this.#toRecord = []
+    this.#toRecordBytes = 0
+    this.metrics.recording(false)
+    this.log.warn('another instance records the stream history now')
+  }
+
+  /** Resolves once what waits to be recorded is written, or after TICK_MS: a Redis that does not answer must hold nobody. */
+  async #written (): Promise<void> {
+    if (this.#recording === undefined) return
+    const drained = (async () => { while (this.#recording !== undefined) await this.#recording })()
+    await Promise.race([drained, sleep(TICK_MS)])
   }
 
   /** The newest entry: where a follower starts. */
