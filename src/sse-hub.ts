@@ -115,6 +115,8 @@ interface RemoteReplay {
   found: boolean
   /** the newest id streamed when it asked: where a gap sends its next resume */
   streamed: string
+  /** how many entries the next read asks for */
+  count: number
 }
 
 /** What one flush gives a group: the frames of a turn, with their size; joined once for a large group. */
@@ -200,10 +202,16 @@ const PENDING_MAX_BYTES = 16 * 1024 * 1024
 const JOIN_MIN = 4
 /** Event names and agent ids whose matching groups are remembered: a producer may send any number of them. */
 const MATCH_CACHE_MAX = 1024
-/** How long a resume waits for this process to read an id another has streamed already. */
+/** How long a resume from the shared history waits for this process to have read what it held then (see #heardUpTo). */
 const CATCH_UP_WAIT_MS = 1000
-/** Entries of the shared history read at once for a replay. */
+/**
+ * Entries of the shared history read at once for a replay: at most this many, and about
+ * REPLAY_PAGE_BYTES of them (sized by the last page; the first is small), so a client that
+ * resumes holds one page, not a share of the history's bytes, whatever its messages weigh.
+ */
 const REPLAY_PAGE = 256
+const REPLAY_PAGE_FIRST = 16
+const REPLAY_PAGE_BYTES = 256 * 1024
 
 export function makeFilter (eventNames: string | undefined, agentIds: string | undefined): Filter {
   const names = eventNames === undefined || eventNames === '*' ? undefined : globList(eventNames)
@@ -480,7 +488,7 @@ export class SseHub {
     const remote = feed.compare(lastEventId, this.#base) < 0
     if (remote) {
       const streamed = this.#entry(this.#deliveredSeq)?.id ?? this.#base
-      client.remote = { asked: lastEventId, after: lastEventId, until: this.#base, page: [], index: 0, fetching: false, found: false, streamed }
+      client.remote = { asked: lastEventId, after: lastEventId, until: this.#base, page: [], index: 0, fetching: false, found: false, streamed, count: REPLAY_PAGE_FIRST }
     } else {
       this.metrics.resume('hit')
     }
@@ -944,7 +952,7 @@ export class SseHub {
     if (remote.fetching) return
     remote.fetching = true
     const gone = (): boolean => !client.group.clients.has(client) || client.socket.destroyed
-    this.feed.read(remote.after, remote.until, REPLAY_PAGE).then((page) => {
+    this.feed.read(remote.after, remote.until, remote.count).then((page) => {
       remote.fetching = false
       if (gone()) return
       if (page === 'gone') {
@@ -966,6 +974,8 @@ export class SseHub {
         remote.page = page
         remote.index = 0
         remote.after = page[page.length - 1]?.id ?? remote.after
+        const bytes = page.reduce((n, e) => n + (e.raw?.byteLength ?? 0), 0)
+        remote.count = Math.max(1, Math.min(REPLAY_PAGE, Math.floor(REPLAY_PAGE_BYTES / Math.max(1, bytes / Math.max(1, page.length)))))
       }
       this.#beginSlice()
       this.#catchUp(client)

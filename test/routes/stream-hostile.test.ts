@@ -207,6 +207,51 @@ t.test('a resume that never reads costs no copy of the history, and is cut once 
   t.equal(app.hub.clientCount, 0, 'cut off once they fell behind the live events')
 })
 
+t.test('resumes read from the shared history by clients that never read hold a page each, and are cut once their sockets push back and live events pass the bound', async (t) => {
+  // The history is written while the first instance watches; the resumes go to a second one,
+  // which never heard it: they read it from Redis, a page at a time, as their sockets take it.
+  const { app, base, names } = await gateway(t, { sseMaxBufferBytes: 32 * 1024 })
+  const watching = await openStream(`${base}/events/stream`)
+  t.teardown(() => watching.close())
+  const publisher = redis.connect()
+  t.teardown(() => publisher.disconnect())
+  const publish = async (n: number, size: number) => {
+    const pipeline = publisher.pipeline()
+    for (let i = 0; i < n; i++) pipeline.publish(names.pubsubChannel, Buffer.from(encode({ event_name: 'h', agent_id: 'a', args: [i, 'q'.repeat(size)] })))
+    await pipeline.exec()
+  }
+  await publish(1, 10)
+  const oldest = (await watching.waitFor(1))[0]!.id!
+  // 40 MB of history, in messages of 20 KB: more than a socket's kernel buffers take.
+  for (let i = 0; i < 4; i++) await publish(500, 20_000)
+  await watching.waitFor(2001, 30_000)
+
+  const { listeningApp: second } = await import('../helpers/app.js')
+  const other = await second(t, redis.url, { ...names, sseMaxBufferBytes: 32 * 1024 })
+  const { port } = new URL(other.base)
+  const heapBefore = process.memoryUsage().heapUsed
+  const stuck = await Promise.all(Array.from({ length: 20 }, async () => {
+    const socket = connect(Number(port), '127.0.0.1')
+    socket.on('error', () => {})
+    await new Promise((resolve) => socket.once('connect', resolve))
+    socket.pause()
+    socket.write(`GET /events/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${oldest}\r\n\r\n`)
+    return socket
+  }))
+  t.teardown(() => { for (const s of stuck) s.destroy() })
+  await until(() => other.app.hub.clientCount === 20)
+  await sleep(500)
+  t.equal(other.app.hub.clientCount, 20, 'a replay is not lag: all still open')
+  t.ok(await healthMs(other.base) < 500, 'the gateway answers at once')
+  const grown = (process.memoryUsage().heapUsed - heapBefore) / 2 ** 20
+  t.ok(grown < 100, `heap grew by ${grown.toFixed(0)} MB for 20 replays of a 40 MB history (a copy each would be 800 MB)`)
+
+  for (let i = 0; i < 20; i++) await publish(10, 2000) // 400 KB live: past the 32 KB bound for each of them
+  await until(() => other.app.hub.clientCount === 0, 30_000)
+  t.equal(other.app.hub.clientCount, 0, 'cut off once they fell behind the live events')
+  t.equal(app.hub.clientCount, 1, 'the first instance\'s reader is untouched')
+})
+
 /** A valid event that takes tens of milliseconds to decode: one map of many keys. */
 function heavyEvent (i: number): Buffer {
   return Buffer.from(encode({ event_name: 'heavy', agent_id: 'a', args: [i, Object.fromEntries(Array.from({ length: 20_000 }, (_, k) => [`key${k}`, k]))] }))
