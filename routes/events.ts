@@ -93,7 +93,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
       const raw = wireBytes.get(body)
       const frame = raw === undefined ? encodeInput(body, config.agentId, config.busMaxMessageBytes, 'body/') : checkSize(raw, config.busMaxMessageBytes, '')
       await app.tasks.recordProduced([body])
-      const result = await app.engine.produce([frame])
+      const result = await app.engine.bus.produce([frame])
       const counter = raw === undefined ? produced.json : produced.msgpack
       counter.inc()
       return reply.code(202).send({ accepted: 1, subscribers: result.subscribers, queue_length: result.queueLength })
@@ -114,7 +114,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     const inputs = request.body as EventInput[]
     const frames = inputs.map((input, i) => encodeInput(input, config.agentId, config.busMaxMessageBytes, `body/${i}/`))
     await app.tasks.recordProduced(inputs)
-    const result = await app.engine.produce(frames)
+    const result = await app.engine.bus.produce(frames)
     produced.batch.inc(frames.length)
     return reply.code(202).send({ accepted: frames.length, subscribers: result.subscribers, queue_length: result.queueLength })
   })

@@ -51,10 +51,10 @@ t.test('events posted over HTTP are read by Python as Backend.AI reads them', as
 t.test('what a Python agent produces is read back by the gateway without loss', async (t) => {
   const app = await testApp(t, `${redis.url}/5`)
   const heard: Buffer[] = []
-  await app.engine.subscribe({ message: (f) => heard.push(f) })
+  await app.engine.bus.subscribe({ message: (f) => heard.push(f) })
   const hexes = peer('produce', String(redis.port), '5')
   t.equal(hexes.length, 3)
-  const consumer = app.engine.consumer('busgate:test:processing')
+  const consumer = app.engine.queue.consumer('busgate:test:processing')
   t.teardown(() => consumer.close())
   const claimed: Buffer[] = []
   for (let i = 0; i < 3; i++) claimed.push((await claimOne(consumer, 2000)) as Buffer)

@@ -4,10 +4,21 @@ import { listeningApp } from './helpers/app.js'
 import { uniqueNames } from './helpers/bus.js'
 import { startReceiver } from './helpers/receiver.js'
 import { startCluster } from './helpers/redis.js'
+import { parseRedisUrl } from '../src/config.js'
+import { RedisEngine } from '../src/engines/redis-engine.js'
+import { engineContract } from './engines/contract.js'
+import { silentLogger } from './helpers/logger.js'
 import { openStream } from './helpers/sse.js'
 import { until } from './helpers/wait.js'
 
 const cluster = await startCluster(t)
+
+// The same suite as on one server: the engine's parts differ only in how connections are made.
+t.test('the engine contract, on a Redis Cluster', async (t) => {
+  engineContract(t, async (names) => new RedisEngine({
+    redis: parseRedisUrl(cluster.url), ...names, redisTimeoutMs: 2000, memoryQueueMax: 0, memoryQueueMaxBytes: 0
+  }, silentLogger()), { nodeSubscribers: true })
+})
 
 t.test('on a Redis Cluster: produce (one and a batch, all or none), the stream, consumer and subscriber webhooks, dead letters and their redelivery', async (t) => {
   const names = uniqueNames()

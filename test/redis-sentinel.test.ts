@@ -6,6 +6,10 @@ import { startRedis, startSentinel } from './helpers/redis.js'
 import { startReceiver } from './helpers/receiver.js'
 import { openStream } from './helpers/sse.js'
 import { until } from './helpers/wait.js'
+import { parseRedisUrl } from '../src/config.js'
+import { RedisEngine } from '../src/engines/redis-engine.js'
+import { engineContract } from './engines/contract.js'
+import { silentLogger } from './helpers/logger.js'
 
 // Backend.AI runs its Redis behind Sentinel: a master, a replica, and sentinels that fail over.
 async function cluster (t: Parameters<typeof startRedis>[0], replicas = 1) {
@@ -17,6 +21,14 @@ async function cluster (t: Parameters<typeof startRedis>[0], replicas = 1) {
   await until(async () => (await sentinel.client.call('SENTINEL', 'REPLICAS', 'mymaster') as unknown[]).length === replicas, 10_000)
   return { master, replica: all[0] as typeof master, replicas: all, sentinel, url: `redis+sentinel://127.0.0.1:${sentinel.port}/mymaster` }
 }
+
+// The same suite as on one server: the engine's parts differ only in how connections are made.
+t.test('the engine contract, through the sentinels', async (t) => {
+  const { url } = await cluster(t, 0)
+  engineContract(t, async (names) => new RedisEngine({
+    redis: parseRedisUrl(url), ...names, redisTimeoutMs: 2000, memoryQueueMax: 0, memoryQueueMaxBytes: 0
+  }, silentLogger()))
+})
 
 t.test('through the sentinels to the master; a failover is followed without a restart, each request answered 202 or 503 in bounded time', async (t) => {
   const { master, replica, sentinel, url } = await cluster(t)

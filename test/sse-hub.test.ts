@@ -26,7 +26,7 @@ t.test('globs match in linear time', async (t) => {
 t.test('a stream that dies while another is opening does not end the subscription under the living one', async (t) => {
   const engine = new MemoryEngine({ redis: undefined, pubsubChannel: 'p', prodconsKey: 'q', redisTimeoutMs: 1000, memoryQueueMax: 1000, memoryQueueMaxBytes: 2 ** 20 })
   const metrics = { clients: () => {}, published: () => {}, delivered: () => {}, slowDisconnect: () => {}, resume: () => {}, malformed: () => {} }
-  const hub = new SseHub(new LocalFeed(engine), { lingerMs: 50, historySize: 100, historyBytes: 2 ** 20, maxBufferBytes: 2 ** 20, heartbeatMs: 60_000, retryMs: 1000, maxClients: 10, maxMessageBytes: 2 ** 20 },
+  const hub = new SseHub(new LocalFeed(engine.bus), { lingerMs: 50, historySize: 100, historyBytes: 2 ** 20, maxBufferBytes: 2 ** 20, heartbeatMs: 60_000, retryMs: 1000, maxClients: 10, maxMessageBytes: 2 ** 20 },
     metrics, pino({ level: 'silent' }))
   hub.start()
   t.teardown(async () => { await hub.close(); await engine.close() })
@@ -57,7 +57,7 @@ t.test('a stream that dies while another is opening does not end the subscriptio
   ])
   t.equal(hub.clientCount, 1)
   await sleep(150) // past the linger time
-  await engine.produce([encodeEvent({ event_name: 'still_heard', agent_id: 'x', args: [] })])
+  await engine.bus.produce([encodeEvent({ event_name: 'still_heard', agent_id: 'x', args: [] })])
   for (let i = 0; i < 100 && !received.includes('still_heard'); i++) await sleep(10)
   t.match(received, /event: still_heard/, 'the living stream still gets events')
 })
@@ -67,7 +67,7 @@ async function hubWithSockets (t: Test, maxBufferBytes: number) {
   const engine = new MemoryEngine({ redis: undefined, pubsubChannel: 'p', prodconsKey: 'q', redisTimeoutMs: 1000, memoryQueueMax: 1_000_000, memoryQueueMaxBytes: 2 ** 31 })
   const counters = { slow: 0 }
   const metrics = { clients: () => {}, published: () => {}, delivered: () => {}, slowDisconnect: () => { counters.slow++ }, resume: () => {}, malformed: () => {} }
-  const hub = new SseHub(new LocalFeed(engine), { lingerMs: 60_000, historySize: 10_000, historyBytes: 2 ** 30, maxBufferBytes, heartbeatMs: 60_000, retryMs: 1000, maxClients: 100, maxMessageBytes: 2 ** 25 },
+  const hub = new SseHub(new LocalFeed(engine.bus), { lingerMs: 60_000, historySize: 10_000, historyBytes: 2 ** 30, maxBufferBytes, heartbeatMs: 60_000, retryMs: 1000, maxClients: 100, maxMessageBytes: 2 ** 25 },
     metrics, pino({ level: 'silent' }))
   hub.start()
   const responses: ServerResponse[] = []
@@ -97,7 +97,7 @@ async function hubWithSockets (t: Test, maxBufferBytes: number) {
     return { res, handle, state, text, ids: () => [...text().matchAll(/^id: [0-9a-f]+:(\d+)$/gm)].map((m) => Number(m[1])) }
   }
   const publish = async (...events: Array<{ name: string, size: number }>) => {
-    await engine.produce(events.map((e) => encodeEvent({ event_name: e.name, agent_id: 'a', args: ['x'.repeat(e.size)] })))
+    await engine.bus.produce(events.map((e) => encodeEvent({ event_name: e.name, agent_id: 'a', args: ['x'.repeat(e.size)] })))
   }
   return { hub, counters, stream, publish }
 }

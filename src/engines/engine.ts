@@ -1,7 +1,6 @@
 import type { Config } from '../config.js'
-import type { Feed } from './feed.js'
+import type { Feed, HistoryMetrics } from './feed.js'
 import { MAX_FRAMES_PER_PRODUCE } from './limits.js'
-import type { HistoryMetrics } from './redis-history.js'
 
 export { MAX_FRAMES_PER_PRODUCE }
 
@@ -270,11 +269,6 @@ export interface HeardEvent {
  * one to the consumer list, all or nothing.
  */
 export interface Bus {
-  readonly kind: 'redis' | 'memory'
-  /** `ready` only when every connection in use (commands, and the subscription once made) is */
-  readonly state: EngineState
-  /** Resolves when the bus is reachable or after the connect bound; never throws. */
-  connect (): Promise<void>
   /** Writes every frame (1 to MAX_FRAMES_PER_PRODUCE) to both keys, atomically; rejects with a 503-coded error when the bus is unavailable. */
   produce (frames: readonly Uint8Array[]): Promise<ProduceResult>
   /**
@@ -287,10 +281,8 @@ export interface Bus {
    * for every instance, when `shared` (Redis only); otherwise this process's (see Feed).
    */
   history (options: HistoryOptions): Feed
+  /** How many messages wait in the consumer list. */
   queueLength (): Promise<number>
-  /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
-  ping (): Promise<void>
-  close (): Promise<void>
 }
 
 /** The work queue the webhook dispatcher consumes: claims, acknowledgements, delays, reclaims, dead letters. */
@@ -324,12 +316,22 @@ export interface WorkQueue {
 }
 
 /**
- * One engine serves all three parts, over the same connections: the bus, the work queue and
- * busgate's own store. Its users take the part they need (the SSE hub the Bus, the task view
- * the Store, the dispatcher the WorkQueue and the Store).
+ * The three parts over one set of connections (Redis) or one keyspace (memory): the bus, the
+ * work queue and busgate's own store. Its users take the part they need: the SSE hub and the
+ * producers the bus, the task view the store, the dispatcher the work queue and the store.
  */
-export interface Engine extends Bus, WorkQueue {
+export interface Engine {
+  readonly kind: 'redis' | 'memory'
+  /** `ready` only when every connection in use (commands, and the subscription once made) is */
+  readonly state: EngineState
+  readonly bus: Bus
+  readonly queue: WorkQueue
   readonly store: Store
+  /** Resolves when the bus is reachable or after the connect bound; never throws. */
+  connect (): Promise<void>
+  /** Rejects with a 503-coded error unless the bus answers within the configured bound. */
+  ping (): Promise<void>
+  close (): Promise<void>
 }
 
 export type EngineOptions = Pick<Config, 'redis' | 'pubsubChannel' | 'prodconsKey' | 'redisTimeoutMs' | 'memoryQueueMax' | 'memoryQueueMaxBytes'> &

@@ -24,6 +24,14 @@ export interface FeedListener {
   gap: (id: string) => void
 }
 
+/** What the shared history tells about itself, for the metrics. */
+export interface HistoryMetrics {
+  /** entries this instance wrote: messages, and breaks where messages may be missing */
+  recorded: (kind: 'message' | 'break', count: number) => void
+  /** whether this instance records */
+  recording: (yes: boolean) => void
+}
+
 export type IdKind = 'ours' | 'other_instance' | 'unknown_id'
 
 /**

@@ -4,7 +4,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { SubscriptionHandlers } from './engine.js'
 import { RingBuffer } from '../ring-buffer.js'
-import type { Feed, FeedEntry, FeedListener, IdKind } from './feed.js'
+import type { Feed, FeedEntry, FeedListener, HistoryMetrics, IdKind } from './feed.js'
 
 /** How long the recorder's lease lasts without a renewal: how long a crashed recorder leaves the history unwritten. */
 export const LEASE_MS = 3000
@@ -38,13 +38,6 @@ export interface RedisHistoryKeys {
   lease: string
   /** the stream's counters: n (entries so far) and c (bytes of messages written so far) */
   meta: string
-}
-
-export interface HistoryMetrics {
-  /** entries this instance wrote: messages, and breaks where messages may be missing */
-  recorded: (kind: 'message' | 'break', count: number) => void
-  /** whether this instance records */
-  recording: (yes: boolean) => void
 }
 
 // The recorder alone writes, and only while it holds the lease: a recorder that lost it (it

@@ -26,5 +26,5 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     registers: [app.metrics.registry],
     collect () { this.set({ engine: engine.kind }, engine.state === 'ready' ? 1 : 0) }
   })
-  busCountGauge(app.metrics.registry, 'busgate_queue_length', 'Messages waiting in the consumer list', async () => await engine.queueLength())
+  busCountGauge(app.metrics.registry, 'busgate_queue_length', 'Messages waiting in the consumer list', async () => await engine.bus.queueLength())
 }, { name: 'busgate-engine', fastify: '5.x', dependencies: ['busgate-metrics'] })

@@ -18,7 +18,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   // replaced by the hub's one timer for all streams.
   await app.register(fastifySSE, { heartbeatInterval: 0 })
   const { metrics } = app
-  const feed = app.engine.history({
+  const feed = app.engine.bus.history({
     shared: config.sseSharedHistory,
     keyPrefix: config.keyPrefix,
     size: config.sseHistory,

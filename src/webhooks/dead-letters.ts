@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { DEAD_LETTER_ID, DeadLetter, DeadLetterRecord, OldDeadLetter } from '../../schemas/dead-letter.js'
 import { BASE64 } from '../codec.js'
-import type { DeadLetterStore, Engine, ImportedLetter, LetterBytes, StoredLetter, WorkQueue } from '../engines/engine.js'
+import type { DeadLetterStore, Engine, ImportedLetter, LetterBytes, StoredLetter } from '../engines/engine.js'
 import { storedRecordCheck } from '../validation.js'
 
 export type { DeadLetter, DeadLetterRecord }
@@ -66,10 +66,10 @@ export class DeadLetters {
   readonly #oldKey: string
   readonly #reported = new Set<string>()
 
-  constructor (private readonly engine: Pick<Engine, 'store'> & Pick<WorkQueue, 'deadLetterStore'>, keyPrefix: string, private readonly limits: DeadLetterLimits,
+  constructor (private readonly engine: Pick<Engine, 'store' | 'queue'>, keyPrefix: string, private readonly limits: DeadLetterLimits,
     private readonly log?: FastifyBaseLogger) {
     this.#oldKey = `${keyPrefix}dead-letters`
-    this.#store = engine.deadLetterStore(this.#oldKey, `${keyPrefix}retry`)
+    this.#store = engine.queue.deadLetterStore(this.#oldKey, `${keyPrefix}retry`)
   }
 
   /** Adds one as the newest; returns how many of the oldest it pushed out (the bound). */

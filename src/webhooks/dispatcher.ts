@@ -127,7 +127,7 @@ export class WebhookDispatcher {
   #unsubscribe: (() => Promise<void>) | undefined
 
   constructor (
-    private readonly engine: Engine,
+    private readonly engine: Pick<Engine, 'bus' | 'queue' | 'store'>,
     private readonly registry: WebhookRegistry,
     private readonly deadLetters: DeadLetters,
     private readonly attempts: AttemptLog,
@@ -142,7 +142,7 @@ export class WebhookDispatcher {
       connections: Math.max(4, options.concurrency),
       connect: { timeout: options.timeoutMs, ...(options.allowPrivate ? {} : { lookup: guardedLookup }) }
     })
-    this.#recorder = new SubscriberRecorder(engine, async () => await this.#envelopes(), (id) => this.subscriberList(id),
+    this.#recorder = new SubscriberRecorder(engine.queue, async () => await this.#envelopes(), (id) => this.subscriberList(id),
       { keyPrefix: options.keyPrefix, queueMax: options.subscriberQueueMax }, metrics.recorder, (n) => this.#wake(n), log)
     // A change of the registry may make work for loops that found none: one looks, and wakes
     // another when its claim comes back full (each look reads up to the scan bound in Redis).
@@ -164,7 +164,7 @@ export class WebhookDispatcher {
 
   /** Messages waiting for their next round, across every instance. */
   async delayed (): Promise<number> {
-    return await this.engine.delayedLength(this.#delayKey)
+    return await this.engine.queue.delayedLength(this.#delayKey)
   }
 
   /** What a deleted webhook leaves: its waiting copies (a subscriber's), its attempt log. */
@@ -233,7 +233,7 @@ export class WebhookDispatcher {
     this.registry.onChange(async () => await this.#follow())
     await this.#follow()
     for (let n = 0; n < this.options.concurrency; n++) {
-      const consumer = this.engine.consumer(this.#processingKey(n), this.#retryKey, this.#delayKey)
+      const consumer = this.engine.queue.consumer(this.#processingKey(n), this.#retryKey, this.#delayKey)
       this.#consumers.push(consumer)
       this.#loops.push(this.#loop(consumer, this.#processingKey(n)))
     }
@@ -254,7 +254,7 @@ export class WebhookDispatcher {
     await Promise.all(this.#loops)
     await Promise.all(this.#consumers.map((c) => c.close()))
     for (let n = 0; n < this.options.concurrency; n++) {
-      await this.engine.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
+      await this.engine.queue.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
     }
     await this.#flushAttempts().catch(() => undefined)
     await this.#agent.close()
@@ -285,7 +285,7 @@ export class WebhookDispatcher {
         this.#followAgain = false
         const needed = !this.#stopping && this.registry.snapshot().some((w) => w.enabled && (w.role === 'subscriber' || this.options.take === 'matching'))
         if (needed && this.#unsubscribe === undefined) {
-          this.#unsubscribe = await this.engine.subscribe({
+          this.#unsubscribe = await this.engine.bus.subscribe({
             message: (frame) => this.#heard(frame),
             gap: () => {
               if (this.registry.snapshot().some((w) => w.role === 'subscriber' && w.enabled)) {
@@ -416,7 +416,7 @@ export class WebhookDispatcher {
     for (const key of await this.engine.store.keys(`${prefix}*`)) {
       const instance = key.slice(prefix.length).split(':')[0] ?? ''
       if (instance === this.instance || await this.engine.store.exists(this.#liveKey(instance))) continue
-      const moved = await this.engine.reclaim(key, this.#retryKey, ENVELOPE_PREFIX)
+      const moved = await this.engine.queue.reclaim(key, this.#retryKey, ENVELOPE_PREFIX)
       if (moved > 0) this.log.warn({ instance, moved }, 'reclaimed messages held by a gateway instance that stopped')
     }
   }
@@ -477,7 +477,7 @@ export class WebhookDispatcher {
     while (!this.#stopping) {
       try {
         if (unsure) {
-          await this.engine.reclaim(processingKey, this.#retryKey, ENVELOPE_PREFIX)
+          await this.engine.queue.reclaim(processingKey, this.#retryKey, ENVELOPE_PREFIX)
           unsure = false
         }
         const { globs, sources } = this.#wanted()

@@ -18,16 +18,17 @@ const noMetrics = { recorded: () => {}, recording: () => {} }
 function feeds (): Array<[string, (t: Test) => { bus: Bus, feed: Feed }]> {
   return [
     ['a process\'s own (memory engine)', (t) => {
-      const bus = new MemoryEngine({ redis: undefined, pubsubChannel: 'p', prodconsKey: 'q', redisTimeoutMs: 1000, memoryQueueMax: 1000, memoryQueueMaxBytes: 2 ** 20 })
-      t.teardown(() => bus.close())
-      return { bus, feed: bus.history() }
+      const engine = new MemoryEngine({ redis: undefined, pubsubChannel: 'p', prodconsKey: 'q', redisTimeoutMs: 1000, memoryQueueMax: 1000, memoryQueueMaxBytes: 2 ** 20 })
+      t.teardown(() => engine.close())
+      const bus: Bus = engine.bus
+      return { bus, feed: bus.history({ shared: false, keyPrefix: 'f:', size: 100, bytes: 2 ** 20, maxMessageBytes: 1024, metrics: noMetrics }) }
     }],
     ['shared in Redis', (t) => {
       const id = randomUUID()
-      const bus = new RedisEngine({ redis: parseRedisUrl(server.url), pubsubChannel: `f.${id}`, prodconsKey: `f.${id}.q`, redisTimeoutMs: 1000, memoryQueueMax: 0, memoryQueueMaxBytes: 0 }, silentLogger())
-      const feed = bus.history({ shared: true, keyPrefix: `f.${id}:`, size: 100, bytes: 2 ** 20, maxMessageBytes: 1024, metrics: noMetrics })
-      t.teardown(async () => { await feed.close(); await bus.close() })
-      return { bus, feed }
+      const engine = new RedisEngine({ redis: parseRedisUrl(server.url), pubsubChannel: `f.${id}`, prodconsKey: `f.${id}.q`, redisTimeoutMs: 1000, memoryQueueMax: 0, memoryQueueMaxBytes: 0 }, silentLogger())
+      const feed = engine.bus.history({ shared: true, keyPrefix: `f.${id}:`, size: 100, bytes: 2 ** 20, maxMessageBytes: 1024, metrics: noMetrics })
+      t.teardown(async () => { await feed.close(); await engine.close() })
+      return { bus: engine.bus, feed }
     }]
   ]
 }

@@ -22,7 +22,7 @@ function names () {
 async function follower (t: Test, n: ReturnType<typeof names>, bytes = 2 ** 26) {
   const engine = new RedisEngine({ redis: parseRedisUrl(server.url), ...n, redisTimeoutMs: 1000, memoryQueueMax: 0, memoryQueueMaxBytes: 0 }, silentLogger())
   const counts = { message: 0, break: 0, recording: false }
-  const feed: Feed = engine.history({
+  const feed: Feed = engine.bus.history({
     shared: true,
     keyPrefix: n.keyPrefix,
     size: 100_000,

@@ -60,7 +60,7 @@ t.test('auth is checked before the body: a 401 writes nothing and parses nothing
   const { app: a } = await app(t)
   const res = await a.inject({ method: 'POST', url: '/events', headers: { 'content-type': 'application/json' }, payload: '{broken' })
   t.equal(res.statusCode, 401)
-  t.equal(await a.engine.queueLength(), 0)
+  t.equal(await a.engine.bus.queueLength(), 0)
 })
 
 t.test('tokens never reach the log', async (t) => {

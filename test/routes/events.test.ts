@@ -230,5 +230,5 @@ t.test('an event larger than the bus takes gets 413 and writes nothing: bytes pa
     t.equal(res.statusCode, 413, headers['content-type'])
     t.match(res.json(), { code: 'BUSGATE_MESSAGE_TOO_LARGE', message: new RegExp(`more than ${MAX_VALUES} values`) })
   }
-  t.equal(await app.engine.queueLength() + await big.engine.queueLength(), 0, 'nothing was written')
+  t.equal(await app.engine.bus.queueLength() + await big.engine.bus.queueLength(), 0, 'nothing was written')
 })

@@ -122,7 +122,7 @@ t.test('the memory engine: a subscriber webhook gets its copies, the consumer li
   const got = await receiver.waitFor(2)
   await until(() => false, 200)
   t.same(got.map((r) => r.json.event_name).sort(), ['kernel_started', 'kernel_terminated'])
-  t.equal(await app.engine.queueLength(), 3, 'the consumer list untouched')
+  t.equal(await app.engine.bus.queueLength(), 3, 'the consumer list untouched')
 })
 
 t.test('hostile broadcasts (not msgpack, wrong shape, past the bound, an envelope look-alike) make no copy and stop nothing; a good one after them is delivered', async (t) => {

@@ -126,7 +126,7 @@ t.test('the memory engine takes only what matches too', async (t) => {
   const got = await receiver.waitFor(1)
   t.equal(got[0]?.json.event_name, 'kernel_started')
   await until(() => false, 200)
-  t.equal(await app.engine.queueLength(), 2, 'the other two wait')
+  t.equal(await app.engine.bus.queueLength(), 2, 'the other two wait')
 })
 
 t.test('a value of 40 MB at the head never travels to the gateway and is left; what is before it is delivered', async (t) => {
