@@ -26,6 +26,11 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
     return webhook
   }
 
+  /** What the API shows of a webhook: never its secrets; its health as every instance shares it. */
+  function shown (webhook: StoredWebhook): Webhook {
+    return { ...toPublic(webhook), health: app.webhookHealth.view(webhook.id, webhook.enabled) }
+  }
+
   app.post('/webhooks', {
     schema: {
       operationId: 'createWebhook',
@@ -40,7 +45,7 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
   }, async (request, reply) => {
     const { url, event_names: eventNames = ['*'], description = '', enabled = true, role = 'consumer' } = request.body
     const created = await app.webhooks.create({ url: await safeUrl(url), event_names: eventNames, description, enabled, role })
-    return reply.code(201).send({ ...toPublic(created), secret: created.secrets[0]?.value ?? '' })
+    return reply.code(201).send({ ...shown(created), secret: created.secrets[0]?.value ?? '' })
   })
 
   app.get('/webhooks', {
@@ -51,7 +56,11 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
       response: { 200: Ref(WebhookList), ...authErrors, ...errorResponses(503) }
     },
     config: adminOnly
-  }, async () => ({ webhooks: (await app.webhooks.list()).map(toPublic) }))
+  }, async () => {
+    const webhooks = await app.webhooks.list()
+    await app.webhookHealth.read()
+    return { webhooks: webhooks.map(shown) }
+  })
 
   app.get('/webhooks/:id', {
     schema: {
@@ -62,7 +71,11 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
       response: { 200: Ref(Webhook), ...authErrors, ...errorResponses(400, 404, 503) }
     },
     config: adminOnly
-  }, async (request) => toPublic(found(await app.webhooks.get(request.params.id), request.params.id)))
+  }, async (request) => {
+    const webhook = found(await app.webhooks.get(request.params.id), request.params.id)
+    await app.webhookHealth.read()
+    return shown(webhook)
+  })
 
   app.patch('/webhooks/:id', {
     schema: {
@@ -77,7 +90,11 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
   }, async (request) => {
     const changes = { ...request.body }
     if (changes.url !== undefined) changes.url = await safeUrl(changes.url)
-    return toPublic(found(await app.webhooks.update(request.params.id, changes), request.params.id))
+    const wasEnabled = (await app.webhooks.get(request.params.id))?.enabled
+    const updated = found(await app.webhooks.update(request.params.id, changes), request.params.id)
+    // Enabled again (after a 410, after failing for days, by hand): it starts afresh, not set aside by its past.
+    if (changes.enabled === true && wasEnabled !== true) await app.webhookHealth.reset(updated.id)
+    return shown(updated)
   })
 
   app.delete('/webhooks/:id', {

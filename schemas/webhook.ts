@@ -40,6 +40,21 @@ export const WebhookPatch = Type.Object({
 }, { $id: 'WebhookPatch', title: 'WebhookPatch', additionalProperties: false, minProperties: 1, description: 'The fields to change' })
 export type WebhookPatch = Static<typeof WebhookPatch>
 
+const Instant = Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+
+export const WebhookHealth = Type.Object({
+  state: Type.Union([Type.Literal('healthy'), Type.Literal('failing'), Type.Literal('set_aside'), Type.Literal('disabled')], {
+    description: '`healthy`: the last attempt succeeded (or none was made); `failing`: failed since the last success; ' +
+      '`set_aside`: no delivery until `set_aside_until` (its circuit is open, or it asked to wait with Retry-After); `disabled`: it gets nothing',
+    examples: ['failing']
+  }),
+  consecutive_failures: Type.Integer({ minimum: 0, description: 'failed attempts since the last success' }),
+  last_attempt_at: { ...Instant, description: 'when the last delivery attempt ended' },
+  last_status: Type.Union([Type.Integer(), Type.Null()], { description: 'its HTTP status; null when there was no answer (refused, timed out) or no attempt' }),
+  set_aside_until: { ...Instant, description: 'while set aside: when deliveries may try again' }
+}, { $id: 'WebhookHealth', title: 'WebhookHealth', additionalProperties: false, description: 'The webhook\'s health as every gateway instance shares it (they agree within about a second)' })
+export type WebhookHealth = Static<typeof WebhookHealth>
+
 export const Webhook = Type.Object({
   id: Type.String({ examples: ['wh_3q2XkLZb9v1tY0aB'] }),
   url: Type.String(),
@@ -48,7 +63,8 @@ export const Webhook = Type.Object({
   enabled: Type.Boolean(),
   role: Role,
   created_at: Type.String({ format: 'date-time' }),
-  updated_at: Type.String({ format: 'date-time' })
+  updated_at: Type.String({ format: 'date-time' }),
+  health: Type.Ref('WebhookHealth')
 }, { $id: 'Webhook', title: 'Webhook', additionalProperties: false, description: 'A registered webhook; its secret is never shown here' })
 export type Webhook = Static<typeof Webhook>
 

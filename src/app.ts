@@ -24,7 +24,7 @@ import { AttemptList, DeadLetter, DeadLetterList, Redelivered } from '../schemas
 import { ErrorResponse } from '../schemas/error.js'
 import { EventInput, ProduceAccepted, WireEvent } from '../schemas/event.js'
 import { Readiness } from '../schemas/health.js'
-import { SecretRotated, Webhook, WebhookCreated, WebhookInput, WebhookList, WebhookPatch } from '../schemas/webhook.js'
+import { SecretRotated, Webhook, WebhookCreated, WebhookHealth, WebhookInput, WebhookList, WebhookPatch } from '../schemas/webhook.js'
 
 /**
  * Tokens travel in `?access_token=` for EventSource clients: keep them out of every log line.
@@ -102,7 +102,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   // Only JSON, and msgpack where a route adds it: a text/plain body must get 415, not reach a handler.
   app.removeContentTypeParser('text/plain')
   for (const schema of [ErrorResponse, EventInput, WireEvent, ProduceAccepted, Readiness,
-    WebhookInput, WebhookPatch, Webhook, WebhookCreated, WebhookList, SecretRotated, DeadLetter, DeadLetterList, Redelivered, AttemptList]) app.addSchema(schema)
+    WebhookInput, WebhookPatch, WebhookHealth, Webhook, WebhookCreated, WebhookList, SecretRotated, DeadLetter, DeadLetterList, Redelivered, AttemptList]) app.addSchema(schema)
 
   await app.register(metricsPlugin)
   await app.register(errorHandler, { bodyLimit: config.bodyLimit })

@@ -71,6 +71,7 @@ export interface Config {
   webhookBackoffMaxMs: number
   webhookCircuitFailures: number
   webhookCircuitCooldownMs: number
+  webhookDisableAfterMs: number
   webhookTake: WebhookTake
   webhookScanDepth: number
   webhookPollMs: number
@@ -163,7 +164,9 @@ export const SETTINGS = [
   setting('webhookSecretOverlapMs', 'BUSGATE_WEBHOOK_SECRET_OVERLAP_MS', '86400000',
     'after a secret rotation, how long deliveries are also signed with the previous secret', (raw) => integer(raw, 0, 30 * 86_400_000)),
   setting('sseMaxClients', 'BUSGATE_SSE_MAX_CLIENTS', '20000', 'most open streams per process; past it a new stream gets 503', (raw) => integer(raw, 1, 1_000_000)),
-  setting('webhookConcurrency', 'BUSGATE_WEBHOOK_CONCURRENCY', '8', 'delivery loops per process: each delivers one message at a time and holds at most 8 claimed', (raw) => integer(raw, 1, 256)),
+  setting('webhookConcurrency', 'BUSGATE_WEBHOOK_CONCURRENCY', '256',
+    'deliveries in flight per process (each holds its message, at most BUSGATE_BUS_MAX_MESSAGE_BYTES); served by at most 4 Redis connections of their own, so a receiver answering in 100 ms gets up to ~2,500 deliveries/s',
+    (raw) => integer(raw, 1, 10_000)),
   setting('webhookTimeoutMs', 'BUSGATE_WEBHOOK_TIMEOUT_MS', '10000', 'how long a receiver may take to answer one delivery', (raw) => integer(raw, 100, 600_000)),
   setting('webhookMaxAttempts', 'BUSGATE_WEBHOOK_MAX_ATTEMPTS', '12', 'deliveries tried for one message, over all webhooks, before it is dead-lettered', (raw) => integer(raw, 1, 1000)),
   setting('webhookMaxAgeMs', 'BUSGATE_WEBHOOK_MAX_AGE_MS', '86400000', 'how long a message may be retried before it is dead-lettered', (raw) => integer(raw, 1000, 30 * 86_400_000)),
@@ -171,6 +174,8 @@ export const SETTINGS = [
   setting('webhookBackoffMaxMs', 'BUSGATE_WEBHOOK_BACKOFF_MAX_MS', '300000', 'longest wait between rounds', (raw) => integer(raw, 1, 86_400_000)),
   setting('webhookCircuitFailures', 'BUSGATE_WEBHOOK_CIRCUIT_FAILURES', '5', 'failures in a row that set a webhook aside', (raw) => integer(raw, 1, 1000)),
   setting('webhookCircuitCooldownMs', 'BUSGATE_WEBHOOK_CIRCUIT_COOLDOWN_MS', '30000', 'how long a set-aside webhook rests before it is probed again', (raw) => integer(raw, 100, 86_400_000)),
+  setting('webhookDisableAfterMs', 'BUSGATE_WEBHOOK_DISABLE_AFTER_MS', '432000000',
+    'a webhook failing for this long without a success is disabled (5 days, as Svix does)', (raw) => integer(raw, 1000, 365 * 86_400_000)),
   setting('webhookTake', 'BUSGATE_WEBHOOK_TAKE', 'matching',
     '`matching`: take a message off the consumer list only when an available consumer webhook matches it, leaving the rest, in order, for the other consumers; ' +
     '`all`: take every message (a list busgate owns alone) and dead-letter what no webhook matches', (raw) => oneOf(raw, WEBHOOK_TAKE)),

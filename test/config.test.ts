@@ -51,7 +51,7 @@ t.test('every setting has a flag named after its variable', async (t) => {
     'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-shared-history', 'sse-max-buffer-bytes',
     'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients', 'webhook-concurrency', 'webhook-timeout-ms',
     'webhook-max-attempts', 'webhook-max-age-ms', 'webhook-backoff-ms', 'webhook-backoff-max-ms', 'webhook-circuit-failures',
-    'webhook-circuit-cooldown-ms', 'webhook-take', 'webhook-scan-depth', 'webhook-poll-ms', 'webhook-subscriber-queue-max', 'dead-letter-max', 'instance-ttl-ms', 'task-key-prefix', 'task-tracking'
+    'webhook-circuit-cooldown-ms', 'webhook-disable-after-ms', 'webhook-take', 'webhook-scan-depth', 'webhook-poll-ms', 'webhook-subscriber-queue-max', 'dead-letter-max', 'instance-ttl-ms', 'task-key-prefix', 'task-tracking'
   ])
   for (const s of SETTINGS) t.match(HELP, `--${s.flag}`)
   t.same(loadConfig({}, ['--help']), { kind: 'help' })

@@ -161,6 +161,8 @@ export interface Store {
   listLength (key: string): Promise<number>
   /** INCRBY: returns the new value */
   increment (key: string, by?: number): Promise<number>
+  /** HINCRBY: returns the field's new value */
+  hashIncrement (key: string, field: string, by: number): Promise<number>
 }
 
 /**

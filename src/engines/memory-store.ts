@@ -118,4 +118,11 @@ export class MemoryStore implements Store {
     counters.set(key, next)
     return next
   }
+
+  async hashIncrement (key: string, field: string, by: number): Promise<number> {
+    const hash = this.#keyspace.hash(key) ?? new Map<string, string>()
+    const next = Number(hash.get(field) ?? 0) + by
+    this.#keyspace.hashes.set(key, hash.set(field, String(next)))
+    return next
+  }
 }

@@ -149,4 +149,8 @@ export class RedisStore implements Store {
   async increment (key: string, by = 1): Promise<number> {
     return await this.link.call(async () => await this.#redis.incrby(key, by))
   }
+
+  async hashIncrement (key: string, field: string, by: number): Promise<number> {
+    return await this.link.call(async () => await this.#redis.hincrby(key, field, by))
+  }
 }

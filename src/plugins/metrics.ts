@@ -38,6 +38,7 @@ export interface Metrics {
   webhookScanLooked: Gauge
   webhookScanUnreadable: Gauge
   webhookGivenBack: Counter
+  webhookDisabled: Counter
   webhookOrphaned: Counter
   subscriberHeard: Counter<'outcome'>
   subscriberTrimmed: Counter
@@ -137,7 +138,7 @@ export default fp(async (app) => {
     }),
     webhookCircuitOpen: new Gauge({
       name: 'busgate_webhook_circuit_open',
-      help: '1 while this process has set a failing webhook aside',
+      help: '1 while a webhook has failed BUSGATE_WEBHOOK_CIRCUIT_FAILURES times in a row (the health every instance shares): set aside, then probed',
       labelNames: ['webhook'],
       registers: [registry]
     }),
@@ -149,6 +150,11 @@ export default fp(async (app) => {
     webhookScanUnreadable: new Gauge({
       name: 'busgate_webhook_list_unreadable',
       help: 'Of those, values it could not read as a bus event (or larger than BUSGATE_BUS_MAX_MESSAGE_BYTES): left in the list for the other consumers',
+      registers: [registry]
+    }),
+    webhookDisabled: new Counter({
+      name: 'busgate_webhook_disabled_total',
+      help: 'Webhooks disabled because they failed without a success for BUSGATE_WEBHOOK_DISABLE_AFTER_MS',
       registers: [registry]
     }),
     webhookGivenBack: new Counter({

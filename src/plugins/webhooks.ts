@@ -4,6 +4,7 @@ import type { Config } from '../config.js'
 import { AttemptLog } from '../webhooks/attempt-log.js'
 import { DeadLetters } from '../webhooks/dead-letters.js'
 import { WebhookDispatcher } from '../webhooks/dispatcher.js'
+import { HealthBook } from '../webhooks/health-book.js'
 import { WebhookRegistry } from '../webhooks/registry.js'
 import { busCountGauge } from './metrics.js'
 
@@ -13,12 +14,14 @@ declare module 'fastify' {
     deadLetters: DeadLetters
     attemptLog: AttemptLog
     dispatcher: WebhookDispatcher
+    webhookHealth: HealthBook
   }
 }
 
 /**
- * Owns the webhook registry, the dead letters and the dispatcher that consumes the consumer
- * list for the webhooks; the dispatcher stops, and hands back what it holds, on close.
+ * Owns the webhook registry, the dead letters, the webhooks' shared health and the dispatcher
+ * that consumes the consumer list for the webhooks; the dispatcher stops, and hands back what it
+ * holds, on close.
  */
 export default fp<{ config: Config }>(async (app, { config }) => {
   const { metrics } = app
@@ -37,7 +40,21 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     gone: metrics.webhookDeliveries.labels({ outcome: 'gone' }),
     throttled: metrics.webhookDeliveries.labels({ outcome: 'throttled' })
   }
-  const dispatcher = new WebhookDispatcher(app.engine, registry, deadLetters, attemptLog, {
+  const health = new HealthBook(app.engine.store, config.keyPrefix, {
+    circuitFailures: config.webhookCircuitFailures,
+    circuitCooldownMs: config.webhookCircuitCooldownMs,
+    disableAfterMs: config.webhookDisableAfterMs
+  }, {
+    circuit: (webhook, open) => metrics.webhookCircuitOpen.set({ webhook }, open ? 1 : 0),
+    setAside: (webhook) => app.log.warn({ webhook }, 'webhook keeps failing: set aside for a while'),
+    // The health book tells of this only once the dispatcher below has started.
+    disable: (webhook) => { dispatcher.disableFailing(webhook) },
+    invalid: (webhook) => {
+      metrics.invalidRecords.inc({ kind: 'health' })
+      app.log.warn({ webhook }, 'a stored webhook health record does not check: taken as healthy')
+    }
+  })
+  const dispatcher = new WebhookDispatcher(app.engine, registry, deadLetters, attemptLog, health, {
     keyPrefix: config.keyPrefix,
     concurrency: config.webhookConcurrency,
     timeoutMs: config.webhookTimeoutMs,
@@ -45,8 +62,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     maxAgeMs: config.webhookMaxAgeMs,
     backoffMs: config.webhookBackoffMs,
     backoffMaxMs: config.webhookBackoffMaxMs,
-    circuitFailures: config.webhookCircuitFailures,
-    circuitCooldownMs: config.webhookCircuitCooldownMs,
+    disableAfterMs: config.webhookDisableAfterMs,
     instanceTtlMs: config.instanceTtlMs,
     allowPrivate: config.webhookAllowPrivate,
     maxMessageBytes: config.busMaxMessageBytes,
@@ -63,7 +79,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
       metrics.deadLettered.inc({ reason })
       if (dropped > 0) metrics.deadLettersDropped.inc(dropped)
     },
-    circuit: (webhook, open) => metrics.webhookCircuitOpen.set({ webhook }, open ? 1 : 0),
+    disabled: () => metrics.webhookDisabled.inc(),
     scanned: (looked, unreadable) => {
       metrics.webhookScanLooked.set(looked)
       metrics.webhookScanUnreadable.set(unreadable)
@@ -80,6 +96,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   app.decorate('deadLetters', deadLetters)
   app.decorate('attemptLog', attemptLog)
   app.decorate('dispatcher', dispatcher)
+  app.decorate('webhookHealth', health)
   new Gauge({ // eslint-disable-line no-new
     name: 'busgate_webhook_in_flight',
     help: 'Messages held by this process for delivery',
@@ -104,11 +121,13 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     migration = setInterval(() => { migrate().catch(() => undefined) }, 60_000)
     migration.unref()
     await registry.start(dispatcher.instance)
+    await health.start()
     await dispatcher.start()
   })
   app.addHook('preClose', async () => {
     clearInterval(migration)
     await dispatcher.stop()
+    await health.stop()
     await registry.stop()
   })
 }, { name: 'busgate-webhooks', fastify: '5.x', dependencies: ['busgate-engine', 'busgate-metrics'] })

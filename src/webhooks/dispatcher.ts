@@ -1,23 +1,24 @@
 import { randomBytes } from 'node:crypto'
-import { isIP } from 'node:net'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
-import { Agent, request } from 'undici'
 import { CodecError, decodeEvent, eventNameOf, toJsonEvent, type BusEvent } from '../codec.js'
 import type { WebhookTake } from '../config.js'
 import type { ClaimOptions, Consumer, Engine } from '../engines/engine.js'
+import type { LaneWork } from './delivery-lane.js'
 import { globList } from '../glob.js'
 import type { AttemptLog } from './attempt-log.js'
 import type { DeadLetter, DeadLetters } from './dead-letters.js'
-import { activeSecrets, type StoredWebhook, type WebhookRegistry } from './registry.js'
+import type { StoredWebhook, WebhookRegistry } from './registry.js'
 import { ENVELOPE_PREFIX, EnvelopeSealer, looksSealed, type Envelope } from './envelope.js'
+import { DeliveryLane } from './delivery-lane.js'
+import type { HealthBook } from './health-book.js'
+import { RoundRobin } from './round-robin.js'
+import { WebhookSender, type Attempt } from './sender.js'
 import { SubscriberRecorder, type RecorderMetrics } from './subscriber-recorder.js'
-import { signatureHeader } from './signing.js'
-import { guardedLookup, isPrivateAddress, urlHost } from './ssrf.js'
 
-const RR_BLOCK = 64
-/** most messages one delivery loop claims at a time */
-export const CLAIM_MAX = 8
+/** most lanes (processing lists, each with a connection of its own for BLMOVE) per instance */
+export const MAX_LANES = 4
+/** deliveries in flight per lane below which one more lane is not worth its connection */
+const LANE_MIN = 64
 const ATTEMPT_FLUSH_MS = 250
 /** most subscriber lists one claim looks at; the dispatcher goes round them */
 const SOURCES_PER_CLAIM = 16
@@ -32,8 +33,8 @@ export interface DispatcherOptions {
   maxAgeMs: number
   backoffMs: number
   backoffMaxMs: number
-  circuitFailures: number
-  circuitCooldownMs: number
+  /** for the log line of a webhook disabled for failing: the health book decides */
+  disableAfterMs: number
   instanceTtlMs: number
   allowPrivate: boolean
   /** larger messages are dead-lettered (too_large) undecoded */
@@ -48,7 +49,8 @@ export interface DispatcherMetrics {
   delivery: (outcome: 'delivered' | 'failed' | 'gone' | 'throttled', seconds: number) => void
   /** `dropped`: how many of the oldest letters made room for it */
   deadLettered: (reason: DeadLetter['reason'], dropped: number) => void
-  circuit: (webhookId: string, open: boolean) => void
+  /** a webhook failing for longer than BUSGATE_WEBHOOK_DISABLE_AFTER_MS was disabled */
+  disabled: () => void
   /** what the last matching claim saw of the consumer list's head */
   scanned: (looked: number, unreadable: number) => void
   /** messages taken for a consumer webhook that no longer wanted them, given back to the list */
@@ -60,55 +62,35 @@ export interface DispatcherMetrics {
   recorder: RecorderMetrics
 }
 
-interface Circuit {
-  failures: number
-  openUntil: number
-  /** a 429/503 Retry-After: no delivery before then */
-  notBefore: number
-}
-
-interface Attempt {
-  ok: boolean
-  status: number | null
-  error: string | null
-  retryAfterMs: number | null
-}
-
 /**
  * Delivers to the registered webhooks. Consumer webhooks take from the consumer list (with
  * `take: matching`, only what an available one matches, the rest staying for the other
  * consumers); subscriber webhooks get copies of broadcast events, which the recorder writes to a
- * list per webhook. Each of `concurrency` loops delivers one message at a time; what it claimed
- * sits in a processing list of this instance until a receiver answered 2xx or the message was
- * dead-lettered. A message whose round failed waits for its next one in the delay set, held by
- * nobody, and any loop of any instance takes it when it is due. An instance that dies leaves its
+ * list per webhook. Up to `concurrency` deliveries are in flight at once, spread over a few
+ * lanes (DeliveryLane); what a lane claimed sits in a processing list of this instance until a
+ * receiver answered 2xx or the message was dead-lettered. A message whose round failed waits for its next one in the delay set, held by
+ * nobody, and any lane of any instance takes it when it is due. An instance that dies leaves its
  * lists to be reclaimed by any other (or by itself restarted) once its liveness key expires.
- * With no enabled, available webhook the loops take nothing, so messages wait in Redis.
+ * With no enabled, available webhook the lanes take nothing, so messages wait in Redis. Whether a
+ * webhook is available (its circuit, a Retry-After) is the shared HealthBook's.
  */
 export class WebhookDispatcher {
   readonly instance = randomBytes(6).toString('hex')
   #stopping = false
-  /** messages held for delivery right now */
-  inFlight = 0
   readonly #stop = new AbortController()
-  readonly #loops: Array<Promise<void>> = []
+  readonly #lanes: DeliveryLane[] = []
+  readonly #runs: Array<Promise<void>> = []
   readonly #consumers: Consumer[] = []
   #timers: NodeJS.Timeout[] = []
   readonly #matchers = new Map<string, (name: string) => boolean>()
-  /** parsed URLs, and whether each is a private IP literal, by URL string */
-  readonly #targets = new Map<string, { url: URL, privateLiteral: boolean }>()
-  readonly #circuits = new Map<string, Circuit>()
   #sequence = 0
-  /** positions of the shared round-robin sequence reserved by this instance, not yet used */
-  #rrNext = 0
-  #rrEnd = 0
-  #rrRefill: Promise<void> | undefined
-  readonly #agent: Agent
+  readonly #roundRobin: RoundRobin
+  readonly #sender: WebhookSender
   #sealer: Promise<EnvelopeSealer> | undefined
   /** when the envelope key was last read again because a value would not open (performance.now()) */
   #keyReadAt = 0
   #unopened = 0
-  /** loops waiting for work, the longest waiting first */
+  /** lanes waiting for work, the longest waiting first */
   #idle: Array<() => void> = []
   /**
    * Idle looks at the list are paced, since each reads up to the scan bound inside Redis: after
@@ -131,20 +113,16 @@ export class WebhookDispatcher {
     private readonly registry: WebhookRegistry,
     private readonly deadLetters: DeadLetters,
     private readonly attempts: AttemptLog,
+    private readonly health: HealthBook,
     private readonly options: DispatcherOptions,
     private readonly metrics: DispatcherMetrics,
     private readonly log: FastifyBaseLogger
   ) {
-    // Keep-alive pools per origin; every connection's addresses pass the SSRF check again,
-    // so a name that later resolves somewhere private (rebinding) is refused at connect time.
-    this.#agent = new Agent({
-      keepAliveTimeout: 30_000,
-      connections: Math.max(4, options.concurrency),
-      connect: { timeout: options.timeoutMs, ...(options.allowPrivate ? {} : { lookup: guardedLookup }) }
-    })
+    this.#roundRobin = new RoundRobin(engine.store, `${options.keyPrefix}rr:sets`)
+    this.#sender = new WebhookSender({ timeoutMs: options.timeoutMs, allowPrivate: options.allowPrivate, connections: options.concurrency })
     this.#recorder = new SubscriberRecorder(engine.queue, async () => await this.#envelopes(), (id) => this.subscriberList(id),
       { keyPrefix: options.keyPrefix, queueMax: options.subscriberQueueMax }, metrics.recorder, (n) => this.#wake(n), log)
-    // A change of the registry may make work for loops that found none: one looks, and wakes
+    // A change of the registry may make work for lanes that found none: one looks, and wakes
     // another when its claim comes back full (each look reads up to the scan bound in Redis).
     registry.onChange(() => this.#wake(1))
   }
@@ -167,11 +145,27 @@ export class WebhookDispatcher {
     return await this.engine.queue.delayedLength(this.#delayKey)
   }
 
-  /** What a deleted webhook leaves: its waiting copies (a subscriber's), its attempt log. */
+  /** Messages held for delivery by this instance right now. */
+  get inFlight (): number {
+    return this.#lanes.reduce((sum, lane) => sum + lane.inFlight, 0)
+  }
+
+  /** What a deleted webhook leaves: its waiting copies (a subscriber's), its attempt log, its health. */
   async forget (webhookId: string): Promise<void> {
-    this.#circuits.delete(webhookId)
     await this.engine.store.deleteKeys(this.subscriberList(webhookId))
     await this.attempts.remove(webhookId)
+    await this.health.forget(webhookId)
+  }
+
+  /** Disables a webhook that has failed for longer than BUSGATE_WEBHOOK_DISABLE_AFTER_MS without a success. */
+  disableFailing (webhookId: string): void {
+    if (this.registry.current(webhookId)?.enabled !== true) return
+    this.metrics.disabled()
+    this.log.warn({ webhook: webhookId, afterMs: this.options.disableAfterMs }, 'webhook has failed without a success for BUSGATE_WEBHOOK_DISABLE_AFTER_MS: disabled')
+    // A compare-and-set: a PATCH at the same moment keeps its change, and this one holds too.
+    this.registry.update(webhookId, { enabled: false }).catch((err: unknown) => {
+      this.log.warn({ webhook: webhookId, err: { message: (err as Error).message } }, 'could not disable a failing webhook')
+    })
   }
 
   #processingKey (n: number, instance = this.instance): string {
@@ -224,7 +218,7 @@ export class WebhookDispatcher {
     const beat = setInterval(() => { this.#heartbeat().catch(() => undefined) }, Math.max(100, Math.floor(this.options.instanceTtlMs / 3)))
     const sweep = setInterval(() => { this.#reclaimOrphans().catch(() => undefined) }, Math.max(200, Math.floor(this.options.instanceTtlMs / 2)))
     const log = setInterval(() => { this.#flushAttempts().catch(() => undefined) }, ATTEMPT_FLUSH_MS)
-    // Loops that found nothing wait to be woken; one of them looks again each poll, for
+    // Lanes that found nothing wait to be woken; one of them looks again each poll, for
     // messages pushed without a broadcast and for delayed ones that came due.
     this.#pollEvery = this.options.pollMs
     const poll = setInterval(() => this.#poll(), this.options.pollMs)
@@ -232,10 +226,25 @@ export class WebhookDispatcher {
     this.#timers = [beat, sweep, log, poll]
     this.registry.onChange(async () => await this.#follow())
     await this.#follow()
-    for (let n = 0; n < this.options.concurrency; n++) {
-      const consumer = this.engine.queue.consumer(this.#processingKey(n), this.#retryKey, this.#delayKey)
+    const lanes = laneCount(this.options.concurrency)
+    for (let n = 0; n < lanes; n++) {
+      const processingKey = this.#processingKey(n)
+      const consumer = this.engine.queue.consumer(processingKey, this.#retryKey, this.#delayKey)
+      // The deliveries in flight, spread as evenly as they go over the lanes.
+      const capacity = Math.floor(this.options.concurrency / lanes) + (n < this.options.concurrency % lanes ? 1 : 0)
+      const lane = new DeliveryLane(consumer, capacity, {
+        plan: () => this.#plan(lanes),
+        handle: async (claimed, c) => await this.#handle(claimed, c),
+        claimed: (count) => this.#claimed(count),
+        rest: async (ms) => await this.#rest(ms),
+        wake: (count) => this.#wake(count),
+        reclaim: async () => { await this.engine.queue.reclaim(processingKey, this.#retryKey, ENVELOPE_PREFIX) },
+        stopping: () => this.#stopping,
+        signal: this.#stop.signal
+      }, this.log)
       this.#consumers.push(consumer)
-      this.#loops.push(this.#loop(consumer, this.#processingKey(n)))
+      this.#lanes.push(lane)
+      this.#runs.push(lane.run())
     }
   }
 
@@ -251,13 +260,13 @@ export class WebhookDispatcher {
     await this.#unsubscribe?.().catch(() => undefined)
     this.#unsubscribe = undefined
     await this.#recorder.flush()
-    await Promise.all(this.#loops)
+    await Promise.all(this.#runs)
     await Promise.all(this.#consumers.map((c) => c.close()))
-    for (let n = 0; n < this.options.concurrency; n++) {
+    for (let n = 0; n < this.#lanes.length; n++) {
       await this.engine.queue.reclaim(this.#processingKey(n), this.#retryKey, ENVELOPE_PREFIX).catch(() => 0)
     }
     await this.#flushAttempts().catch(() => undefined)
-    await this.#agent.close()
+    await this.#sender.close()
   }
 
   /** Lines of webhooks deleted meanwhile are dropped, not written back under their id. */
@@ -270,7 +279,7 @@ export class WebhookDispatcher {
 
   /**
    * Subscribes to the broadcast channel while an enabled webhook needs it: a subscriber, for its
-   * copies, or a consumer under `matching`, whose idle loops hear from it what is worth a look.
+   * copies, or a consumer under `matching`, whose idle lanes hear from it what is worth a look.
    * Otherwise the gateway takes in none of the channel's traffic for webhooks.
    */
   async #follow (): Promise<void> {
@@ -307,7 +316,7 @@ export class WebhookDispatcher {
     await this.#following
   }
 
-  /** A broadcast event: copies for the subscriber webhooks it matches; a wake for consumer loops it may interest. */
+  /** A broadcast event: copies for the subscriber webhooks it matches; a wake for consumer lanes it may interest. */
   #heard (frame: Buffer): void {
     const webhooks = this.registry.snapshot()
     let subscribing = false
@@ -317,7 +326,7 @@ export class WebhookDispatcher {
       if (w.role === 'subscriber') subscribing = true
       else consuming = true
     }
-    // Loops idle here (not in BLMOVE): `matching`, or `all` beside subscriber webhooks.
+    // Lanes idle here (not in BLMOVE): `matching`, or `all` beside subscriber webhooks.
     const waiting = consuming && this.#idle.length > 0
     if (!subscribing && !waiting) return
     // Past the bound, nothing is decoded: a subscriber's copy could not be delivered anyway.
@@ -363,7 +372,7 @@ export class WebhookDispatcher {
     }
   }
 
-  /** Wakes up to `n` loops waiting for work. */
+  /** Wakes up to `n` lanes waiting for work. */
   #wake (n: number): void {
     for (; n > 0 && this.#idle.length > 0; n--) (this.#idle.shift() as () => void)()
   }
@@ -444,8 +453,7 @@ export class WebhookDispatcher {
   }
 
   #allows (id: string, now: number): boolean {
-    const c = this.#circuits.get(id)
-    return c === undefined || (c.openUntil <= now && c.notBefore <= now)
+    return this.health.allows(id, now)
   }
 
   #matches (webhook: StoredWebhook, eventName: string): boolean {
@@ -460,85 +468,30 @@ export class WebhookDispatcher {
   }
 
   /**
-   * One delivery loop. While the list is long it claims several messages at a time (its fair
-   * share, up to CLAIM_MAX) and acknowledges those it finished with in the same round trip as
-   * the next claim: two Redis commands per message would cost more than the delivery itself.
-   * Claimed messages wait in this instance's processing list, so a crash loses none of them; it
-   * means a redelivery of those done but not yet acknowledged.
+   * What a lane's next claim takes: nothing while no webhook can be delivered to (with `all`:
+   * with `matching`, messages already taken, put back or delayed, are claimed even so, and one
+   * that no webhook wants any more goes back to the list, for the other consumers).
    */
-  async #loop (consumer: Consumer, processingKey: string): Promise<void> {
-    let done: Buffer[] = []
-    let batch: Buffer[] = []
-    let sourcesFirst = false
-    // After a failure the loop cannot tell what reached Redis (a claim whose answer was lost, a
-    // release half done): it hands back everything its list holds. A message done but not yet
-    // acknowledged is then sent again, which is better than a loss.
-    let unsure = false
-    while (!this.#stopping) {
-      try {
-        if (unsure) {
-          await this.engine.queue.reclaim(processingKey, this.#retryKey, ENVELOPE_PREFIX)
-          unsure = false
-        }
-        const { globs, sources } = this.#wanted()
-        // With `matching`, messages already taken (put back, delayed) are claimed even so: one
-        // that no webhook wants any more goes back to the list, for the other consumers.
-        if (globs.length === 0 && sources.length === 0 && this.options.take === 'all') {
-          // Nothing can be delivered for now: what this loop holds goes back, so others may take it.
-          await consumer.release(batch, ENVELOPE_PREFIX)
-          batch = []
-          await consumer.ack(...done)
-          done = []
-          await this.#rest(500)
-          continue
-        }
-        if (batch.length === 0) {
-          // Only a claim of `all` from the consumer list alone may wait in Redis (BLMOVE); any
-          // other waits here, to be woken by a broadcast, a recorded copy or the poll.
-          const blocking = this.options.take === 'all' && sources.length === 0
-          sourcesFirst = !sourcesFirst
-          batch = await consumer.claim(blocking ? 1000 : 0, {
-            max: CLAIM_MAX,
-            sharers: this.options.concurrency,
-            done,
-            oversized: this.#oversized,
-            ...(this.options.take === 'matching'
-              ? { take: { globs, depth: this.options.scanDepth }, scanned: this.metrics.scanned }
-              : {}),
-            sources,
-            sourcesFirst
-          })
-          done = []
-          // A full claim means more may wait: one more loop gets to look.
-          if (batch.length >= CLAIM_MAX) this.#wake(1)
-          if (!blocking) this.#claimed(batch.length)
-          if (batch.length === 0 && !blocking) await this.#rest(60_000)
-          continue
-        }
-        const claimed = batch.shift() as Buffer
-        this.inFlight++
-        try {
-          const handled = await this.#handle(claimed, consumer)
-          if (handled !== undefined) done.push(handled)
-        } finally {
-          this.inFlight--
-        }
-      } catch (err) {
-        if (this.#stopping) break
-        this.log.warn({ err: { message: (err as Error).message } }, 'webhook dispatch loop: handing back what it holds, retrying in a second')
-        batch = []
-        done = []
-        unsure = true
-        await this.#pause(1000)
+  #plan (lanes: number): ReturnType<LaneWork['plan']> {
+    const { globs, sources } = this.#wanted()
+    if (globs.length === 0 && sources.length === 0 && this.options.take === 'all') return null
+    // Only a claim of `all` from the consumer list alone may wait in Redis (BLMOVE); any other
+    // waits in the dispatcher, to be woken by a broadcast, a recorded copy or the poll.
+    this.#sourcesFirst = !this.#sourcesFirst
+    return {
+      blocking: this.options.take === 'all' && sources.length === 0,
+      options: {
+        sharers: lanes,
+        oversized: this.#oversized,
+        ...(this.options.take === 'matching' ? { take: { globs, depth: this.options.scanDepth }, scanned: this.metrics.scanned } : {}),
+        sources,
+        sourcesFirst: this.#sourcesFirst
       }
     }
-    // What was claimed but not started stays in the processing list, which stop() hands back.
-    await consumer.ack(...done).catch(() => undefined)
   }
 
-  async #pause (ms: number): Promise<void> {
-    await sleep(ms, undefined, { signal: this.#stop.signal }).catch(() => undefined)
-  }
+  /** claims alternate: subscriber lists first, then the consumer list first */
+  #sourcesFirst = false
 
   /**
    * One round for one message: delivered, dead-lettered (both: returns it, to be acknowledged),
@@ -591,7 +544,7 @@ export class WebhookDispatcher {
     const now = Date.now()
     const candidates = all.filter((w) => this.#allows(w.id, now))
     if (candidates.length > 0) {
-      const start = (await this.#position()) % candidates.length
+      const start = (await this.#roundRobin.position(all.map((w) => w.id))) % candidates.length
       for (let k = 0; k < candidates.length && !this.#stopping; k++) {
         // The registry as it is now: a webhook deleted or disabled meanwhile gets no new attempt.
         const webhook = this.registry.current((candidates[(start + k) % candidates.length] as StoredWebhook).id)
@@ -614,93 +567,31 @@ export class WebhookDispatcher {
     return undefined
   }
 
-  /**
-   * The next position in the round-robin sequence all instances share. Positions are reserved
-   * in blocks, so choosing a webhook costs no round trip; each block is used in order, so every
-   * instance still spreads its messages evenly, and so do all of them together.
-   */
-  async #position (): Promise<number> {
-    while (this.#rrNext >= this.#rrEnd) {
-      this.#rrRefill ??= this.engine.store.increment(`${this.options.keyPrefix}rr`, RR_BLOCK).then((end) => {
-        this.#rrNext = end - RR_BLOCK
-        this.#rrEnd = end
-      }).finally(() => { this.#rrRefill = undefined })
-      await this.#rrRefill
-    }
-    return this.#rrNext++
-  }
-
   async #deliver (webhook: StoredWebhook, id: string, body: string, event: BusEvent): Promise<Attempt> {
-    const started = performance.now()
-    const timestamp = Math.floor(Date.now() / 1000)
-    let attempt: Attempt
-    try {
-      const { url, privateLiteral } = this.#target(webhook.url)
-      // An IP literal never goes through the connect-time lookup: checked here instead.
-      if (!this.options.allowPrivate && privateLiteral) throw new Error(`${url.hostname} is a private address; refused`)
-      // One bound for the whole answer, body included: a receiver that drips its body must not hold the attempt.
-      const signal = AbortSignal.timeout(this.options.timeoutMs)
-      const res = await request(url, {
-        method: 'POST',
-        dispatcher: this.#agent,
-        signal,
-        headers: {
-          'content-type': 'application/json',
-          'user-agent': 'busgate',
-          'webhook-id': id,
-          'webhook-timestamp': String(timestamp),
-          'webhook-signature': signatureHeader(id, timestamp, body, activeSecrets(webhook))
-        },
-        body,
-        headersTimeout: this.options.timeoutMs,
-        bodyTimeout: this.options.timeoutMs,
-      })
-      // The receiver has answered: a body it then drips is cut at the bound, and a 2xx still
-      // stands (failing it would deliver the message again to a receiver that took it).
-      await res.body.dump({ limit: 64 * 1024, signal }).catch(() => undefined)
-      const ok = res.statusCode >= 200 && res.statusCode < 300
-      attempt = { ok, status: res.statusCode, error: ok ? null : `HTTP ${res.statusCode}`, retryAfterMs: retryAfter(res.headers['retry-after']) }
-    } catch (err) {
-      attempt = { ok: false, status: null, error: (err as Error).message, retryAfterMs: null }
-    }
-    const seconds = (performance.now() - started) / 1000
-    this.#after(webhook, attempt, seconds)
+    const attempt = await this.#sender.send(webhook, id, body)
+    this.#after(webhook, attempt)
     // The log is for people: written in batches, a delivery never waits on it.
     this.attempts.record(webhook.id, {
       at: new Date().toISOString(),
       message_id: id,
       event_name: event.event_name,
       status: attempt.status,
-      latency_ms: Math.round(seconds * 10_000) / 10,
+      latency_ms: Math.round(attempt.seconds * 10_000) / 10,
       error: attempt.error
     })
     return attempt
   }
 
-  #target (raw: string): { url: URL, privateLiteral: boolean } {
-    let target = this.#targets.get(raw)
-    if (target === undefined) {
-      const url = new URL(raw)
-      const host = urlHost(url)
-      target = { url, privateLiteral: isIP(host) !== 0 && isPrivateAddress(host) }
-      if (this.#targets.size > 1000) this.#targets.clear()
-      this.#targets.set(raw, target)
-    }
-    return target
-  }
-
-  /** The circuit breaker, 410 and Retry-After: what one answer means for the next ones. */
-  #after (webhook: StoredWebhook, attempt: Attempt, seconds: number): void {
-    const circuit = this.#circuits.get(webhook.id) ?? { failures: 0, openUntil: 0, notBefore: 0 }
-    this.#circuits.set(webhook.id, circuit)
+  /** What one answer means for the next ones: the shared health (circuit, Retry-After), and 410. */
+  #after (webhook: StoredWebhook, attempt: Attempt): void {
+    const at = Date.now()
     if (attempt.ok) {
-      if (circuit.failures >= this.options.circuitFailures) this.metrics.circuit(webhook.id, false)
-      circuit.failures = 0
-      this.metrics.delivery('delivered', seconds)
+      this.metrics.delivery('delivered', attempt.seconds)
+      this.health.record(webhook.id, { kind: 'delivered', at, status: attempt.status })
       return
     }
     if (attempt.status === 410) {
-      this.metrics.delivery('gone', seconds)
+      this.metrics.delivery('gone', attempt.seconds)
       this.log.warn({ webhook: webhook.id }, 'webhook answered 410 Gone: disabled')
       // A compare-and-set: a PATCH at the same moment keeps its change, and this one holds too.
       this.registry.update(webhook.id, { enabled: false }).catch((err: unknown) => {
@@ -709,20 +600,12 @@ export class WebhookDispatcher {
       return
     }
     if (attempt.retryAfterMs !== null && (attempt.status === 429 || attempt.status === 503)) {
-      circuit.notBefore = Date.now() + attempt.retryAfterMs
-      this.metrics.delivery('throttled', seconds)
+      this.metrics.delivery('throttled', attempt.seconds)
+      this.health.record(webhook.id, { kind: 'throttled', at, status: attempt.status, untilMs: at + attempt.retryAfterMs })
       return
     }
-    this.metrics.delivery('failed', seconds)
-    circuit.failures++
-    if (circuit.failures >= this.options.circuitFailures) {
-      // Set aside, then probed again: after the cooldown one delivery may try it.
-      circuit.openUntil = Date.now() + this.options.circuitCooldownMs
-      if (circuit.failures === this.options.circuitFailures) {
-        this.metrics.circuit(webhook.id, true)
-        this.log.warn({ webhook: webhook.id }, 'webhook keeps failing: set aside for a while')
-      }
-    }
+    this.metrics.delivery('failed', attempt.seconds)
+    this.health.record(webhook.id, { kind: 'failed', at, status: attempt.status })
   }
 
   /** Moves a message to the dead letters; returns it, to be acknowledged. */
@@ -759,10 +642,7 @@ export class WebhookDispatcher {
   }
 }
 
-function retryAfter (value: string | string[] | undefined): number | null {
-  const text = Array.isArray(value) ? value[0] : value
-  if (text === undefined) return null
-  if (/^\d+$/.test(text.trim())) return Math.min(Number(text.trim()) * 1000, 3_600_000)
-  const at = Date.parse(text)
-  return Number.isNaN(at) ? null : Math.min(Math.max(0, at - Date.now()), 3_600_000)
+/** Lanes for `concurrency` deliveries in flight: one per LANE_MIN of them, at most MAX_LANES. */
+export function laneCount (concurrency: number): number {
+  return Math.max(1, Math.min(MAX_LANES, Math.ceil(concurrency / LANE_MIN)))
 }

@@ -35,6 +35,9 @@ export function storeContract (t: Test, make: EngineFactory): void {
 
     t.equal(await store.increment(c), 1)
     t.equal(await store.increment(c), 2)
+    t.equal(await store.hashIncrement(h, 'n', 64), 64)
+    t.equal(await store.hashIncrement(h, 'n', 64), 128)
+    t.equal(await store.hashGet(h, 'n'), '128', 'a field as HINCRBY leaves it')
   })
   t.test('the store: a merged hash expires, and a guard keeps it as it is', async (t) => {
     const engine = await fresh(t)

@@ -1,0 +1,153 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyBaseLogger } from 'fastify'
+import type { ClaimOptions, Consumer } from '../engines/engine.js'
+
+/** most messages one claim takes: more in flight take more claims, each reply stays small */
+export const CLAIM_MAX = 64
+/** a delivery done while no claim is coming is acknowledged within this */
+const ACK_MS = 100
+
+/** What a lane needs of the dispatcher. */
+export interface LaneWork {
+  /**
+   * What a claim may take now: whether it may wait in Redis (BLMOVE), and the rest of its
+   * options; null when nothing can be delivered for now.
+   */
+  plan: () => { blocking: boolean, options: Omit<ClaimOptions, 'max' | 'done'> } | null
+  /** One round for one message; returns it when it is to be acknowledged. */
+  handle: (claimed: Buffer, consumer: Consumer) => Promise<Buffer | undefined>
+  /** How many a claim that did not wait in Redis brought (pacing for idle looks). */
+  claimed: (count: number) => void
+  /** Waits to be woken (or stopped); at most `ms`. */
+  rest: (ms: number) => Promise<void>
+  /** Wakes up to `n` lanes that rest. */
+  wake: (n: number) => void
+  /** Hands back everything the lane's processing list holds. */
+  reclaim: () => Promise<void>
+  stopping: () => boolean
+  /** aborted when the dispatcher stops */
+  signal: AbortSignal
+}
+
+/**
+ * One delivery lane: a processing list of this instance, and up to `capacity` deliveries from it
+ * in flight at once. It claims when it has room (its fair share, up to CLAIM_MAX at a time) and
+ * acknowledges what it finished in the same round trip as its next claim, or within ACK_MS when
+ * none comes. Claimed messages wait in the processing list until then, so a crash loses none of
+ * them; it means a redelivery of those done but not yet acknowledged: at most `capacity`, since
+ * what is in flight and what waits to be acknowledged are never more together.
+ */
+export class DeliveryLane {
+  inFlight = 0
+  #done: Buffer[] = []
+  #roomMade: (() => void) | undefined
+  #ackTimer: NodeJS.Timeout | undefined
+  /** a round failed in a way that leaves unknown what reached Redis */
+  #unsure = false
+
+  constructor (
+    private readonly consumer: Consumer,
+    private readonly capacity: number,
+    private readonly work: LaneWork,
+    private readonly log: FastifyBaseLogger
+  ) {}
+
+  async run (): Promise<void> {
+    const { work } = this
+    while (!work.stopping()) {
+      try {
+        if (this.#unsure) {
+          // After a failure the lane cannot tell what reached Redis (a claim whose answer was
+          // lost, a release half done): once what is in flight has ended, it hands back all its
+          // list holds. A message done but not acknowledged is then sent again, better than lost.
+          await this.#drained()
+          this.#done = []
+          await work.reclaim()
+          this.#unsure = false
+        }
+        const room = Math.min(this.capacity - this.inFlight, CLAIM_MAX)
+        if (room <= 0) {
+          await this.#room()
+          continue
+        }
+        const plan = work.plan()
+        if (plan === null) {
+          // Nothing can be delivered for now: what is done is acknowledged, and the lane waits.
+          await this.consumer.ack(...this.#takeDone())
+          await work.rest(500)
+          continue
+        }
+        const batch = await this.consumer.claim(plan.blocking ? 1000 : 0, { ...plan.options, max: room, done: this.#takeDone() })
+        // A full claim means more may wait: one more lane gets to look.
+        if (batch.length >= room) work.wake(1)
+        if (!plan.blocking) work.claimed(batch.length)
+        for (const claimed of batch) this.#start(claimed)
+        if (batch.length === 0 && !plan.blocking) await work.rest(60_000)
+      } catch (err) {
+        if (work.stopping()) break
+        this.log.warn({ err: { message: (err as Error).message } }, 'webhook delivery lane: handing back what it holds, retrying in a second')
+        this.#unsure = true
+        await sleep(1000, undefined, { signal: work.signal }).catch(() => undefined)
+      }
+    }
+    // Deliveries under way end (each within its timeout); what was claimed and not finished
+    // stays in the processing list, which the dispatcher hands back.
+    await this.#drained()
+    clearTimeout(this.#ackTimer)
+    await this.consumer.ack(...this.#takeDone()).catch(() => undefined)
+  }
+
+  #start (claimed: Buffer): void {
+    this.inFlight++
+    this.work.handle(claimed, this.consumer).then((handled) => {
+      if (handled === undefined) return
+      this.#done.push(handled)
+      this.#ackSoon()
+    }, (err: unknown) => {
+      this.log.warn({ err: { message: (err as Error).message } }, 'webhook delivery failed inside busgate: its lane hands back what it holds')
+      this.#unsure = true
+    }).finally(() => {
+      this.inFlight--
+      this.#roomMade?.()
+    })
+  }
+
+  #takeDone (): Buffer[] {
+    const done = this.#done
+    this.#done = []
+    clearTimeout(this.#ackTimer)
+    this.#ackTimer = undefined
+    return done
+  }
+
+  /** A lane that rests or waits in Redis claims nothing for a while: what is done is acknowledged on its own then. */
+  #ackSoon (): void {
+    this.#ackTimer ??= setTimeout(() => {
+      this.#ackTimer = undefined
+      const done = this.#takeDone()
+      if (done.length === 0) return
+      this.consumer.ack(...done).catch(() => { this.#unsure = true })
+    }, ACK_MS)
+  }
+
+  /** Until a delivery ends (or the dispatcher stops). */
+  async #room (): Promise<void> {
+    if (this.inFlight < this.capacity) return
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.#roomMade = undefined
+        this.work.signal.removeEventListener('abort', done)
+        resolve()
+      }
+      this.#roomMade = done
+      this.work.signal.addEventListener('abort', done)
+    })
+  }
+
+  async #drained (): Promise<void> {
+    while (this.inFlight > 0) {
+      await new Promise<void>((resolve) => { this.#roomMade = resolve })
+      this.#roomMade = undefined
+    }
+  }
+}
