@@ -43,8 +43,10 @@ const webhooks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { co
     },
     config: adminOnly
   }, async (request, reply) => {
-    const { url, event_names: eventNames = ['*'], description = '', enabled = true, role = 'consumer' } = request.body
-    const created = await app.webhooks.create({ url: await safeUrl(url), event_names: eventNames, description, enabled, role })
+    const { url, event_names: eventNames = ['*'], description = '', enabled = true, role = 'consumer', max_in_flight: maxInFlight, rate_limit: rateLimit } = request.body
+    const created = await app.webhooks.create({
+      url: await safeUrl(url), event_names: eventNames, description, enabled, role, max_in_flight: maxInFlight ?? null, rate_limit: rateLimit ?? null
+    })
     return reply.code(201).send({ ...shown(created), secret: created.secrets[0]?.value ?? '' })
   })
 

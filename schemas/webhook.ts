@@ -23,12 +23,27 @@ const Role = Type.Union([Type.Literal('consumer'), Type.Literal('subscriber')], 
   examples: ['subscriber']
 })
 
+const MaxInFlight = Type.Integer({
+  minimum: 1,
+  maximum: 100_000,
+  description: 'most deliveries to it at once, across all gateway instances; unset: no bound but the instances\' own',
+  examples: [10]
+})
+const RateLimit = Type.Number({
+  exclusiveMinimum: 0,
+  maximum: 100_000,
+  description: 'most deliveries to it per second, across all gateway instances, evenly spaced; unset: no bound',
+  examples: [50]
+})
+
 export const WebhookInput = Type.Object({
   url: Url,
   event_names: Type.Optional(EventNames),
   description: Type.Optional(Description),
   enabled: Type.Optional(Enabled),
-  role: Type.Optional(Role)
+  role: Type.Optional(Role),
+  max_in_flight: Type.Optional(MaxInFlight),
+  rate_limit: Type.Optional(RateLimit)
 }, { $id: 'WebhookInput', title: 'WebhookInput', additionalProperties: false, description: 'A new webhook. `event_names` defaults to `["*"]`, `enabled` to true, `role` to `consumer`.' })
 export type WebhookInput = Static<typeof WebhookInput>
 
@@ -36,7 +51,9 @@ export const WebhookPatch = Type.Object({
   url: Type.Optional(Url),
   event_names: Type.Optional(EventNames),
   description: Type.Optional(Description),
-  enabled: Type.Optional(Enabled)
+  enabled: Type.Optional(Enabled),
+  max_in_flight: Type.Optional(Type.Union([MaxInFlight, Type.Null()], { description: `${MaxInFlight.description}; null removes the bound` })),
+  rate_limit: Type.Optional(Type.Union([RateLimit, Type.Null()], { description: `${RateLimit.description}; null removes the bound` }))
 }, { $id: 'WebhookPatch', title: 'WebhookPatch', additionalProperties: false, minProperties: 1, description: 'The fields to change' })
 export type WebhookPatch = Static<typeof WebhookPatch>
 
@@ -62,6 +79,8 @@ export const Webhook = Type.Object({
   description: Type.String(),
   enabled: Type.Boolean(),
   role: Role,
+  max_in_flight: Type.Union([Type.Integer(), Type.Null()], { description: 'most deliveries to it at once, across all instances; null: no bound' }),
+  rate_limit: Type.Union([Type.Number(), Type.Null()], { description: 'most deliveries to it per second, across all instances; null: no bound' }),
   created_at: Type.String({ format: 'date-time' }),
   updated_at: Type.String({ format: 'date-time' }),
   health: Type.Ref('WebhookHealth')

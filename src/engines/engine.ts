@@ -163,6 +163,16 @@ export interface Store {
   increment (key: string, by?: number): Promise<number>
   /** HINCRBY: returns the field's new value */
   hashIncrement (key: string, field: string, by: number): Promise<number>
+  /**
+   * A place under shared limits, in one step: unless the sorted set `inFlightKey` holds
+   * `maxInFlight` live tokens (0: no bound) or the rate kept in `rateKey` allows no delivery yet
+   * (`perSecond` deliveries a second, evenly spaced; 0: no bound), takes one: adds `token`,
+   * live for `ttlMs` (so a holder that dies frees it), and moves the rate on. Returns 0 when it
+   * took one, how many ms until the rate allows one, or -1 when all places are held.
+   */
+  slotAcquire (inFlightKey: string, rateKey: string, token: string, maxInFlight: number, perSecond: number, ttlMs: number): Promise<number>
+  /** Gives back a place `slotAcquire` took. */
+  slotRelease (inFlightKey: string, token: string): Promise<void>
 }
 
 /**

@@ -192,6 +192,10 @@ export class MemoryKeyspace {
   readonly lists = new Map<string, string[]>()
   readonly counters = new Map<string, number>()
   readonly strings = new Map<string, string>()
+  /** places under shared limits (see Store.slotAcquire): token to until when it holds, by key */
+  readonly slots = new Map<string, Map<string, number>>()
+  /** when a rate next allows one (ms), by key */
+  readonly rates = new Map<string, number>()
   /** the dead letters, by base (see WorkQueue.deadLetterStore) */
   readonly letters = new Map<string, Letters>()
   /** by seen key: until when it is kept, and the occurrence recorded for each webhook */

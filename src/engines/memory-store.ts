@@ -57,9 +57,9 @@ export class MemoryStore implements Store {
   }
 
   async deleteKeys (...keys: string[]): Promise<void> {
-    const { hashes, lists, strings, counters, expiring, retries } = this.#keyspace
+    const { hashes, lists, strings, counters, expiring, retries, slots, rates } = this.#keyspace
     for (const key of keys) {
-      for (const map of [hashes, lists, strings, counters, expiring, retries]) map.delete(key)
+      for (const map of [hashes, lists, strings, counters, expiring, retries, slots, rates]) map.delete(key)
     }
   }
 
@@ -117,6 +117,26 @@ export class MemoryStore implements Store {
     const next = (counters.get(key) ?? 0) + by
     counters.set(key, next)
     return next
+  }
+
+  async slotAcquire (inFlightKey: string, rateKey: string, token: string, maxInFlight: number, perSecond: number, ttlMs: number): Promise<number> {
+    const now = Date.now()
+    const held = this.#keyspace.slots.get(inFlightKey) ?? new Map<string, number>()
+    if (maxInFlight > 0) {
+      for (const [t, until] of held) if (until <= now) held.delete(t)
+      if (held.size >= maxInFlight) return -1
+    }
+    if (perSecond > 0) {
+      const free = this.#keyspace.rates.get(rateKey) ?? 0
+      if (free > now) return Math.ceil(free - now)
+      this.#keyspace.rates.set(rateKey, now + 1000 / perSecond)
+    }
+    if (maxInFlight > 0) this.#keyspace.slots.set(inFlightKey, held.set(token, now + ttlMs))
+    return 0
+  }
+
+  async slotRelease (inFlightKey: string, token: string): Promise<void> {
+    this.#keyspace.slots.get(inFlightKey)?.delete(token)
   }
 
   async hashIncrement (key: string, field: string, by: number): Promise<number> {

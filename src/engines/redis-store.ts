@@ -6,6 +6,7 @@ declare module 'ioredis' {
   interface RedisCommander<Context> {
     busgateHashMerge: (key: string, ...args: string[]) => Result<number, Context>
     busgateHashSwap: (key: string, counter: string, field: string, expects: string, expected: string, sets: string, value: string) => Result<number, Context>
+    busgateSlotAcquire: (inFlight: string, rate: string, token: string, max: number, perSecond: number, ttlMs: number) => Result<number, Context>
   }
 }
 
@@ -53,11 +54,35 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 `
 
+// KEYS: the in-flight set (token by expiry), the rate's next free time. ARGV: token, max,
+// per second, ttl. By Redis's clock, so instances whose clocks differ share one rate.
+const SLOT_ACQUIRE_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local max, rate, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if max > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= max then return -1 end
+end
+if rate > 0 then
+  local free = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if free > now then return math.ceil(free - now) end
+  local nextFree = now + 1000 / rate
+  redis.call('SET', KEYS[2], tostring(nextFree), 'PX', math.ceil(nextFree - now) + 1000)
+end
+if max > 0 then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 0
+`
+
 /** busgate's own state on Redis, as the keys under BUSGATE_KEY_PREFIX hold it. */
 export class RedisStore implements Store {
   constructor (private readonly link: RedisLink) {
     link.commands.defineCommand('busgateHashMerge', { numberOfKeys: 1, lua: HASH_MERGE_LUA })
     link.commands.defineCommand('busgateHashSwap', { numberOfKeys: 2, lua: HASH_SWAP_LUA })
+    link.commands.defineCommand('busgateSlotAcquire', { numberOfKeys: 2, lua: SLOT_ACQUIRE_LUA })
   }
 
   get #redis (): RedisLink['commands'] {
@@ -152,5 +177,13 @@ export class RedisStore implements Store {
 
   async hashIncrement (key: string, field: string, by: number): Promise<number> {
     return await this.link.call(async () => await this.#redis.hincrby(key, field, by))
+  }
+
+  async slotAcquire (inFlightKey: string, rateKey: string, token: string, maxInFlight: number, perSecond: number, ttlMs: number): Promise<number> {
+    return await this.link.call(async () => await this.#redis.busgateSlotAcquire(inFlightKey, rateKey, token, maxInFlight, perSecond, ttlMs))
+  }
+
+  async slotRelease (inFlightKey: string, token: string): Promise<void> {
+    await this.link.call(async () => await this.#redis.zrem(inFlightKey, token))
   }
 }

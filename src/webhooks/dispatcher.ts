@@ -11,6 +11,7 @@ import type { StoredWebhook, WebhookRegistry } from './registry.js'
 import { ENVELOPE_PREFIX, EnvelopeSealer, looksSealed, type Envelope } from './envelope.js'
 import { DeliveryLane } from './delivery-lane.js'
 import type { HealthBook } from './health-book.js'
+import { WebhookLimits } from './limits.js'
 import { RoundRobin } from './round-robin.js'
 import { WebhookSender, type Attempt } from './sender.js'
 import { SubscriberRecorder, type RecorderMetrics } from './subscriber-recorder.js'
@@ -85,6 +86,7 @@ export class WebhookDispatcher {
   readonly #matchers = new Map<string, (name: string) => boolean>()
   #sequence = 0
   readonly #roundRobin: RoundRobin
+  readonly #limits: WebhookLimits
   readonly #sender: WebhookSender
   #sealer: Promise<EnvelopeSealer> | undefined
   /** when the envelope key was last read again because a value would not open (performance.now()) */
@@ -119,6 +121,8 @@ export class WebhookDispatcher {
     private readonly log: FastifyBaseLogger
   ) {
     this.#roundRobin = new RoundRobin(engine.store, `${options.keyPrefix}rr:sets`)
+    // A place is held for a delivery's whole bound, and a little: one that dies frees it then.
+    this.#limits = new WebhookLimits(engine.store, options.keyPrefix, this.instance, options.timeoutMs + 5000, this.#stop.signal)
     this.#sender = new WebhookSender({ timeoutMs: options.timeoutMs, allowPrivate: options.allowPrivate, connections: options.concurrency })
     this.#recorder = new SubscriberRecorder(engine.queue, async () => await this.#envelopes(), (id) => this.subscriberList(id),
       { keyPrefix: options.keyPrefix, queueMax: options.subscriberQueueMax }, metrics.recorder, (n) => this.#wake(n), log)
@@ -155,6 +159,7 @@ export class WebhookDispatcher {
     await this.engine.store.deleteKeys(this.subscriberList(webhookId))
     await this.attempts.remove(webhookId)
     await this.health.forget(webhookId)
+    await this.#limits.forget(webhookId)
   }
 
   /** Disables a webhook that has failed for longer than BUSGATE_WEBHOOK_DISABLE_AFTER_MS without a success. */
@@ -452,8 +457,9 @@ export class WebhookDispatcher {
     return { globs: [...globs], sources }
   }
 
+  /** Whether claims may take messages for this webhook now: its health, and its limits as last heard. */
   #allows (id: string, now: number): boolean {
-    return this.health.allows(id, now)
+    return this.health.allows(id, now) && this.#limits.waitMs(id, now) === 0
   }
 
   #matches (webhook: StoredWebhook, eventName: string): boolean {
@@ -542,18 +548,39 @@ export class WebhookDispatcher {
       }
     }
     const now = Date.now()
-    const candidates = all.filter((w) => this.#allows(w.id, now))
+    const candidates = all.filter((w) => this.health.allows(w.id, now))
+    let tried = false
+    /** the soonest one of them at its limit may take it */
+    let limitedFor = Infinity
     if (candidates.length > 0) {
       const start = (await this.#roundRobin.position(all.map((w) => w.id))) % candidates.length
       for (let k = 0; k < candidates.length && !this.#stopping; k++) {
         // The registry as it is now: a webhook deleted or disabled meanwhile gets no new attempt.
         const webhook = this.registry.current((candidates[(start + k) % candidates.length] as StoredWebhook).id)
         if (webhook?.enabled !== true) continue
+        const known = this.#limits.waitMs(webhook.id, now)
+        const slot = known > 0 ? { waitMs: known } : await this.#limits.acquire(webhook)
+        if ('waitMs' in slot) {
+          limitedFor = Math.min(limitedFor, slot.waitMs)
+          continue
+        }
+        tried = true
         envelope.attempts++
-        const result = await this.#deliver(webhook, envelope.id, body, event)
+        let result: Attempt
+        try {
+          result = await this.#deliver(webhook, envelope.id, body, event)
+        } finally {
+          slot.release()
+        }
         if (result.ok) return claimed
         envelope.last_error = `${webhook.id}: ${result.error ?? `HTTP ${result.status ?? '?'}`}`
       }
+    }
+    if (!tried && limitedFor < Infinity && !this.#stopping) {
+      // Every webhook that could take it is at its limit: it waits for the soonest, held by
+      // nobody, and no round is counted (it did not fail).
+      await consumer.delay(claimed, sealer.seal(envelope, frame), limitedFor)
+      return undefined
     }
     if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {
       return await this.#bury(claimed, envelope, frame, 'delivery_failed', envelope.last_error ?? 'no webhook was available', event)

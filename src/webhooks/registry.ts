@@ -28,6 +28,8 @@ const StoredWebhookSchema = Type.Object({
   description: Type.String(),
   enabled: Type.Boolean(),
   role: Type.Optional(WebhookRoleSchema),
+  max_in_flight: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
+  rate_limit: Type.Optional(Type.Union([Type.Number({ exclusiveMinimum: 0 }), Type.Null()])),
   created_at: Type.String(),
   updated_at: Type.String(),
   secrets: Type.Array(WebhookSecretSchema, { minItems: 1 })
@@ -37,8 +39,8 @@ const isStored = storedRecordCheck(StoredWebhookSchema)
 
 export type StoredWebhook = StoredRecord & { role: WebhookRole }
 
-/** What the API shows: never a secret. */
-export type PublicWebhook = Omit<StoredWebhook, 'secrets'>
+/** What the API shows: never a secret; every limit, null where there is none. */
+export type PublicWebhook = Omit<StoredWebhook, 'secrets' | 'max_in_flight' | 'rate_limit'> & { max_in_flight: number | null, rate_limit: number | null }
 
 export interface WebhookFields {
   url: string
@@ -46,6 +48,8 @@ export interface WebhookFields {
   description: string
   enabled: boolean
   role: WebhookRole
+  max_in_flight?: number | null
+  rate_limit?: number | null
 }
 
 /** A Standard Webhooks secret: `whsec_` and 24 random bytes in base64. */
@@ -54,7 +58,7 @@ export function newSecret (): string {
 }
 
 export function toPublic ({ secrets: _secrets, ...rest }: StoredWebhook): PublicWebhook {
-  return rest
+  return { ...rest, max_in_flight: rest.max_in_flight ?? null, rate_limit: rest.rate_limit ?? null }
 }
 
 /** The secrets still valid at `now`: the current one, and a rotated-out one within its overlap. */

@@ -67,6 +67,28 @@ export function storeContract (t: Test, make: EngineFactory): void {
     t.equal(await engine.store.exists(`{test}.live.${id}.2`), false, 'expired')
     t.same((await engine.store.keys(`{test}.live.${id}.*`)).sort().filter((k) => k.endsWith('.1')), [`{test}.live.${id}.1`])
   })
+  t.test('slots under shared limits: at most so many held at once, a rate evenly spaced, a dead holder\'s place freed', async (t) => {
+    const engine = await fresh(t)
+    const { store } = engine
+    const id = randomUUID()
+    const [held, rate] = [`{test}.inflight.${id}`, `{test}.rate.${id}`]
+    t.equal(await store.slotAcquire(held, rate, 'a', 2, 0, 60_000), 0)
+    t.equal(await store.slotAcquire(held, rate, 'b', 2, 0, 60_000), 0)
+    t.equal(await store.slotAcquire(held, rate, 'c', 2, 0, 60_000), -1, 'two held: the third waits')
+    await store.slotRelease(held, 'a')
+    t.equal(await store.slotAcquire(held, rate, 'c', 2, 0, 60_000), 0, 'one given back: taken')
+    const short = `{test}.inflight.short.${id}`
+    t.equal(await store.slotAcquire(short, rate, 'x', 1, 0, 50), 0)
+    await sleep(80)
+    t.equal(await store.slotAcquire(short, rate, 'y', 1, 0, 50), 0, 'a holder that never gave it back loses it after its ttl')
+    t.equal(await store.slotAcquire(held, rate, 'r1', 0, 10, 60_000), 0, 'a rate of 10/s: the first at once')
+    const wait = await store.slotAcquire(held, rate, 'r2', 0, 10, 60_000)
+    t.ok(wait > 50 && wait <= 100, `the next in about 100 ms (${wait})`)
+    await sleep(wait + 5)
+    t.equal(await store.slotAcquire(held, rate, 'r2', 0, 10, 60_000), 0, 'then it is allowed')
+    t.equal(await store.slotAcquire(held, rate, 'r3', 0, 0, 60_000), 0, 'no bound: always')
+  })
+
   t.test('setIfAbsent keeps the first value, whoever asks later', async (t) => {
     const engine = await fresh(t)
     const key = `{test}.once.${randomUUID()}`
