@@ -9,6 +9,8 @@ const UI_DIR = [new URL('../src/ui/', import.meta.url), new URL('../../src/ui/',
 const FILES = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/ui/dashboard.js': { file: 'dashboard.js', type: 'text/javascript; charset=utf-8' },
+  '/ui/charts.js': { file: 'charts.js', type: 'text/javascript; charset=utf-8' },
+  '/ui/msgpack.js': { file: 'msgpack.js', type: 'text/javascript; charset=utf-8' },
   '/ui/dashboard.css': { file: 'dashboard.css', type: 'text/css; charset=utf-8' }
 } as const
 
@@ -17,14 +19,14 @@ const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
   "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 /**
- * The dashboard: a page and its two files, read once at start. They hold no data (the page
- * asks the API, with the user's token), so they are public, like /docs.
+ * The dashboard: a page, its script modules and its styles, read once at start. They hold no
+ * data (the page asks the API, with the user's token), so they are public, like /docs.
  */
 const ui: FastifyPluginAsync = async (app) => {
   if (UI_DIR === undefined) throw new Error('the dashboard files (src/ui) are missing')
   for (const [url, { file, type }] of Object.entries(FILES)) {
     const body = readFileSync(new URL(file, UI_DIR))
-    // The page is a view of the API, so the spec lists it; its two files are not.
+    // The page is a view of the API, so the spec lists it; its files are not.
     const schema = url === '/'
       ? {
           operationId: 'dashboard',

@@ -2,11 +2,16 @@ import { existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { encode } from '@msgpack/msgpack'
 import { chromium, type Page } from 'playwright-core'
 import t from 'tap'
+import { decodeEvent, encodeEvent, toJsonEvent } from '../../src/codec.js'
+import type { DeadLetter } from '../../src/webhooks/dead-letters.js'
 import { listeningApp } from '../helpers/app.js'
+import { uniqueNames } from '../helpers/bus.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { startRedis } from '../helpers/redis.js'
+import { until } from '../helpers/wait.js'
 
 // Debian's chromium (apt-get install chromium), driven by playwright-core.
 const CHROMIUM = process.env.BUSGATE_TEST_CHROMIUM ?? '/usr/bin/chromium'
@@ -25,10 +30,12 @@ const { app, base } = await listeningApp(t, redis.url, { tokens, webhookAllowPri
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
 t.teardown(async () => { await browser.close() })
 
-const post = async (event: object): Promise<void> => {
-  const res = await fetch(`${base}/events`, {
+const admin = { authorization: 'Bearer admin-token' }
+
+const post = async (event: object, to = base): Promise<void> => {
+  const res = await fetch(`${to}/events${Array.isArray(event) ? '/batch' : ''}`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: 'Bearer admin-token' },
+    headers: { 'content-type': 'application/json', ...admin },
     body: JSON.stringify(event)
   })
   if (res.status !== 202) throw new Error(await res.text())
@@ -37,12 +44,12 @@ const post = async (event: object): Promise<void> => {
 const pageErrors: string[] = []
 
 /** A new tab with the token given in its form, as a user would, once the page asks for it. */
-async function signedIn (token: string): Promise<Page> {
+async function signedIn (token: string, to = base): Promise<Page> {
   const page = await (await browser.newContext()).newPage()
   page.on('pageerror', (err) => pageErrors.push(err.message))
   // A blocked script, style or request only shows on the console.
   page.on('console', (message) => { if (/Content Security Policy|Refused to/.test(message.text())) pageErrors.push(message.text()) })
-  await page.goto(`${base}/`)
+  await page.goto(`${to}/`)
   await page.locator('#token-form').waitFor({ state: 'visible' })
   await page.fill('#token', token)
   await page.click('#token-form button[type=submit]')
@@ -180,6 +187,254 @@ t.test('webhooks with their health, and the dead-letter count', async (t) => {
   t.equal(await watcher.locator('li.webhook').count(), 0)
   await page.close()
   await watcher.close()
+})
+
+/** The args of a letter's bytes as the stream shows them. */
+const argsOf = (letter: DeadLetter): unknown => toJsonEvent(decodeEvent(Buffer.from(letter.frame ?? '', 'base64'))).args
+const letterIds = async (page: Page): Promise<string[]> =>
+  await page.locator('#dead-letters tr.dead-letter').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id') ?? ''))
+
+async function filterLetters (page: Page, reason: string, eventName: string, status: RegExp): Promise<void> {
+  await page.selectOption('#dead-letter-reason', reason)
+  await page.fill('#dead-letter-event-name', eventName)
+  await page.click('#dead-letter-filters button[type=submit]')
+  await page.locator('#dead-letters-status', { hasText: status }).waitFor()
+}
+
+t.test('dead letters: filtered, their details, one redelivered, one deleted, old ones dated, more loaded, all redelivered after a confirm', async (t) => {
+  const receiver = await startReceiver(t)
+  // A consumer webhook makes this gateway (webhookTake: all) take the list and dead-letter what it does not match.
+  const hook = await app.inject({ method: 'POST', url: '/webhooks', headers: admin, payload: { url: receiver.url, event_names: ['dlq_wanted_later'] } })
+  t.equal(hook.statusCode, 201)
+  const hookId = hook.json().id as string
+  // As wire bytes: JSON cannot carry an integer past 2^53.
+  const alphaFrame = encode({ event_name: 'dlq_alpha', agent_id: 'i-ag07', args: ['first', new Uint8Array([0, 255]), 2n ** 63n - 1n] }, { useBigInt64: true })
+  t.equal((await fetch(`${base}/events`, { method: 'POST', headers: { 'content-type': 'application/msgpack', ...admin }, body: alphaFrame })).status, 202)
+  await post({ event_name: 'dlq_alpha', agent_id: 'i-ag07', args: ['second'] })
+  await post(Array.from({ length: 60 }, (_, i) => ({ event_name: 'dlq_bulk', args: [i] })))
+  const garbage = Buffer.from([0xc1, 0x01, 0x02])
+  await redis.client.rpush('events.prodcons', garbage)
+  // A letter three days old, as an older busgate kept it: the migration every gateway runs takes it in.
+  const old = new Date(Date.now() - 3 * 86_400_000)
+  const oldFrame = encodeEvent({ event_name: 'dlq_old', agent_id: 'i-ag07', args: ['old'] }).toString('base64')
+  const oldLetter = { id: 'dl_fromThreeDaysAgo', message_id: 'msg_old', reason: 'delivery_failed', error: 'HTTP 500', event_name: 'dlq_old', agent_id: 'i-ag07' }
+  await redis.client.lpush('busgate:dead-letters', JSON.stringify({ ...oldLetter, webhook_id: null, frame: oldFrame, attempts: 12, first_seen: old.toISOString(), dead_at: old.toISOString() }))
+  t.equal(await app.deadLetters.migrate(), 1)
+  const letters = async (filter: { reason?: DeadLetter['reason'], event_name?: string }) => (await app.deadLetters.list(0, 1000, filter)).deadLetters
+  await until(async () => (await letters({ event_name: 'dlq_alpha' })).length === 2 && (await letters({ event_name: 'dlq_bulk' })).length === 60 &&
+    (await letters({ reason: 'malformed' })).some((l) => l.frame === garbage.toString('base64')), 15_000)
+
+  const page = await signedIn('admin-token')
+  const row = (id: string) => page.locator(`#dead-letters tr.dead-letter[data-id="${id}"]`)
+  const detailsOf = (id: string) => page.locator(`#dead-letters tr.dead-letter[data-id="${id}"] + tr.details`)
+
+  await filterLetters(page, '', 'dlq_alpha', /^2 of 2 matching shown$/)
+  const alpha = await letters({ event_name: 'dlq_alpha' })
+  t.same(await letterIds(page), alpha.map((l) => l.id), 'the letters of that name, newest first')
+  const first = alpha.find((l) => (argsOf(l) as unknown[])[0] === 'first')!
+  const second = alpha.find((l) => (argsOf(l) as unknown[])[0] === 'second')!
+  t.match(await row(first.id).textContent(), /no_matching_webhook\s*dlq_alpha\s*no enabled webhook/i, 'reason, event and error')
+  t.notMatch(await row(first.id).locator('td').first().textContent(), /\d{4}/, 'a letter of today shows its time only')
+
+  await row(first.id).locator('button.details').click()
+  await detailsOf(first.id).locator('dd[data-field="args"] pre').waitFor()
+  t.same(JSON.parse(await detailsOf(first.id).locator('dd[data-field="args"] pre').textContent() ?? ''), ['first', { $base64: 'AP8=' }, '9223372036854775807'],
+    'the args, read from its bytes and shown as the stream shows them')
+  t.equal(await detailsOf(first.id).locator('dd[data-field="message_id"]').textContent(), first.message_id)
+  t.equal(await detailsOf(first.id).locator('dd[data-field="agent_id"]').textContent(), 'i-ag07')
+  t.equal(await row(first.id).locator('button.details').getAttribute('aria-expanded'), 'true')
+
+  // Once a webhook takes the name, a redelivered letter reaches it.
+  t.equal((await app.inject({ method: 'PATCH', url: `/webhooks/${hookId}`, headers: admin, payload: { event_names: ['dlq_alpha'] } })).statusCode, 200)
+  await row(first.id).locator('button.redeliver').click()
+  await row(first.id).waitFor({ state: 'detached' })
+  t.equal(await detailsOf(first.id).count(), 0, 'its details go with it')
+  await receiver.waitFor(1)
+  t.same(receiver.received.map((r) => r.json.args), [['first', { $base64: 'AP8=' }, '9223372036854775807']], 'the webhook got the redelivered message')
+  t.equal(await app.deadLetters.get(first.id), undefined)
+  await page.locator('#dead-letters-status', { hasText: `${first.id} redelivered` }).waitFor()
+
+  // Delete asks once more: the first click deletes nothing.
+  await row(second.id).locator('button.delete').click()
+  t.equal(await row(second.id).locator('button.delete').textContent(), 'Delete for good?')
+  t.ok(await app.deadLetters.get(second.id), 'still kept after one click')
+  await row(second.id).locator('button.delete').click()
+  await row(second.id).waitFor({ state: 'detached' })
+  t.equal(await app.deadLetters.get(second.id), undefined, 'deleted')
+  await page.locator('#dead-letters-status', { hasText: `${second.id} deleted` }).waitFor()
+  await sleep(300)
+  t.equal(receiver.received.length, 1, 'and not delivered')
+
+  await filterLetters(page, 'malformed', '', /matching shown/)
+  const malformed = (await letters({ reason: 'malformed' })).find((l) => l.frame === garbage.toString('base64'))!
+  await row(malformed.id).locator('button.details').click()
+  await detailsOf(malformed.id).locator('dd[data-field="args"] pre').waitFor()
+  t.match(await detailsOf(malformed.id).locator('dd[data-field="args"]').textContent(), /not msgpack .*c1 01 02/, 'bytes that are no msgpack are shown as bytes')
+  t.equal(await row(malformed.id).locator('td').nth(2).textContent(), '–', 'no event name')
+
+  await filterLetters(page, '', 'dlq_old', /^1 of 1 matching shown$/)
+  t.match(await row('dl_fromThreeDaysAgo').locator('td').first().textContent(), String(old.getFullYear()), 'an older letter shows its date')
+
+  await filterLetters(page, '', 'dlq_bulk', /^50 of 60 matching shown$/)
+  await page.click('#dead-letters-more')
+  await page.locator('#dead-letters-status', { hasText: /^60 of 60 matching shown$/ }).waitFor()
+  t.same(await letterIds(page), (await letters({ event_name: 'dlq_bulk' })).map((l) => l.id), 'the next page follows, in order')
+  t.notOk(await page.locator('#dead-letters-more').isVisible(), 'nothing more to load')
+
+  // Redeliver all asks first, saying it takes every letter, not only those shown.
+  const kept = (await app.deadLetters.list(0, 1)).total
+  await page.click('#redeliver-all')
+  await page.locator('#redeliver-all-confirm').waitFor()
+  t.equal(await page.locator('#redeliver-all-count').textContent(), String(kept))
+  t.match(await page.locator('#redeliver-all-confirm').textContent(), /not only those the filters show/)
+  await page.click('#redeliver-all-no')
+  t.notOk(await page.locator('#redeliver-all-confirm').isVisible(), 'cancelled')
+  t.equal((await app.deadLetters.list(0, 1)).total, kept, 'nothing redelivered')
+  const before = (await app.deadLetters.list(0, 1000)).deadLetters.map((l) => l.id)
+  await page.click('#redeliver-all')
+  await page.click('#redeliver-all-yes')
+  await page.locator('#dead-letters-status', { hasText: new RegExp(`^${kept} redelivered`) }).waitFor()
+  t.same((await Promise.all(before.slice(0, 100).map(async (id) => await app.deadLetters.get(id)))).filter(Boolean), [], 'the letters there were are gone')
+  t.ok(await page.locator('#redeliver-all').isVisible(), 'the button is back, to be asked again')
+  await page.close()
+})
+
+t.test('a webhook is disabled and enabled with its switch; health and limits show where the API gives them', async (t) => {
+  const receiver = await startReceiver(t)
+  const register = async (eventNames: string[]): Promise<string> => {
+    const res = await app.inject({ method: 'POST', url: '/webhooks', headers: admin, payload: { url: receiver.url, event_names: eventNames } })
+    t.equal(res.statusCode, 201)
+    return res.json().id
+  }
+  const id = await register(['toggle_*'])
+  const other = await register(['toggle_other'])
+  const page = await signedIn('admin-token')
+  const item = page.locator(`li.webhook[data-webhook-id="${id}"]`)
+  const toggle = item.locator('input.enabled')
+  await item.waitFor({ timeout: 10_000 })
+  t.ok(await toggle.isChecked(), 'enabled')
+  t.match(await item.locator('.events').textContent(), 'toggle_*')
+
+  await toggle.click()
+  await page.locator(`li.webhook[data-webhook-id="${id}"][data-enabled="false"][data-health="disabled"]`).waitFor()
+  t.equal((await app.webhooks.get(id))?.enabled, false, 'disabled in the gateway')
+  await sleep(5500)
+  t.notOk(await toggle.isChecked(), 'and still shown so after the next poll')
+  await toggle.click()
+  await page.locator(`li.webhook[data-webhook-id="${id}"][data-enabled="true"]`).waitFor()
+  t.equal((await app.webhooks.get(id))?.enabled, true, 'enabled again')
+  await post({ event_name: 'toggle_on', agent_id: 'i-ag08' })
+  t.equal((await receiver.waitFor(1))[0]?.json.event_name, 'toggle_on', 'and it receives again')
+
+  // A change the gateway refuses leaves the switch as it was, and says why.
+  await page.route(`**/webhooks/${id}`, async (route) => {
+    if (route.request().method() !== 'PATCH') return await route.continue()
+    await route.fulfill({ status: 503, json: { statusCode: 503, code: 'BUSGATE_REDIS_UNAVAILABLE', error: 'Service Unavailable', message: 'Redis is unreachable' } })
+  })
+  await toggle.click()
+  await item.locator('.problem', { hasText: 'could not disable it: the gateway cannot serve this now (503: Redis is unreachable)' }).waitFor()
+  t.ok(await toggle.isChecked(), 'the switch is back on')
+  t.equal((await app.webhooks.get(id))?.enabled, true)
+  await page.unroute(`**/webhooks/${id}`)
+
+  // The gateway's health and limits, where it gives them (here added to its answer), and nothing broken where it does not.
+  const inAMinute = new Date(Date.now() + 60_000).toISOString()
+  await page.route('**/webhooks', async (route) => {
+    const res = await route.fetch()
+    const body = await res.json() as { webhooks: Array<Record<string, unknown>> }
+    for (const webhook of body.webhooks) {
+      if (webhook.id === id) {
+        Object.assign(webhook, {
+          health: { state: 'set_aside', consecutive_failures: 5, last_attempt_at: new Date().toISOString(), last_status: 503, set_aside_until: inAMinute },
+          max_in_flight: 16,
+          rate_limit: 50
+        })
+      }
+      if (webhook.id === other) Object.assign(webhook, { health: {}, max_in_flight: null })
+    }
+    await route.fulfill({ response: res, json: body })
+  })
+  await page.locator(`li.webhook[data-webhook-id="${id}"][data-health="set_aside"]`).waitFor({ timeout: 10_000 })
+  t.equal(await item.locator('.health').textContent(), 'set aside')
+  t.match(await item.locator('.health-detail').textContent(), /^5 failures in a row · last attempt .*: 503 · set aside until /)
+  t.equal(await item.locator('.limits').textContent(), 'at most 16 in flight · at most 50 deliveries/s')
+  const otherItem = page.locator(`li.webhook[data-webhook-id="${other}"]`)
+  t.equal(await otherItem.getAttribute('data-health'), 'idle', 'an empty health: the state read from its attempts')
+  t.notOk(await otherItem.locator('.limits').isVisible(), 'no limits, no line')
+  t.notMatch(await otherItem.textContent(), /undefined|null|NaN|Invalid/)
+  await page.unroute('**/webhooks')
+  for (const hook of [id, other]) await app.inject({ method: 'DELETE', url: `/webhooks/${hook}`, headers: admin })
+  await page.close()
+})
+
+t.test('the charts show the bus, the consumer list and deliveries from /metrics, and move as events come', async (t) => {
+  // A gateway of its own names: its list is consumed by nobody until this test says so.
+  const second = await listeningApp(t, redis.url, {
+    ...uniqueNames(), tokens, webhookAllowPrivate: true, webhookBackoffMs: 50, webhookBackoffMaxMs: 100, webhookTimeoutMs: 1000
+  })
+  const page = await signedIn('admin-token', second.base)
+  const data = async (chart: string, key: 'last' | 'max' | 'samples'): Promise<string | null> => await page.getAttribute(`#chart-${chart}`, `data-${key}`)
+  const reaches = async (chart: string, key: 'last' | 'max', test: (n: number) => boolean): Promise<void> => {
+    const holds = async (): Promise<boolean> => { const v = await data(chart, key); return v !== null && v !== '' && test(Number(v)) }
+    await until(holds, 15_000)
+    t.ok(await holds(), `${chart} ${key}: ${await data(chart, key)}`)
+  }
+  t.equal(await page.locator('.chart svg path.line').count(), 4, 'four charts')
+  await reaches('events', 'last', (n) => n === 0)
+  t.equal(await data('queue', 'last'), '0', 'nothing waits')
+
+  await post(Array.from({ length: 40 }, (_, i) => ({ event_name: 'chart_tick', args: [i] })), second.base)
+  await reaches('queue', 'last', (n) => n === 40)
+  await reaches('events', 'max', (n) => n > 0)
+  const rate = Number(await data('events', 'max'))
+  // 40 events between two scrapes about 2 s apart: a rate per second, not the count.
+  t.ok(rate >= 4 && rate <= 27, `events/s on the bus: ${rate}`)
+  t.match(await page.locator('#chart-events .value').textContent(), /^\d/)
+  t.match(await page.locator('#chart-events path.line').getAttribute('d'), /^M[\d.]+,[\d.]+( L[\d.]+,[\d.]+)+$/, 'a line of several points')
+
+  const receiver = await startReceiver(t, (r) => ({ status: r.json.event_name === 'chart_fail' ? 500 : 204 }))
+  const hook = await second.app.inject({ method: 'POST', url: '/webhooks', headers: admin, payload: { url: receiver.url, event_names: ['chart_*'] } })
+  t.equal(hook.statusCode, 201)
+  t.equal((await receiver.waitFor(40)).length, 40, 'the webhook takes the 40')
+  await post({ event_name: 'chart_fail' }, second.base)
+  await reaches('deliveries', 'max', (n) => n > 0)
+  await reaches('failures', 'max', (n) => n > 0)
+  await reaches('queue', 'last', (n) => n === 0)
+  await page.close()
+})
+
+t.test('an API failure is shown readably in its own panel, while the stream and the other panels go on', async (t) => {
+  const page = await signedIn('admin-token')
+  await page.locator('#dead-letter-count', { hasText: /^\d+$/ }).waitFor()
+  const unavailable = { statusCode: 503, code: 'BUSGATE_REDIS_UNAVAILABLE', error: 'Service Unavailable', message: 'Redis is unreachable' }
+  await page.route(/\/dead-letters(\?|$)/, async (route) => await route.fulfill({ status: 503, json: unavailable }))
+  await page.route(/\/metrics$/, async (route) => await route.abort('connectionrefused'))
+  await page.locator('#dead-letters-note', { hasText: 'the gateway cannot serve this now (503: Redis is unreachable)' }).waitFor({ timeout: 10_000 })
+  await page.locator('#charts-note', { hasText: 'the gateway could not be reached' }).waitFor({ timeout: 10_000 })
+  t.equal(await page.getAttribute('#chart-queue', 'data-last'), '', 'a gap in the charts, not a made-up value')
+
+  await post({ event_name: 'still_streaming', agent_id: 'i-ag09' })
+  await page.locator('#events tbody tr', { hasText: 'still_streaming' }).waitFor()
+  t.equal(await page.getAttribute('#connection', 'data-state'), 'live', 'the stream goes on')
+  const receiver = await startReceiver(t)
+  const hook = await app.inject({ method: 'POST', url: '/webhooks', headers: admin, payload: { url: receiver.url, event_names: ['unused_here'] } })
+  await page.locator(`li.webhook[data-webhook-id="${hook.json().id as string}"]`).waitFor({ timeout: 10_000 })
+  t.pass('the webhooks panel goes on')
+
+  // A token refused by one panel: it says so and offers the form; the stream goes on with the token it has.
+  await page.route(/\/webhooks$/, async (route) => await route.fulfill({ status: 401, json: { statusCode: 401, code: 'BUSGATE_UNAUTHORIZED', error: 'Unauthorized', message: 'A valid token is required' } }))
+  await page.locator('#webhooks-note', { hasText: 'the token was refused (401)' }).waitFor({ timeout: 10_000 })
+  t.ok(await page.locator('#token-form').isVisible(), 'the form to give another token')
+  await post({ event_name: 'streaming_after_refusal', agent_id: 'i-ag09' })
+  await page.locator('#events tbody tr', { hasText: 'streaming_after_refusal' }).waitFor()
+  t.equal(await page.getAttribute('#connection', 'data-state'), 'live')
+
+  await page.unrouteAll()
+  for (const note of ['#dead-letters-note', '#charts-note', '#webhooks-note']) await page.locator(note).waitFor({ state: 'hidden', timeout: 10_000 })
+  t.match(await page.locator('#dead-letter-count').textContent(), /^\d+$/, 'the panels fill again once the gateway answers')
+  t.match(await page.locator('#dead-letters-status').textContent(), /shown/, 'and the dead-letter list is loaded')
+  await app.inject({ method: 'DELETE', url: `/webhooks/${hook.json().id as string}`, headers: admin })
+  await page.close()
 })
 
 t.test('the token is kept for the tab only', async (t) => {
