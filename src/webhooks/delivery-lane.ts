@@ -24,6 +24,8 @@ export interface LaneWork {
   wake: (n: number) => void
   /** Hands back everything the lane's processing list holds. */
   reclaim: () => Promise<void>
+  /** what starts the values release() sends to the retry list, not the consumer list */
+  envelopePrefix: string
   stopping: () => boolean
   /** aborted when the dispatcher stops */
   signal: AbortSignal
@@ -31,14 +33,20 @@ export interface LaneWork {
 
 /**
  * One delivery lane: a processing list of this instance, and up to `capacity` deliveries from it
- * in flight at once. It claims when it has room (its fair share, up to CLAIM_MAX at a time) and
- * acknowledges what it finished in the same round trip as its next claim, or within ACK_MS when
- * none comes. Claimed messages wait in the processing list until then, so a crash loses none of
- * them; it means a redelivery of those done but not yet acknowledged: at most `capacity`, since
- * what is in flight and what waits to be acknowledged are never more together.
+ * in flight at once. Besides those it holds a few claimed ones ready (up to a batch: CLAIM_MAX,
+ * or the capacity if smaller), so that a delivery that ends starts the next at once and claims
+ * go a batch at a time (a claim per delivery would cost a round trip each); it claims again once
+ * half of them have started, its fair share, and acknowledges what it finished in the same round
+ * trip, or within ACK_MS when no claim comes. Claimed messages wait in the processing list until
+ * then, so a crash loses none of them; it means a redelivery of those done but not yet
+ * acknowledged: with those in flight, at most `capacity` and a batch (what is in flight and what
+ * waits to be acknowledged are never more together: each claim acknowledges what is done, and a
+ * claim comes once half a batch has started).
  */
 export class DeliveryLane {
   inFlight = 0
+  /** claimed, not started: waiting for room */
+  #ready: Buffer[] = []
   #done: Buffer[] = []
   #roomMade: (() => void) | undefined
   #ackTimer: NodeJS.Timeout | undefined
@@ -62,27 +70,36 @@ export class DeliveryLane {
           // list holds. A message done but not acknowledged is then sent again, better than lost.
           await this.#drained()
           this.#done = []
+          this.#ready = []
           await work.reclaim()
           this.#unsure = false
         }
-        const room = Math.min(this.capacity - this.inFlight, CLAIM_MAX)
-        if (room <= 0) {
-          await this.#room()
+        this.#startReady()
+        const batch = Math.min(CLAIM_MAX, Math.max(16, this.capacity))
+        const room = this.capacity + batch - this.inFlight - this.#ready.length
+        if (this.#ready.length > batch / 2 || room <= 0) {
+          await this.#deliveryEnd()
           continue
         }
         const plan = work.plan()
         if (plan === null) {
-          // Nothing can be delivered for now: what is done is acknowledged, and the lane waits.
+          // Nothing can be delivered for now: what is ready goes back for others, what is done
+          // is acknowledged, and the lane waits.
+          const ready = this.#ready
+          this.#ready = []
+          await this.consumer.release(ready, work.envelopePrefix)
           await this.consumer.ack(...this.#takeDone())
           await work.rest(500)
           continue
         }
-        const batch = await this.consumer.claim(plan.blocking ? 1000 : 0, { ...plan.options, max: room, done: this.#takeDone() })
+        const max = Math.min(CLAIM_MAX, room)
+        const claimed = await this.consumer.claim(plan.blocking ? 1000 : 0, { ...plan.options, max, done: this.#takeDone() })
         // A full claim means more may wait: one more lane gets to look.
-        if (batch.length >= room) work.wake(1)
-        if (!plan.blocking) work.claimed(batch.length)
-        for (const claimed of batch) this.#start(claimed)
-        if (batch.length === 0 && !plan.blocking) await work.rest(60_000)
+        if (claimed.length >= max) work.wake(1)
+        if (!plan.blocking) work.claimed(claimed.length)
+        this.#ready.push(...claimed)
+        this.#startReady()
+        if (claimed.length === 0 && !plan.blocking) await work.rest(60_000)
       } catch (err) {
         if (work.stopping()) break
         this.log.warn({ err: { message: (err as Error).message } }, 'webhook delivery lane: handing back what it holds, retrying in a second')
@@ -95,6 +112,10 @@ export class DeliveryLane {
     await this.#drained()
     clearTimeout(this.#ackTimer)
     await this.consumer.ack(...this.#takeDone()).catch(() => undefined)
+  }
+
+  #startReady (): void {
+    while (this.inFlight < this.capacity && this.#ready.length > 0) this.#start(this.#ready.shift() as Buffer)
   }
 
   #start (claimed: Buffer): void {
@@ -131,8 +152,8 @@ export class DeliveryLane {
   }
 
   /** Until a delivery ends (or the dispatcher stops). */
-  async #room (): Promise<void> {
-    if (this.inFlight < this.capacity) return
+  async #deliveryEnd (): Promise<void> {
+    if (this.inFlight === 0) return
     await new Promise<void>((resolve) => {
       const done = (): void => {
         this.#roomMade = undefined

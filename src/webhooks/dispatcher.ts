@@ -244,6 +244,7 @@ export class WebhookDispatcher {
         rest: async (ms) => await this.#rest(ms),
         wake: (count) => this.#wake(count),
         reclaim: async () => { await this.engine.queue.reclaim(processingKey, this.#retryKey, ENVELOPE_PREFIX) },
+        envelopePrefix: ENVELOPE_PREFIX,
         stopping: () => this.#stopping,
         signal: this.#stop.signal
       }, this.log)

@@ -15,18 +15,20 @@ const MAX_SETS = 10_000
  * evenly, and so do all of them together.
  */
 export class RoundRobin {
-  readonly #sets = new Map<string, { next: number, end: number, refill?: Promise<void> }>()
+  /** by the set's ids: its field in the hash, and the block reserved */
+  readonly #sets = new Map<string, { field: string, next: number, end: number, refill?: Promise<void> }>()
 
   constructor (private readonly store: Store, private readonly key: string) {}
 
   async position (webhookIds: readonly string[]): Promise<number> {
-    const field = createHash('sha1').update([...webhookIds].sort().join(',')).digest('base64url')
-    let set = this.#sets.get(field)
+    const ids = webhookIds.length === 1 ? webhookIds[0] as string : [...webhookIds].sort().join(',')
+    let set = this.#sets.get(ids)
     if (set === undefined) {
       if (this.#sets.size >= MAX_SETS) this.#sets.clear()
-      set = { next: 0, end: 0 }
-      this.#sets.set(field, set)
+      set = { next: 0, end: 0, field: createHash('sha1').update(ids).digest('base64url') }
+      this.#sets.set(ids, set)
     }
+    const { field } = set
     while (set.next >= set.end) {
       const reserving = set
       reserving.refill ??= this.store.hashIncrement(this.key, field, BLOCK).then((end) => {
