@@ -1,19 +1,19 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import { CodecError, decodeEvent, eventNameOf, toJsonEvent, type BusEvent } from '../codec.js'
-import type { WebhookTake } from '../config.js'
+import { eventNameOf } from '../codec.js'
 import type { ClaimOptions, Consumer, Engine } from '../engines/engine.js'
-import type { LaneWork } from './delivery-lane.js'
 import { globList } from '../glob.js'
 import type { AttemptLog } from './attempt-log.js'
-import type { DeadLetter, DeadLetters } from './dead-letters.js'
-import type { StoredWebhook, WebhookRegistry } from './registry.js'
-import { ENVELOPE_PREFIX, EnvelopeSealer, looksSealed, type Envelope } from './envelope.js'
-import { DeliveryLane } from './delivery-lane.js'
+import type { DeadLetters } from './dead-letters.js'
+import { DeliveryLane, type LaneWork } from './delivery-lane.js'
+import { DeliveryRound, type RoundMetrics, type RoundOptions } from './delivery-round.js'
+import { ENVELOPE_PREFIX } from './envelope.js'
+import { EnvelopeKeys } from './envelope-keys.js'
 import type { HealthBook } from './health-book.js'
 import { WebhookLimits } from './limits.js'
+import type { StoredWebhook, WebhookRegistry } from './registry.js'
 import { RoundRobin } from './round-robin.js'
-import { WebhookSender, type Attempt } from './sender.js'
+import { WebhookSender } from './sender.js'
 import { SubscriberRecorder, type RecorderMetrics } from './subscriber-recorder.js'
 
 /** most lanes (processing lists, each with a connection of its own for BLMOVE) per instance */
@@ -26,38 +26,24 @@ const SOURCES_PER_CLAIM = 16
 /** after a broadcast woke a loop, when another looks, for a message pushed just after its publish */
 const RELOOK_MS = 10
 
-export interface DispatcherOptions {
+export interface DispatcherOptions extends RoundOptions {
   keyPrefix: string
   concurrency: number
   timeoutMs: number
-  maxAttempts: number
-  maxAgeMs: number
-  backoffMs: number
-  backoffMaxMs: number
   /** for the log line of a webhook disabled for failing: the health book decides */
   disableAfterMs: number
   instanceTtlMs: number
   allowPrivate: boolean
-  /** larger messages are dead-lettered (too_large) undecoded */
-  maxMessageBytes: number
-  take: WebhookTake
   scanDepth: number
   pollMs: number
   subscriberQueueMax: number
 }
 
-export interface DispatcherMetrics {
-  delivery: (outcome: 'delivered' | 'failed' | 'gone' | 'throttled', seconds: number) => void
-  /** `dropped`: how many of the oldest letters made room for it */
-  deadLettered: (reason: DeadLetter['reason'], dropped: number) => void
+export interface DispatcherMetrics extends RoundMetrics {
   /** a webhook failing for longer than BUSGATE_WEBHOOK_DISABLE_AFTER_MS was disabled */
   disabled: () => void
   /** what the last matching claim saw of the consumer list's head */
   scanned: (looked: number, unreadable: number) => void
-  /** messages taken for a consumer webhook that no longer wanted them, given back to the list */
-  givenBack: () => void
-  /** a subscriber webhook's copy dropped because the webhook is gone */
-  orphaned: () => void
   /** the subscription was lost while subscriber webhooks wanted it: what was published meanwhile is missed */
   subscriberGap: () => void
   recorder: RecorderMetrics
@@ -68,8 +54,9 @@ export interface DispatcherMetrics {
  * `take: matching`, only what an available one matches, the rest staying for the other
  * consumers); subscriber webhooks get copies of broadcast events, which the recorder writes to a
  * list per webhook. Up to `concurrency` deliveries are in flight at once, spread over a few
- * lanes (DeliveryLane); what a lane claimed sits in a processing list of this instance until a
- * receiver answered 2xx or the message was dead-lettered. A message whose round failed waits for its next one in the delay set, held by
+ * lanes (DeliveryLane), each message's round its own (DeliveryRound); what a lane claimed sits in
+ * a processing list of this instance until a receiver answered 2xx or the message was
+ * dead-lettered. A message whose round failed waits for its next one in the delay set, held by
  * nobody, and any lane of any instance takes it when it is due. An instance that dies leaves its
  * lists to be reclaimed by any other (or by itself restarted) once its liveness key expires.
  * With no enabled, available webhook the lanes take nothing, so messages wait in Redis. Whether a
@@ -85,13 +72,10 @@ export class WebhookDispatcher {
   #timers: NodeJS.Timeout[] = []
   readonly #matchers = new Map<string, (name: string) => boolean>()
   #sequence = 0
-  readonly #roundRobin: RoundRobin
   readonly #limits: WebhookLimits
   readonly #sender: WebhookSender
-  #sealer: Promise<EnvelopeSealer> | undefined
-  /** when the envelope key was last read again because a value would not open (performance.now()) */
-  #keyReadAt = 0
-  #unopened = 0
+  readonly #keys: EnvelopeKeys
+  readonly #round: DeliveryRound
   /** lanes waiting for work, the longest waiting first */
   #idle: Array<() => void> = []
   /**
@@ -120,11 +104,26 @@ export class WebhookDispatcher {
     private readonly metrics: DispatcherMetrics,
     private readonly log: FastifyBaseLogger
   ) {
-    this.#roundRobin = new RoundRobin(engine.store, `${options.keyPrefix}rr:sets`)
     // A place is held for a delivery's whole bound, and a little: one that dies frees it then.
     this.#limits = new WebhookLimits(engine.store, options.keyPrefix, this.instance, options.timeoutMs + 5000, this.#stop.signal)
     this.#sender = new WebhookSender({ timeoutMs: options.timeoutMs, allowPrivate: options.allowPrivate, connections: options.concurrency })
-    this.#recorder = new SubscriberRecorder(engine.queue, async () => await this.#envelopes(), (id) => this.subscriberList(id),
+    this.#keys = new EnvelopeKeys(engine.store, options.keyPrefix, log)
+    this.#round = new DeliveryRound({
+      registry,
+      deadLetters,
+      attempts,
+      health,
+      limits: this.#limits,
+      roundRobin: new RoundRobin(engine.store, `${options.keyPrefix}rr:sets`),
+      sender: this.#sender,
+      keys: this.#keys,
+      metrics,
+      log,
+      messageId: () => this.#messageId(),
+      matches: (webhook, name) => this.#matches(webhook, name),
+      stopping: () => this.#stopping
+    }, options)
+    this.#recorder = new SubscriberRecorder(engine.queue, async () => await this.#keys.sealer(), (id) => this.subscriberList(id),
       { keyPrefix: options.keyPrefix, queueMax: options.subscriberQueueMax }, metrics.recorder, (n) => this.#wake(n), log)
     // A change of the registry may make work for lanes that found none: one looks, and wakes
     // another when its claim comes back full (each look reads up to the scan bound in Redis).
@@ -181,41 +180,6 @@ export class WebhookDispatcher {
     return `${this.options.keyPrefix}instance:${instance}`
   }
 
-  /** The key every instance seals envelopes with: made by the first one, read by the others. */
-  async #envelopes (): Promise<EnvelopeSealer> {
-    const key = `${this.options.keyPrefix}envelope-key`
-    this.#sealer ??= this.engine.store.setIfAbsent(key, EnvelopeSealer.newKey()).then((value) => {
-      try {
-        return new EnvelopeSealer(Buffer.from(value, 'base64'))
-      } catch (err) {
-        throw new Error(`${key} holds no valid envelope key (${(err as Error).message}): delete it, and busgate makes a new one`)
-      }
-    })
-    // A bus that is down now must not leave a failed read behind for good.
-    this.#sealer.catch(() => { this.#sealer = undefined })
-    return await this.#sealer
-  }
-
-  /**
-   * Opens a value that starts like an envelope. One that does not open may have been sealed
-   * under a key that has changed since this instance read it (a Redis that lost its data, say):
-   * the key is read again, at most once in ten seconds, before the value counts as a plain message.
-   */
-  async #openSealed (claimed: Buffer, sealer: EnvelopeSealer): Promise<{ envelope: Envelope, frame: Buffer } | undefined> {
-    const opened = sealer.open(claimed)
-    if (opened !== undefined || performance.now() - this.#keyReadAt < 10_000) return opened ?? this.#notOpened()
-    this.#keyReadAt = performance.now()
-    this.#sealer = undefined
-    return (await this.#envelopes()).open(claimed) ?? this.#notOpened()
-  }
-
-  #notOpened (): undefined {
-    if (this.#unopened++ % 1000 === 0) {
-      this.log.warn({ seen: this.#unopened }, 'a value on the consumer list starts like an envelope but is not sealed with this bus\'s key: taken as a plain message')
-    }
-    return undefined
-  }
-
   async start (): Promise<void> {
     // A bus that is down at start must not stop the gateway: the timers below retry.
     await this.#heartbeat().catch(() => undefined)
@@ -239,7 +203,7 @@ export class WebhookDispatcher {
       const capacity = Math.floor(this.options.concurrency / lanes) + (n < this.options.concurrency % lanes ? 1 : 0)
       const lane = new DeliveryLane(consumer, capacity, {
         plan: () => this.#plan(lanes),
-        handle: async (claimed, c) => await this.#handle(claimed, c),
+        handle: async (claimed, c) => await this.#round.handle(claimed, c),
         claimed: (count) => this.#claimed(count),
         rest: async (ms) => await this.#rest(ms),
         wake: (count) => this.#wake(count),
@@ -499,175 +463,6 @@ export class WebhookDispatcher {
 
   /** claims alternate: subscriber lists first, then the consumer list first */
   #sourcesFirst = false
-
-  /**
-   * One round for one message: delivered, dead-lettered (both: returns it, to be acknowledged),
-   * given back to the consumer list or dropped (a copy for a webhook that is gone), or set aside
-   * in the delay set until its next round is due (returns undefined). The loop goes on with
-   * other messages meanwhile, so a receiver that keeps failing holds up no loop.
-   */
-  async #handle (claimed: Buffer, consumer: Consumer): Promise<Buffer | undefined> {
-    const sealer = await this.#envelopes()
-    // An envelope holds its message in base64: larger than that, it cannot be one busgate sealed.
-    const opened = looksSealed(claimed) && claimed.byteLength <= this.options.maxMessageBytes * 4 / 3 + 4096
-      ? await this.#openSealed(claimed, sealer)
-      : undefined
-    const { envelope, frame } = opened ?? this.#fresh(claimed)
-    if (frame.byteLength > this.options.maxMessageBytes) {
-      // Set aside before anything looks inside: decoding it alone could stall every delivery.
-      return await this.#bury(claimed, envelope, frame, 'too_large',
-        `${frame.byteLength} bytes, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${this.options.maxMessageBytes})`, undefined)
-    }
-    let event: BusEvent
-    let body: string
-    try {
-      event = decodeEvent(frame)
-      body = JSON.stringify(toJsonEvent(event))
-    } catch (err) {
-      const reason = err instanceof CodecError && err.reason === 'too_large' ? 'too_large' : 'malformed'
-      return await this.#bury(claimed, envelope, frame, reason, (err as Error).message, undefined)
-    }
-    let all: StoredWebhook[]
-    if (envelope.webhook !== undefined) {
-      // A subscriber's copy is for its webhook alone; with the webhook gone, so is the copy.
-      const target = this.registry.current(envelope.webhook)
-      if (target === undefined || target.role !== 'subscriber') {
-        this.metrics.orphaned()
-        return claimed
-      }
-      all = target.enabled ? [target] : []
-    } else {
-      all = this.registry.snapshot().filter((w) => w.role === 'consumer' && w.enabled && this.#matches(w, event.event_name))
-      if (all.length === 0 && this.options.take === 'matching') {
-        // Taken for a webhook that no longer wants it: back to the head of the list, for the others.
-        await consumer.giveBack(claimed, frame)
-        this.metrics.givenBack()
-        return undefined
-      }
-      if (all.length === 0) {
-        return await this.#bury(claimed, envelope, frame, 'no_matching_webhook', `no enabled webhook takes ${event.event_name}`, event)
-      }
-    }
-    const now = Date.now()
-    const candidates = all.filter((w) => this.health.allows(w.id, now))
-    let tried = false
-    /** the soonest one of them at its limit may take it */
-    let limitedFor = Infinity
-    if (candidates.length > 0) {
-      const start = (await this.#roundRobin.position(all.map((w) => w.id))) % candidates.length
-      for (let k = 0; k < candidates.length && !this.#stopping; k++) {
-        // The registry as it is now: a webhook deleted or disabled meanwhile gets no new attempt.
-        const webhook = this.registry.current((candidates[(start + k) % candidates.length] as StoredWebhook).id)
-        if (webhook?.enabled !== true) continue
-        const known = this.#limits.waitMs(webhook.id, now)
-        const slot = known > 0 ? { waitMs: known } : await this.#limits.acquire(webhook)
-        if ('waitMs' in slot) {
-          limitedFor = Math.min(limitedFor, slot.waitMs)
-          continue
-        }
-        tried = true
-        envelope.attempts++
-        let result: Attempt
-        try {
-          result = await this.#deliver(webhook, envelope.id, body, event)
-        } finally {
-          slot.release()
-        }
-        if (result.ok) return claimed
-        envelope.last_error = `${webhook.id}: ${result.error ?? `HTTP ${result.status ?? '?'}`}`
-      }
-    }
-    if (!tried && limitedFor < Infinity && !this.#stopping) {
-      // Every webhook that could take it is at its limit: it waits for the soonest, held by
-      // nobody, and no round is counted (it did not fail).
-      await consumer.delay(claimed, sealer.seal(envelope, frame), limitedFor)
-      return undefined
-    }
-    if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {
-      return await this.#bury(claimed, envelope, frame, 'delivery_failed', envelope.last_error ?? 'no webhook was available', event)
-    }
-    // Stopping: it stays in the processing list, which stop() hands back for others at once.
-    if (this.#stopping) return undefined
-    // The retry state goes with the message, so a crash loses neither it nor its id.
-    const backoff = Math.min(this.options.backoffMaxMs, this.options.backoffMs * 2 ** envelope.rounds)
-    envelope.rounds++
-    await consumer.delay(claimed, sealer.seal(envelope, frame), backoff / 2 + Math.random() * backoff / 2)
-    return undefined
-  }
-
-  async #deliver (webhook: StoredWebhook, id: string, body: string, event: BusEvent): Promise<Attempt> {
-    const attempt = await this.#sender.send(webhook, id, body)
-    this.#after(webhook, attempt)
-    // The log is for people: written in batches, a delivery never waits on it.
-    this.attempts.record(webhook.id, {
-      at: new Date().toISOString(),
-      message_id: id,
-      event_name: event.event_name,
-      status: attempt.status,
-      latency_ms: Math.round(attempt.seconds * 10_000) / 10,
-      error: attempt.error
-    })
-    return attempt
-  }
-
-  /** What one answer means for the next ones: the shared health (circuit, Retry-After), and 410. */
-  #after (webhook: StoredWebhook, attempt: Attempt): void {
-    const at = Date.now()
-    if (attempt.ok) {
-      this.metrics.delivery('delivered', attempt.seconds)
-      this.health.record(webhook.id, { kind: 'delivered', at, status: attempt.status })
-      return
-    }
-    if (attempt.status === 410) {
-      this.metrics.delivery('gone', attempt.seconds)
-      this.log.warn({ webhook: webhook.id }, 'webhook answered 410 Gone: disabled')
-      // A compare-and-set: a PATCH at the same moment keeps its change, and this one holds too.
-      this.registry.update(webhook.id, { enabled: false }).catch((err: unknown) => {
-        this.log.warn({ webhook: webhook.id, err: { message: (err as Error).message } }, 'could not disable a webhook that answered 410')
-      })
-      return
-    }
-    if (attempt.retryAfterMs !== null && (attempt.status === 429 || attempt.status === 503)) {
-      this.metrics.delivery('throttled', attempt.seconds)
-      this.health.record(webhook.id, { kind: 'throttled', at, status: attempt.status, untilMs: at + attempt.retryAfterMs })
-      return
-    }
-    this.metrics.delivery('failed', attempt.seconds)
-    this.health.record(webhook.id, { kind: 'failed', at, status: attempt.status })
-  }
-
-  /** Moves a message to the dead letters; returns it, to be acknowledged. */
-  async #bury (current: Buffer, envelope: Envelope, frame: Buffer, reason: DeadLetter['reason'], error: string,
-    event: BusEvent | undefined): Promise<Buffer> {
-    // A subscriber's copy, redelivered, must go to its webhook alone: it keeps a fresh envelope for it.
-    const returns = envelope.webhook === undefined
-      ? undefined
-      : (await this.#envelopes()).seal({ id: envelope.id, first_seen: Date.now(), attempts: 0, rounds: 0, webhook: envelope.webhook }, frame)
-    const dropped = await this.deadLetters.add({
-      message_id: envelope.id,
-      reason,
-      error,
-      event_name: event?.event_name ?? null,
-      agent_id: event?.agent_id ?? null,
-      webhook_id: envelope.webhook ?? null,
-      frame,
-      ...(returns === undefined ? {} : { returns }),
-      attempts: envelope.attempts,
-      first_seen: new Date(envelope.first_seen).toISOString()
-    })
-    this.metrics.deadLettered(reason, dropped)
-    if (dropped > 0) this.log.warn({ dropped }, 'the dead letters are at BUSGATE_DEAD_LETTER_MAX: the oldest were dropped')
-    return current
-  }
-
-  /**
-   * A plain message's first state. Only what busgate sealed is an envelope; anything else,
-   * whatever it starts with, is a plain message. Its id stays the same across every retry: it
-   * is kept in its envelope once the first round fails.
-   */
-  #fresh (claimed: Buffer): { envelope: Envelope, frame: Buffer } {
-    return { envelope: { id: this.#messageId(), first_seen: Date.now(), attempts: 0, rounds: 0 }, frame: claimed }
-  }
 }
 
 /** Lanes for `concurrency` deliveries in flight: one per LANE_MIN of them, at most MAX_LANES. */
