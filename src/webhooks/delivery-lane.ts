@@ -4,6 +4,11 @@ import type { ClaimOptions, Consumer } from '../engines/engine.js'
 
 /** most messages one claim takes: more in flight take more claims, each reply stays small */
 export const CLAIM_MAX = 64
+/** How many claimed messages a lane of `capacity` holds ready besides those in flight: a claim's worth, at least 16. */
+export function readyBatch (capacity: number): number {
+  return Math.min(CLAIM_MAX, Math.max(16, capacity))
+}
+
 /** a delivery done while no claim is coming is acknowledged within this */
 const ACK_MS = 100
 
@@ -75,7 +80,7 @@ export class DeliveryLane {
           this.#unsure = false
         }
         this.#startReady()
-        const batch = Math.min(CLAIM_MAX, Math.max(16, this.capacity))
+        const batch = readyBatch(this.capacity)
         const room = this.capacity + batch - this.inFlight - this.#ready.length
         if (this.#ready.length > batch / 2 || room <= 0) {
           await this.#deliveryEnd()
@@ -93,13 +98,19 @@ export class DeliveryLane {
           continue
         }
         const max = Math.min(CLAIM_MAX, room)
-        const claimed = await this.consumer.claim(plan.blocking ? 1000 : 0, { ...plan.options, max, done: this.#takeDone() })
+        // Waiting in Redis for a message would leave the ready ones waiting too.
+        const blocking = plan.blocking && this.#ready.length === 0
+        const claimed = await this.consumer.claim(blocking ? 1000 : 0, { ...plan.options, max, done: this.#takeDone() })
         // A full claim means more may wait: one more lane gets to look.
         if (claimed.length >= max) work.wake(1)
         if (!plan.blocking) work.claimed(claimed.length)
         this.#ready.push(...claimed)
         this.#startReady()
-        if (claimed.length === 0 && !plan.blocking) await work.rest(60_000)
+        if (claimed.length > 0 || blocking) continue
+        // Nothing more to claim for now: the ready ones start as deliveries end; with none
+        // ready, the lane rests until woken (a broadcast, a recorded copy, the poll).
+        if (this.#ready.length > 0) await this.#deliveryEnd()
+        else if (!plan.blocking) await work.rest(60_000)
       } catch (err) {
         if (work.stopping()) break
         this.log.warn({ err: { message: (err as Error).message } }, 'webhook delivery lane: handing back what it holds, retrying in a second')

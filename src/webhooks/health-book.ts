@@ -31,6 +31,8 @@ export class HealthBook {
   readonly #changesKey: string
   #shared = new Map<string, StoredHealth>()
   #pending = new Map<string, Outcomes>()
+  /** what current() gave, until the next outcome or read: it is asked on every claim and delivery */
+  readonly #known = new Map<string, StoredHealth>()
   readonly #open = new Set<string>()
   #timers: NodeJS.Timeout[] = []
   #flushing: Promise<void> | undefined
@@ -57,14 +59,19 @@ export class HealthBook {
   record (webhookId: string, outcome: Outcome): void {
     const outcomes = this.#pending.get(webhookId) ?? new Outcomes()
     this.#pending.set(webhookId, outcomes.add(outcome))
+    this.#known.delete(webhookId)
     this.#seen(webhookId)
   }
 
   /** As this instance knows it now: what it last read, and its own outcomes since. */
   current (webhookId: string, now = Date.now()): StoredHealth {
+    const known = this.#known.get(webhookId)
+    if (known !== undefined) return known
     const shared = this.#shared.get(webhookId) ?? HEALTHY
     const pending = this.#pending.get(webhookId)
-    return pending === undefined ? shared : applyOutcomes(shared, pending, this.rules, now).record
+    const current = pending === undefined ? shared : applyOutcomes(shared, pending, this.rules, now).record
+    this.#known.set(webhookId, current)
+    return current
   }
 
   allows (webhookId: string, now = Date.now()): boolean {
@@ -81,6 +88,7 @@ export class HealthBook {
     const shared = new Map<string, StoredHealth>()
     for (const [id, raw] of Object.entries(all)) shared.set(id, this.#parse(id, raw))
     this.#shared = shared
+    this.#known.clear()
     for (const id of new Set([...shared.keys(), ...this.#open])) this.#seen(id)
   }
 
@@ -90,6 +98,7 @@ export class HealthBook {
     const pending = this.#pending
     if (pending.size === 0) return
     this.#pending = new Map()
+    this.#known.clear()
     this.#flushing = Promise.all([...pending].map(async ([id, outcomes]) => { await this.#write(id, outcomes) }))
       .then(() => undefined)
       .finally(() => { this.#flushing = undefined })
@@ -103,6 +112,7 @@ export class HealthBook {
   async reset (webhookId: string): Promise<void> {
     const record = { ...HEALTHY, reset_at: Date.now() }
     this.#pending.delete(webhookId)
+    this.#known.delete(webhookId)
     this.#shared.set(webhookId, record)
     await this.store.hashSet(this.#key, webhookId, JSON.stringify(record))
     this.#seen(webhookId)
@@ -111,6 +121,7 @@ export class HealthBook {
   /** Forgets a deleted webhook's health. */
   async forget (webhookId: string): Promise<void> {
     this.#pending.delete(webhookId)
+    this.#known.delete(webhookId)
     this.#shared.delete(webhookId)
     await this.store.hashDelete(this.#key, webhookId)
     this.#seen(webhookId)
@@ -123,6 +134,7 @@ export class HealthBook {
       const applied = applyOutcomes(raw === null ? HEALTHY : this.#parse(id, raw), outcomes, this.rules, now)
       if (await this.store.hashSwap(this.#key, id, raw, JSON.stringify(applied.record), this.#changesKey) === 0) continue
       this.#shared.set(id, applied.record)
+      this.#known.delete(id)
       this.#seen(id)
       if (applied.opened) this.events.setAside(id)
       if (applied.disable) this.events.disable(id)
@@ -131,6 +143,7 @@ export class HealthBook {
     // Others wrote it every time: these outcomes wait for the next flush rather than being lost.
     const later = this.#pending.get(id)
     this.#pending.set(id, later === undefined ? outcomes : outcomes.merge(later))
+    this.#known.delete(id)
   }
 
   #parse (id: string, raw: string): StoredHealth {

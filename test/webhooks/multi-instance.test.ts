@@ -4,11 +4,12 @@ import t from 'tap'
 import { startReceiver } from '../helpers/receiver.js'
 import { freePort, startRedis } from '../helpers/redis.js'
 import { until } from '../helpers/wait.js'
+import { readyBatch } from '../../src/webhooks/delivery-lane.js'
 
 /** deliveries in flight per instance */
 const CONCURRENCY = 4
-/** the most a kill -9 can make an instance deliver twice: in flight, and done but not yet acknowledged (see DeliveryLane) */
-const RESENT_MAX = 2 * CONCURRENCY
+/** the most a kill -9 can make an instance (one lane) deliver twice: in flight, and done but not yet acknowledged (see DeliveryLane) */
+const RESENT_MAX = CONCURRENCY + readyBatch(CONCURRENCY)
 const SERVER = new URL('../../src/server.ts', import.meta.url).pathname
 
 async function gateway (t: { teardown: (fn: () => unknown) => void }, redisUrl: string): Promise<{ proc: ChildProcess, base: string }> {
