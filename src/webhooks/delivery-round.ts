@@ -117,8 +117,7 @@ export class DeliveryRound {
         // The registry as it is now: a webhook deleted or disabled meanwhile gets no new attempt.
         const webhook = this.parts.registry.current((candidates[(start + k) % candidates.length] as StoredWebhook).id)
         if (webhook?.enabled !== true) continue
-        const known = this.parts.limits.waitMs(webhook.id, now)
-        const slot = known > 0 ? { waitMs: known } : await this.parts.limits.acquire(webhook)
+        const slot = await this.parts.limits.acquire(webhook)
         if ('waitMs' in slot) {
           limitedFor = Math.min(limitedFor, slot.waitMs)
           continue
@@ -178,11 +177,7 @@ export class DeliveryRound {
     }
     if (attempt.status === 410) {
       this.parts.metrics.delivery('gone', attempt.seconds)
-      this.parts.log.warn({ webhook: webhook.id }, 'webhook answered 410 Gone: disabled')
-      // A compare-and-set: a PATCH at the same moment keeps its change, and this one holds too.
-      this.parts.registry.update(webhook.id, { enabled: false }).catch((err: unknown) => {
-        this.parts.log.warn({ webhook: webhook.id, err: { message: (err as Error).message } }, 'could not disable a webhook that answered 410')
-      })
+      this.disable(webhook.id, 'webhook answered 410 Gone: disabled')
       return
     }
     if (attempt.retryAfterMs !== null && (attempt.status === 429 || attempt.status === 503)) {
@@ -192,6 +187,17 @@ export class DeliveryRound {
     }
     this.parts.metrics.delivery('failed', attempt.seconds)
     this.parts.health.record(webhook.id, { kind: 'failed', at, status: attempt.status })
+  }
+
+  /**
+   * Disables a webhook for every instance, logging `why`. A compare-and-set: a PATCH at the
+   * same moment keeps its change, and this one holds too.
+   */
+  disable (webhookId: string, why: string, details: Record<string, unknown> = {}): void {
+    this.parts.log.warn({ webhook: webhookId, ...details }, why)
+    this.parts.registry.update(webhookId, { enabled: false }).catch((err: unknown) => {
+      this.parts.log.warn({ webhook: webhookId, err: { message: (err as Error).message } }, 'could not disable the webhook')
+    })
   }
 
   /** Moves a message to the dead letters; returns it, to be acknowledged. */

@@ -23,7 +23,7 @@ const LANE_MIN = 64
 const ATTEMPT_FLUSH_MS = 250
 /** most subscriber lists one claim looks at; the dispatcher goes round them */
 const SOURCES_PER_CLAIM = 16
-/** after a broadcast woke a loop, when another looks, for a message pushed just after its publish */
+/** after a broadcast woke a lane, when another looks, for a message pushed just after its publish */
 const RELOOK_MS = 10
 
 export interface DispatcherOptions extends RoundOptions {
@@ -80,7 +80,7 @@ export class WebhookDispatcher {
   #idle: Array<() => void> = []
   /**
    * Idle looks at the list are paced, since each reads up to the scan bound inside Redis: after
-   * one that found nothing, a broadcast wakes a loop no sooner than a poll later (it is noted
+   * one that found nothing, a broadcast wakes a lane no sooner than a poll later (it is noted
    * for the next poll meanwhile), and polls that find nothing come ever less often, up to ten
    * times BUSGATE_WEBHOOK_POLL_MS, until a claim brings something.
    */
@@ -165,11 +165,7 @@ export class WebhookDispatcher {
   disableFailing (webhookId: string): void {
     if (this.registry.current(webhookId)?.enabled !== true) return
     this.metrics.disabled()
-    this.log.warn({ webhook: webhookId, afterMs: this.options.disableAfterMs }, 'webhook has failed without a success for BUSGATE_WEBHOOK_DISABLE_AFTER_MS: disabled')
-    // A compare-and-set: a PATCH at the same moment keeps its change, and this one holds too.
-    this.registry.update(webhookId, { enabled: false }).catch((err: unknown) => {
-      this.log.warn({ webhook: webhookId, err: { message: (err as Error).message } }, 'could not disable a failing webhook')
-    })
+    this.#round.disable(webhookId, 'webhook has failed without a success for BUSGATE_WEBHOOK_DISABLE_AFTER_MS: disabled', { afterMs: this.options.disableAfterMs })
   }
 
   #processingKey (n: number, instance = this.instance): string {

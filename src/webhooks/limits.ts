@@ -38,8 +38,13 @@ export class WebhookLimits {
     private readonly signal: AbortSignal
   ) {}
 
-  /** A place for one delivery, or how long to wait for one. No limits: at once, without a round trip. */
+  /**
+   * A place for one delivery, or how long to wait for one (at once while the webhook is noted as
+   * at its limit). No limits: at once, without a round trip.
+   */
   async acquire (webhook: StoredWebhook): Promise<Slot> {
+    const known = this.waitMs(webhook.id)
+    if (known > 0) return { waitMs: known }
     const max = webhook.max_in_flight ?? 0
     const rate = webhook.rate_limit ?? 0
     if (max === 0 && rate === 0) return { release: () => {} }
