@@ -4,30 +4,10 @@ import type { Config } from '../src/config.js'
 import { Errors } from '../src/errors.js'
 import { NO_EVENTS, type StreamHandle } from '../src/sse-hub.js'
 import { streamHead } from '../src/sse-response.js'
-import { isTerminal, type TaskReport, type TaskState } from '../src/tasks.js'
+import type { TaskReport, TaskState } from '../src/tasks.js'
+import { TaskStream } from '../src/task-stream.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
 import { TASK_STREAM_DESCRIPTION, TaskQuery } from '../schemas/task.js'
-
-const SERVER_CLOSE = 'event: server_close\ndata: {}\n\n'
-
-/** Progress as Backend.AI's hash keeps it (a string), as a number where it is one. */
-function progress (value: string): number | string {
-  const n = Number(value)
-  return value.trim() !== '' && Number.isFinite(n) ? n : value
-}
-
-/** The event a task's hash stands for: its end, or its progress so far. */
-function fromState (taskId: string, state: TaskState): TaskReport {
-  const status = isTerminal(state.status) ? state.status as TaskReport['status'] : 'started'
-  return {
-    name: status === 'started' ? 'task_updated' : `task_${status}`,
-    taskId,
-    status,
-    message: state.msg,
-    current: progress(state.current),
-    total: progress(state.total)
-  }
-}
 
 const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
   app.get('/events/background-task', {
@@ -80,35 +60,21 @@ const tasks: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { confi
     if (stream === undefined) return
     reply.raw.once('close', unwatch)
     request.log.debug({ req: request, task: taskId }, 'task stream opened')
-    const retry = `retry: ${config.sseRetryMs}\n`
-    let last = fromState(taskId, state)
-    let sent = ''
-    let ended = false
-    const send = (report: TaskReport): void => {
-      if (ended) return
-      // An end without progress (Backend.AI's positional form) keeps the progress last seen.
-      last = { ...report, current: report.current ?? last.current, total: report.total ?? last.total }
-      const data = JSON.stringify({ task_id: taskId, message: last.message, current_progress: last.current, total_progress: last.total })
-      const frame = `event: ${report.name}\n${retry}data: ${data}\n\n`
-      if (report.status === 'started') {
-        // The state read from the hash and the broadcast that made it can both arrive (the
-        // broadcast late, as on a cluster's bus): the same progress twice says nothing new.
-        if (frame !== sent) stream.write(Buffer.from(frame))
-        sent = frame
-        return
+    const open = stream
+    const follower = new TaskStream(taskId, state, config.sseRetryMs, {
+      write: (frame) => { open.write(frame) },
+      end: (frame) => {
+        unwatch()
+        open.end(frame)
       }
-      ended = true
-      unwatch()
-      stream.end(Buffer.from(frame + SERVER_CLOSE))
-    }
-    send(last)
+    })
     const early = heard
     heard = undefined
-    for (const report of early) send(report)
-    onReport = send
+    for (const report of early) follower.send(report)
+    onReport = (report) => { follower.send(report) }
     // The bus subscription was lost for a while: the task may have moved on, or ended, unheard.
     onGap = () => {
-      app.tasks.state(taskId).then((now) => { if (now !== undefined) send(fromState(taskId, now)) }, () => undefined)
+      app.tasks.state(taskId).then((now) => { if (now !== undefined) follower.resync(now) }, () => undefined)
     }
     if (missedSome) onGap()
   })

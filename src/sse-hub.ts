@@ -5,6 +5,7 @@ import { CodecError, decodeEvent, hexPreview, toJsonEvent, type BusEvent } from 
 import type { Feed, FeedEntry } from './engines/feed.js'
 import { globList } from './glob.js'
 import { RingBuffer } from './ring-buffer.js'
+import { SSE_HEARTBEAT, sseFrame } from './sse-frame.js'
 
 /** Control events the gateway itself sends; bus events may not use this prefix. */
 export const CONTROL_PREFIX = 'busgate.'
@@ -167,7 +168,7 @@ export interface BusListener {
   gap?: () => void
 }
 
-const HEARTBEAT = Buffer.from(':\n\n')
+const HEARTBEAT = Buffer.from(SSE_HEARTBEAT)
 /**
  * Most bytes one write to a stream gathers: a client far behind is fed in pieces, as its socket
  * drains, and one that stops reading holds no more than this (and the socket's own 16 KiB).
@@ -396,7 +397,7 @@ export class SseHub {
   }
 
   get #retryFrame (): Buffer {
-    return Buffer.from(`retry: ${this.options.retryMs}\n\n`)
+    return Buffer.from(sseFrame({ retry: this.options.retryMs }))
   }
 
   async #watch (): Promise<void> {
@@ -526,7 +527,7 @@ export class SseHub {
   #gapFrame (reason: GapReason, lastEventId: string | undefined, id = this.lastId): Buffer {
     const data = JSON.stringify({ reason, last_event_id: lastEventId ?? null, resume_from: id })
     // The gap carries the newest id, so the client's next reconnect does not ask for the lost range again.
-    return Buffer.from(`id: ${id}\nevent: ${GAP_EVENT}\ndata: ${data}\n\n`)
+    return Buffer.from(sseFrame({ id, event: GAP_EVENT, data }))
   }
 
   #detach (client: Client): void {
@@ -1027,7 +1028,7 @@ export class SseHub {
       if (counted) this.#malformed(raw, err instanceof CodecError ? err.reason : 'undecodable', (err as Error).message)
       return undefined
     }
-    entry.frame = Buffer.from(`id: ${entry.id}\nevent: ${event.event_name}\ndata: ${json}\n\n`)
+    entry.frame = Buffer.from(sseFrame({ id: entry.id, event: event.event_name, data: json }))
     entry.event_name = event.event_name
     entry.agent_id = event.agent_id
     this.#resize(entry, entry.frame.byteLength)
