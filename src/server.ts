@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs'
+import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
 import { ConfigError, HELP, loadConfig, type Config } from './config.js'
 import { VERSION } from './version.js'
@@ -48,32 +49,21 @@ async function main (): Promise<void> {
       'BUSGATE_MAX_CONNECTIONS leaves no room under the open-files limit (ulimit -n) for Redis and webhook connections: lower it, or raise the limit')
   }
 
-  let stopping = false
-  const stop = (signal: NodeJS.Signals): void => {
-    if (stopping) {
-      app.log.warn({ signal }, 'second signal: exiting without waiting')
-      process.exit(1)
-    }
-    stopping = true
-    app.log.info({ signal, timeoutMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests')
-    const deadline = setTimeout(() => {
-      app.log.error('shutdown took longer than BUSGATE_SHUTDOWN_TIMEOUT_MS; exiting anyway')
-      process.exit(1)
-    }, config.shutdownTimeoutMs)
-    app.close().then(() => {
-      clearTimeout(deadline)
-      app.log.info('stopped')
-      process.exit(0)
-    }, (err: unknown) => {
-      app.log.error({ err }, 'shutdown failed')
-      process.exit(1)
-    })
-  }
-  process.on('SIGTERM', stop)
-  process.on('SIGINT', stop)
-  process.on('uncaughtException', (err) => {
-    app.log.fatal({ err }, 'uncaught exception')
-    process.exit(1)
+  // close-with-grace keeps each promise the README makes of a shutdown: one close of the app
+  // (new requests 503, streams end with a retry hint, deliveries finish), bounded by
+  // BUSGATE_SHUTDOWN_TIMEOUT_MS, a second signal exits at once, and the code says how it went.
+  // An uncaught exception or rejection closes the same way before exiting 1.
+  closeWithGrace({
+    delay: config.shutdownTimeoutMs,
+    logger: { error: (err: unknown) => { app.log.error({ err }, 'shutdown failed') } },
+    onSecondSignal: (signal) => { app.log.warn({ signal }, 'second signal: exiting without waiting') },
+    onSecondError: (err) => { app.log.fatal({ err }, 'uncaught exception while shutting down') },
+    onTimeout: () => { app.log.error('shutdown took longer than BUSGATE_SHUTDOWN_TIMEOUT_MS; exiting anyway') }
+  }, async ({ signal, err }) => {
+    if (err !== undefined) app.log.fatal({ err }, 'uncaught exception: shutting down')
+    else app.log.info({ signal, timeoutMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests')
+    await app.close()
+    app.log.info('stopped')
   })
 }
 

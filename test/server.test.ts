@@ -115,6 +115,23 @@ t.test('a request that never finishes does not hold shutdown past its bound', as
   socket.destroy()
 })
 
+t.test('a second signal while a request holds shutdown exits 1 at once', async (t) => {
+  const server = await startServer(t, { BUSGATE_SHUTDOWN_TIMEOUT_MS: '20000' })
+  const socket = connect(server.port, '127.0.0.1')
+  await new Promise((resolve) => socket.once('connect', resolve))
+  socket.on('error', () => {})
+  socket.write('POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{')
+  await sleep(100)
+  server.proc.kill('SIGTERM')
+  await sleep(300)
+  const started = Date.now()
+  server.proc.kill('SIGINT')
+  t.equal(await server.exited, 1)
+  t.ok(Date.now() - started < 3000, `exited without waiting for the 20 s bound (${Date.now() - started} ms)`)
+  t.match(server.output(), /second signal: exiting without waiting/)
+  socket.destroy()
+})
+
 t.test('npm start serves on the memory engine when REDIS_URL is unset', async (t) => {
   const server = await startServer(t, {})
   const res = await post(server.port, '/events', '{"event_name":"hello_world"}')
