@@ -6,6 +6,11 @@
  *
  *   npm run bench:ingest -- [--rounds 5] [--duration 10] [--connections 64] [--batch 100] [--wait-replicas 0] [--streams 0]
  *
+ * A second baseline runs in the same rounds: a bare Fastify route doing one ioredis Lua produce
+ * (RPUSH + PUBLISH) per request, what a hand-written gateway would do (target: single ≥ 1.3×
+ * that). --streams-row N (100; 0 = none) adds a row: the single path again while N SSE streams
+ * read everything.
+ *
  * --wait-replicas N starts N replicas of the private Redis and runs the gateway with
  * BUSGATE_REDIS_WAIT_REPLICAS=N: what a 202 that means "replicated" costs. --streams N keeps N
  * SSE streams open on the gateway (each reading everything) while it is measured: the produce
@@ -26,7 +31,8 @@ const { values } = parseArgs({
     connections: { type: 'string', default: '64' },
     batch: { type: 'string', default: '100' },
     'wait-replicas': { type: 'string', default: '0' },
-    streams: { type: 'string', default: '0' }
+    streams: { type: 'string', default: '0' },
+    'streams-row': { type: 'string', default: '100' }
   }
 })
 const waitReplicas = Number(values['wait-replicas'])
@@ -35,6 +41,7 @@ const duration = Number(values.duration)
 const connections = Number(values.connections)
 const batchSize = Number(values.batch)
 const streamCount = Number(values.streams)
+const streamsRow = Number(values['streams-row'])
 
 /** N streams that read and drop everything; resolves once all are open, with what closes them. */
 async function openStreams (port: number, n: number): Promise<() => void> {
@@ -86,6 +93,10 @@ for (let i = 0; i < waitReplicas; i++) {
 
 const samples = {
   bare: [] as number[],
+  naive: [] as number[],
+  streamed: [] as number[],
+  naiveRatio: [] as number[],
+  streamedRatio: [] as number[],
   single: [] as number[],
   batch: [] as number[],
   singleP99: [] as number[],
@@ -101,6 +112,17 @@ try {
     await warm(barePort, '/events', single)
     const b = await load(barePort, '/events', single)
     await stopProcess(bare)
+
+    const naivePort = await freePort()
+    const naiveServer = await startProcess(process.execPath, ['--import', 'tsx', `${root}bench/naive-redis-server.ts`],
+      { PORT: String(naivePort), REDIS_URL: `redis://127.0.0.1:${redisPort}/0` }, 'Server listening')
+    await warm(naivePort, '/events', single)
+    await sleep(300)
+    await check.flushall()
+    const n = await load(naivePort, '/events', single)
+    await stopProcess(naiveServer)
+    await sleep(300)
+    await check.flushall()
 
     const gwPort = await freePort()
     const gateway = await startProcess(process.execPath, [`${root}dist/src/server.js`], {
@@ -119,9 +141,19 @@ try {
     const storedBatch = await check.llen('events.prodcons')
     await check.flushall()
     closeStreams()
+    let streamed: Run | undefined
+    if (streamsRow > 0) {
+      const closeRowStreams = await openStreams(gwPort, streamsRow)
+      await sleep(300)
+      streamed = await load(gwPort, '/events', single)
+      closeRowStreams()
+      await sleep(300)
+      await check.flushall()
+    }
     await stopProcess(gateway)
 
-    for (const [name, run] of [['bare', b], ['single', s], ['batch', m]] as const) {
+    for (const [name, run] of [['bare', b], ['naive', n], ['single', s], ['batch', m], ['streamed', streamed]] as const) {
+      if (run === undefined) continue
       if (run.non2xx > 0 || run.errors > 0) throw new Error(`${name}: ${run.non2xx} non-2xx answers and ${run.errors} errors`)
     }
     // Requests still in flight when the clock stops reach Redis without being counted: at most one per connection.
@@ -131,13 +163,19 @@ try {
     }
 
     samples.bare.push(b.rps)
+    samples.naive.push(n.rps)
+    samples.naiveRatio.push(s.rps / n.rps)
+    if (streamed !== undefined) {
+      samples.streamed.push(streamed.rps)
+      samples.streamedRatio.push(streamed.rps / b.rps)
+    }
     samples.single.push(s.rps)
     samples.batch.push(m.rps * batchSize)
     samples.bareP99.push(b.p99)
     samples.singleP99.push(s.p99)
     samples.singleRatio.push(s.rps / b.rps)
     samples.batchRatio.push((m.rps * batchSize) / s.rps)
-    process.stderr.write(`round ${round}: bare ${b.rps.toFixed(0)} req/s, single ${s.rps.toFixed(0)} req/s, batch ${(m.rps * batchSize).toFixed(0)} events/s\n`)
+    process.stderr.write(`round ${round}: bare ${b.rps.toFixed(0)} req/s, naive Redis ${n.rps.toFixed(0)} req/s, single ${s.rps.toFixed(0)} req/s, batch ${(m.rps * batchSize).toFixed(0)} events/s\n`)
   }
 } finally {
   check.disconnect()
@@ -154,8 +192,11 @@ process.stdout.write(table([
   ['path', 'rate', 'p99 latency', 'baseline', 'ratio', 'target'],
   ['bare Fastify route (baseline)', `${fmt(bare)} req/s`, `${median(samples.bareP99)} ms`, '', '', ''],
   ['POST /events', `${fmt(singleRps)} req/s`, `${median(samples.singleP99)} ms`, 'bare route', `${median(samples.singleRatio).toFixed(2)}×`, '≥ 0.75×'],
-  ['POST /events/batch', `${fmt(batchEps)} events/s`, '', 'POST /events', `${median(samples.batchRatio).toFixed(1)}×`, '≥ 10×']
+  ['naive Redis route (baseline)', `${fmt(median(samples.naive))} req/s`, '', '', '', ''],
+  ['POST /events', `${fmt(singleRps)} req/s`, `${median(samples.singleP99)} ms`, 'naive Redis route', `${median(samples.naiveRatio).toFixed(2)}×`, '≥ 1.3×'],
+  ['POST /events/batch', `${fmt(batchEps)} events/s`, '', 'POST /events', `${median(samples.batchRatio).toFixed(1)}×`, '≥ 10×'],
+  ...(samples.streamed.length > 0 ? [[`POST /events, ${streamsRow} streams open`, `${fmt(median(samples.streamed))} req/s`, '', 'bare route', `${median(samples.streamedRatio).toFixed(2)}×`, '']] : [])
 ]) + '\n')
 process.stdout.write('\nratios are medians of the per-round ratios; rates are medians of the rounds\n')
-process.stdout.write(`rounds: bare ${samples.bare.map(fmt).join(', ')}; single ${samples.single.map(fmt).join(', ')}; batch ${samples.batch.map(fmt).join(', ')}\n`)
-process.stdout.write(`per-round ratios: single/bare ${samples.singleRatio.map((r) => r.toFixed(2)).join(', ')}; batch/single ${samples.batchRatio.map((r) => r.toFixed(1)).join(', ')}\n`)
+process.stdout.write(`rounds: bare ${samples.bare.map(fmt).join(', ')}; naive ${samples.naive.map(fmt).join(', ')}; streamed ${samples.streamed.map(fmt).join(', ')}; single ${samples.single.map(fmt).join(', ')}; batch ${samples.batch.map(fmt).join(', ')}\n`)
+process.stdout.write(`per-round ratios: single/bare ${samples.singleRatio.map((r) => r.toFixed(2)).join(', ')}; single/naive ${samples.naiveRatio.map((r) => r.toFixed(2)).join(', ')}; batch/single ${samples.batchRatio.map((r) => r.toFixed(1)).join(', ')}\n`)
