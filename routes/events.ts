@@ -1,23 +1,62 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Config } from '../src/config.js'
-import { CodecError, encodeEvent, fromJsonValue, parseWireEvent } from '../src/codec.js'
+import { CodecError, encodeEvent, fromJsonValue, msgpackArrayHead, parseWireEvent, parseWireEventAt, scanMsgpack, type BusEvent } from '../src/codec.js'
 import { Errors } from '../src/errors.js'
 import { Ref } from '../schemas/common.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
 import { Type } from '@sinclair/typebox'
 import { makeFilter } from '../src/sse-hub.js'
 import { streamHead } from '../src/sse-response.js'
-import { EventInput, ProduceAccepted, STREAM_DESCRIPTION, StreamQuery, WireEvent, eventBatch } from '../schemas/event.js'
+import { EventInput, ProduceAccepted, STREAM_DESCRIPTION, StreamQuery, WireEvent, eventBatch, wireEventBatch } from '../schemas/event.js'
 
 export const MSGPACK = 'application/msgpack'
 
 // The bytes of each msgpack body, kept beside the decoded event so they reach Redis unchanged.
 const wireBytes = new WeakMap<object, Buffer>()
+// The same for a msgpack batch: each element's exact byte range of the body, in order.
+const batchBytes = new WeakMap<object, Uint8Array[]>()
 
 /** The answer to a body the codec refuses; a JSON body is never "undecodable" msgpack. */
 function refusal (err: CodecError, where: string, json: boolean): Error {
   if (err.reason === 'too_large') return new Errors.MessageTooLarge(`${where}${err.message}`)
   return err.reason === 'undecodable' && !json ? new Errors.InvalidMsgpack(err.message) : new Errors.InvalidEvent(err.message)
+}
+
+/**
+ * A msgpack `POST /events/batch` body: one array of event maps, each checked as a single msgpack
+ * body is, and sliced out of the body as sent. Refusals name the element as the JSON batch's do
+ * (`body/3/`); the array itself is refused in the JSON batch's words.
+ */
+function parseWireBatch (body: Buffer, batchMax: number): { events: BusEvent[], frames: Uint8Array[] } {
+  const head = msgpackArrayHead(body)
+  if (head === undefined) {
+    let problem: string | undefined
+    try {
+      problem = scanMsgpack(body)
+    } catch {
+      problem = undefined
+    }
+    if (problem !== undefined) throw new Errors.InvalidMsgpack(problem)
+    throw new Errors.ValidationFailed('body must be array (a msgpack array of event maps)')
+  }
+  if (head.count < 1) throw new Errors.ValidationFailed('body must NOT have fewer than 1 items')
+  if (head.count > batchMax) throw new Errors.ValidationFailed(`body must NOT have more than ${batchMax} items (BUSGATE_BATCH_MAX)`)
+  const events: BusEvent[] = []
+  const frames: Uint8Array[] = []
+  let pos = head.start
+  for (let i = 0; i < head.count; i++) {
+    try {
+      const element = parseWireEventAt(body, pos)
+      events.push(element.event)
+      frames.push(element.bytes)
+      pos += element.bytes.byteLength
+    } catch (err) {
+      if (!(err instanceof CodecError)) throw err
+      throw refusal(new CodecError(err.reason, `body/${i}/${err.message}`), '', false)
+    }
+  }
+  if (pos !== body.byteLength) throw new Errors.InvalidMsgpack(`${body.byteLength - pos} bytes left over after the array`)
+  return { events, frames }
 }
 
 /**
@@ -51,7 +90,8 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
   const produced = {
     json: app.metrics.produced.labels({ route: 'single', format: 'json' }),
     msgpack: app.metrics.produced.labels({ route: 'single', format: 'msgpack' }),
-    batch: app.metrics.produced.labels({ route: 'batch', format: 'json' })
+    batch: app.metrics.produced.labels({ route: 'batch', format: 'json' }),
+    msgpackBatch: app.metrics.produced.labels({ route: 'batch', format: 'msgpack' })
   }
 
   // Only this route takes msgpack: its parser lives in this context alone, so other routes answer 415.
@@ -100,23 +140,51 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
     })
   })
 
-  app.post('/events/batch', {
-    schema: {
-      operationId: 'produceEvents',
-      tags: ['events'],
-      summary: 'Put several events on the bus, all or none',
-      description: 'The events are written in one atomic step, in array order: each to the channel and to the consumer list.',
-      body: eventBatch(config.batchMax),
-      response: { 202: Ref(ProduceAccepted), ...authErrors, ...errorResponses(400, 413, 415, 503) }
-    },
-    config: { scope: 'publish', countsRejections: true }
-  }, async (request, reply) => {
-    const inputs = request.body as EventInput[]
-    const frames = inputs.map((input, i) => encodeInput(input, config.agentId, config.busMaxMessageBytes, `body/${i}/`))
-    await app.tasks.recordProduced(inputs)
-    const result = await app.engine.bus.produce(frames)
-    produced.batch.inc(frames.length)
-    return reply.code(202).send({ accepted: frames.length, subscribers: result.subscribers, queue_length: result.queueLength })
+  // Its own context too: the batch's msgpack parser reads an array, and no other route takes msgpack.
+  await app.register(async (batch) => {
+    batch.addContentTypeParser(MSGPACK, { parseAs: 'buffer' }, (_request, body: Buffer, done) => {
+      try {
+        const { events, frames } = parseWireBatch(body, config.batchMax)
+        batchBytes.set(events, frames)
+        done(null, events)
+      } catch (err) {
+        done(err as Error)
+      }
+    })
+
+    batch.post('/events/batch', {
+      schema: {
+        operationId: 'produceEvents',
+        tags: ['events'],
+        summary: 'Put several events on the bus, all or none',
+        description: 'The events are written in one atomic step, in array order: each to the channel and to the consumer list. ' +
+          `As \`${MSGPACK}\`, the body is one msgpack array of wire-format maps: each is checked as a single msgpack body ` +
+          'to `POST /events` is and written unchanged, its own bytes sliced from the body (refusals name it: `body/3/…`, ' +
+          'byte offsets counted from the start of the body).',
+        body: {
+          content: {
+            'application/json': { schema: eventBatch(config.batchMax) },
+            [MSGPACK]: { schema: wireEventBatch(config.batchMax) }
+          }
+        },
+        response: { 202: Ref(ProduceAccepted), ...authErrors, ...errorResponses(400, 413, 415, 503) }
+      },
+      config: { scope: 'publish', countsRejections: true }
+    }, async (request, reply) => {
+      const body = request.body as EventInput[] | WireEvent[] | undefined
+      if (body === undefined) {
+        throw new Errors.BadRequest(`This route needs a body: a JSON (application/json) or msgpack (${MSGPACK}) array of events`)
+      }
+      const raw = batchBytes.get(body)
+      const frames = raw === undefined
+        ? (body as EventInput[]).map((input, i) => encodeInput(input, config.agentId, config.busMaxMessageBytes, `body/${i}/`))
+        : raw.map((frame, i) => checkSize(frame, config.busMaxMessageBytes, `body/${i}/`))
+      await app.tasks.recordProduced(body)
+      const result = await app.engine.bus.produce(frames)
+      const counter = raw === undefined ? produced.batch : produced.msgpackBatch
+      counter.inc(frames.length)
+      return reply.code(202).send({ accepted: frames.length, subscribers: result.subscribers, queue_length: result.queueLength })
+    })
   })
 
   app.get('/events/stream', {

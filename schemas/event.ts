@@ -61,6 +61,15 @@ export function eventBatch (maxItems: number) {
   })
 }
 
+/** The msgpack batch: the same bounds, each element the wire format itself. */
+export function wireEventBatch (maxItems: number) {
+  return Type.Array(Ref(WireEvent), {
+    minItems: 1,
+    maxItems,
+    description: `one msgpack array of 1 to ${maxItems} wire-format maps (BUSGATE_BATCH_MAX), each written unchanged, all or none, in this order`
+  })
+}
+
 const GLOB_LIST = '^[A-Za-z0-9_.:*-]{1,128}(,[A-Za-z0-9_.:*-]{1,128}){0,49}$'
 
 export const StreamQuery = Type.Object({

@@ -207,10 +207,39 @@ export function eventNameOf (bytes: Uint8Array): string | undefined {
 export function parseWireEvent (bytes: Uint8Array): BusEvent {
   const scanned = scan(bytes, true)
   if (typeof scanned === 'string') throw new CodecError('undecodable', scanned)
-  const event = checkShape(decode(bytes, scanned), true)
+  return checkWireEvent(bytes, scanned)
+}
+
+function checkWireEvent (bytes: Uint8Array, protoKey: boolean): BusEvent {
+  const event = checkShape(decode(bytes, protoKey), true)
   // A repeated key collapses in the decoded object, while another decoder may keep the other value.
   if (mapCount(bytes) !== 3) throw new CodecError('wrong_shape', 'the map must hold exactly three entries: event_name, agent_id and args')
   return event
+}
+
+/**
+ * The count and first element's offset of a msgpack array header at the start of `bytes`, or
+ * undefined when the bytes do not start with one (complete).
+ */
+export function msgpackArrayHead (bytes: Uint8Array): { count: number, start: number } | undefined {
+  const b = bytes[0] ?? 0
+  if (bytes.byteLength >= 1 && b >= 0x90 && b <= 0x9f) return { count: b & 0x0f, start: 1 }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (b === 0xdc && bytes.byteLength >= 3) return { count: view.getUint16(1), start: 3 }
+  if (b === 0xdd && bytes.byteLength >= 5) return { count: view.getUint32(1), start: 5 }
+  return undefined
+}
+
+/**
+ * One element of a msgpack array of events (a `POST /events/batch` body), from byte `start`:
+ * checked as parseWireEvent checks a whole body, and its exact bytes (a view into `bytes`, not a
+ * copy, never re-encoded). Byte offsets in errors count from the start of `bytes`.
+ */
+export function parseWireEventAt (bytes: Uint8Array, start: number): { event: BusEvent, bytes: Uint8Array } {
+  const walked = walk(bytes, start, true)
+  if (typeof walked === 'string') throw new CodecError('undecodable', walked)
+  const element = bytes.subarray(start, walked.end)
+  return { event: checkWireEvent(element, walked.protoKey), bytes: element }
 }
 
 function mapCount (bytes: Uint8Array): number {
@@ -447,9 +476,20 @@ function validUtf8 (bytes: Uint8Array, start: number, length: number): boolean {
 
 /** What is wrong, or (all well) whether some map key is "__proto__". */
 function scan (bytes: Uint8Array, strict: boolean): string | boolean {
+  const walked = walk(bytes, 0, strict)
+  if (typeof walked === 'string') return walked
+  if (walked.end !== bytes.byteLength) return `${bytes.byteLength - walked.end} bytes left over after the message`
+  return walked.protoKey
+}
+
+/**
+ * Walks one complete object from byte `start`: what is wrong, or where it ends (bytes may follow)
+ * and whether some map key is "__proto__".
+ */
+function walk (bytes: Uint8Array, start: number, strict: boolean): string | { end: number, protoKey: boolean } {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const end = bytes.byteLength
-  let pos = 0
+  let pos = start
   // Each open container: how many items remain, and whether it is a map (keys at even positions).
   const remaining: number[] = []
   const isMap: boolean[] = []
@@ -543,6 +583,5 @@ function scan (bytes: Uint8Array, strict: boolean): string | boolean {
       items = count
     }
   }
-  if (pos !== end) return `${end - pos} bytes left over after the message`
-  return protoKey
+  return { end: pos, protoKey }
 }

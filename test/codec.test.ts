@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { encode } from '@msgpack/msgpack'
 import t from 'tap'
 import {
-  CodecError, MAX_DEPTH, MAX_MESSAGE_BYTES, MAX_VALUES, Timestamp, decodeEvent, encodeEvent, fromJsonValue, hexPreview, parseWireEvent, scanMsgpack, toJsonEvent, toJsonValue
+  CodecError, MAX_DEPTH, MAX_MESSAGE_BYTES, MAX_VALUES, Timestamp, decodeEvent, encodeEvent, fromJsonValue, hexPreview, msgpackArrayHead, parseWireEvent, parseWireEventAt, scanMsgpack, toJsonEvent, toJsonValue
 } from '../src/codec.js'
 
 interface Fixture { name: string, hex: string, json: unknown, reencodable: boolean }
@@ -341,4 +341,28 @@ t.test('past MAX_VALUES a message is too large to decode, on the bus and in a PO
   const started = performance.now()
   t.throws(() => decodeEvent(encode({ event_name: 'a', agent_id: 'b', args: Array.from({ length: 10 * MAX_VALUES }, () => ({})) })))
   t.ok(performance.now() - started < 1000, 'refused by the scan, before anything is built')
+})
+
+t.test('parseWireEventAt walks an array of events element by element, each its exact bytes', async (t) => {
+  const accepted = fixtures.filter((f) => { try { parseWireEvent(bytes(f.hex)); return true } catch { return false } })
+  t.ok(accepted.length >= 20)
+  // array16 header, then every fixture as Python packed it
+  const count = accepted.length.toString(16).padStart(4, '0')
+  const body = bytes(`dc${count}${accepted.map((f) => f.hex).join('')}`)
+  const head = msgpackArrayHead(body)
+  t.same(head, { count: accepted.length, start: 3 })
+  let pos = 3
+  for (const f of accepted) {
+    const element = parseWireEventAt(body, pos)
+    t.equal(hex(element.bytes), f.hex, `${f.name}: its bytes`)
+    t.same(element.event, parseWireEvent(bytes(f.hex)), `${f.name}: as parseWireEvent reads it`)
+    pos += element.bytes.byteLength
+  }
+  t.equal(pos, body.byteLength)
+  t.equal(msgpackArrayHead(bytes('81a161a162')), undefined, 'a map is no array')
+  t.equal(msgpackArrayHead(bytes('dc00')), undefined, 'nor a cut header')
+  t.same(msgpackArrayHead(bytes('90')), { count: 0, start: 1 })
+  // Offsets in errors count from the start of the whole body.
+  t.throws(() => parseWireEventAt(bytes('9283aa6576656e745f6e616d65a2c328'), 1), { reason: 'undecodable', message: /str at byte 14 is not valid UTF-8/ })
+  t.throws(() => parseWireEventAt(bytes('91a161'), 1), { reason: 'wrong_shape', message: /expected a map/ })
 })

@@ -2,7 +2,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import t from 'tap'
 import { decodeEvent, toJsonEvent } from '../src/codec.js'
-import { testApp } from './helpers/app.js'
+import { listeningApp, testApp } from './helpers/app.js'
 import { startRedis } from './helpers/redis.js'
 import { claimOne } from './helpers/bus.js'
 import { startReceiver, verifySignature } from './helpers/receiver.js'
@@ -15,6 +15,18 @@ function peer (...args: string[]): string[] {
   const res = spawnSync(PYTHON, [PEER, ...args], { encoding: 'utf8', timeout: 30_000 })
   if (res.status !== 0) throw new Error(`backend-ai-peer ${args.join(' ')} failed: ${res.stderr}`)
   return res.stdout.trim().split('\n').filter((l) => l !== '')
+}
+
+/** The same, without blocking this process: for a peer that talks to the gateway in this process. */
+async function peerAsync (...args: string[]): Promise<string[]> {
+  const child = spawn(PYTHON, [PEER, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { err += d.toString() })
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  if (code !== 0) throw new Error(`backend-ai-peer ${args.join(' ')} failed: ${err}`)
+  return out.trim().split('\n').filter((l) => l !== '')
 }
 
 const redis = await startRedis(t)
@@ -84,4 +96,18 @@ t.test("a Python agent's events reach a webhook as the documented JSON, signed",
   t.ok(got.every((r) => verifySignature(r, res.json().secret as string)), 'every signature verifies')
   await new Promise((resolve) => setTimeout(resolve, 300))
   t.equal(receiver.received.length, 3, 'none twice')
+})
+
+t.test('a msgpack batch packed by Python reaches Redis as Python packed each event', async (t) => {
+  const { app, base } = await listeningApp(t, `${redis.url}/7`)
+  const heard: Buffer[] = []
+  await app.engine.bus.subscribe({ message: (f) => heard.push(f) })
+  const [status, ...hexes] = await peerAsync('post-batch', `${base}/events/batch`)
+  t.equal(status, '202', 'urllib got 202')
+  t.equal(hexes.length, 3)
+  const queued = await redis.connect(7).lrangeBuffer('events.prodcons', 0, -1)
+  t.same(queued.map((b) => b.toString('hex')), hexes, "the consumer list: each event's msgpack.packb bytes, in order")
+  for (let i = 0; i < 100 && heard.length < 3; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.same(heard.map((b) => b.toString('hex')), hexes, 'the channel, byte for byte')
+  t.match(toJsonEvent(decodeEvent(queued[1] as Buffer)), { event_name: 'kernel_log', args: [{ $base64: 'AAH/' }, 'héllo', '9223372036854775807', -(2 ** 40), 1.25, null, true, { nested: [[]] }] })
 })

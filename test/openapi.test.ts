@@ -15,6 +15,10 @@ t.test('the spec is served, and every route in it is described', async (t) => {
   const spec = res.json()
   t.equal(spec.openapi, '3.1.0')
   t.ok(spec.paths['/events'].post.requestBody.content['application/msgpack'], 'msgpack body documented')
+  const batch = spec.paths['/events/batch'].post.requestBody.content
+  t.same(Object.keys(batch).sort(), ['application/json', 'application/msgpack'], 'the batch takes JSON and msgpack')
+  t.match(batch['application/msgpack'].schema, { type: 'array', minItems: 1, items: { $ref: '#/components/schemas/WireEvent' } }, 'msgpack batch: an array of wire events')
+  t.match(batch['application/json'].schema, { type: 'array', minItems: 1, items: { $ref: '#/components/schemas/EventInput' } })
   t.same(Object.keys(spec.paths).sort(), ['/', '/events', '/events/background-task', '/events/batch', '/events/stream', '/healthz', '/metrics', '/readyz',
     '/webhooks', '/webhooks/{id}', '/webhooks/{id}/rotate-secret', '/webhooks/{id}/attempts', '/dead-letters', '/dead-letters/{id}',
     '/dead-letters/{id}/redeliver', '/dead-letters/redeliver'].sort())

@@ -126,7 +126,8 @@ const BAD: BadCase[] = [
   { name: 'batch: over BUSGATE_BATCH_MAX', url: '/events/batch', payload: '[{"event_name":"a"},{"event_name":"b"},{"event_name":"c"},{"event_name":"d"}]', status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /more than 3 items/ },
   { name: 'batch: one bad item spoils all', url: '/events/batch', payload: '[{"event_name":"a"},{"event_name":"B"}]', status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /body\/1\/event_name/ },
   { name: 'batch: one unencodable item spoils all', url: '/events/batch', payload: '[{"event_name":"a"},{"event_name":"b","args":[9007199254740993]}]', status: 400, code: 'BUSGATE_INVALID_EVENT', message: /body\/1\/args\[0\]/ },
-  { name: 'batch: msgpack', url: '/events/batch', headers: MSGPACK_CT, payload: hex('93 a161 a162 90'), status: 415, code: 'BUSGATE_UNSUPPORTED_MEDIA_TYPE' }
+  { name: 'batch: msgpack array of strs, not maps', url: '/events/batch', headers: MSGPACK_CT, payload: hex('93 a161 a162 90'), status: 400, code: 'BUSGATE_INVALID_EVENT', message: /body\/0\/expected a map, got a str/ },
+  { name: 'msgpack to a route that takes none', url: '/webhooks', headers: MSGPACK_CT, payload: hex('93 a161 a162 90'), status: 415, code: 'BUSGATE_UNSUPPORTED_MEDIA_TYPE' }
 ]
 
 t.test('bad input gets a clear error and writes nothing', async (t) => {
