@@ -11,7 +11,7 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Liveness: the process answers',
       response: { 200: Liveness }
     },
-    config: { scope: 'public' }
+    config: { scope: 'public', rateLimit: false }
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/readyz', {
@@ -21,7 +21,7 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Readiness: the event bus answers a PING',
       response: { 200: Ref(Readiness, 'Ready: the bus answers'), 503: Ref(Readiness, 'Not ready: the bus does not answer') }
     },
-    config: { scope: 'public' }
+    config: { scope: 'public', rateLimit: false }
   }, async (_request, reply) => {
     const up = await app.engine.ping().then(() => true, () => false)
     return reply.code(up ? 200 : 503).send({
@@ -38,7 +38,7 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Prometheus metrics',
       response: { 200: { description: 'Prometheus text exposition format', content: { 'text/plain': { schema: MetricsText } } }, ...authErrors }
     },
-    config: { scope: 'admin' }
+    config: { scope: 'admin', rateLimit: false }
   }, async (_request, reply) => {
     const text = await app.metrics.registry.metrics()
     return reply.type(app.metrics.registry.contentType).send(text)

@@ -16,6 +16,7 @@ const MEANING = {
   404: 'Nothing here (`BUSGATE_NOT_FOUND`)',
   413: 'The body is larger than BUSGATE_BODY_LIMIT (`BUSGATE_PAYLOAD_TOO_LARGE`)',
   415: 'The Content-Type is not one this route takes (`BUSGATE_UNSUPPORTED_MEDIA_TYPE`)',
+  429: 'More requests than BUSGATE_RATE_LIMIT allows this client (its token, or its address without one) in BUSGATE_RATE_LIMIT_WINDOW_MS; retry after `Retry-After` seconds (`BUSGATE_RATE_LIMITED`). Only when a limit is set',
   500: 'A fault in the gateway; details are logged, not returned (`BUSGATE_INTERNAL`)',
   503: 'The event bus is unavailable or full; nothing was written; retry after `Retry-After` seconds (`BUSGATE_REDIS_UNAVAILABLE`, `BUSGATE_QUEUE_FULL`, `BUSGATE_SHUTTING_DOWN`)'
 } as const

@@ -8,6 +8,7 @@ import authPlugin from './plugins/auth.js'
 import enginePlugin from './plugins/engine.js'
 import errorHandler, { clientErrorHandler, frameworkErrorHandler, rawErrorAnswer } from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
+import rateLimitPlugin from './plugins/rate-limit.js'
 import ssePlugin from './plugins/sse-hub.js'
 import tasksPlugin from './plugins/tasks.js'
 import webhooksPlugin from './plugins/webhooks.js'
@@ -112,11 +113,15 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
       origin: config.corsOrigins.includes('*') ? '*' : [...config.corsOrigins],
       methods: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
       allowedHeaders: ['Authorization', 'Content-Type', 'Last-Event-ID'],
+      // A browser client must be able to see when it may come back.
+      exposedHeaders: ['Retry-After', 'RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset'],
       maxAge: 600
     })
   }
   await app.register(authPlugin, { tokens: config.tokens })
   await app.register(enginePlugin, { config })
+  // Before any route, so each one gets its hook and its 429 in the spec.
+  await app.register(rateLimitPlugin, { config })
   await app.register(ssePlugin, { config })
   await app.register(tasksPlugin, { config })
   await app.register(webhooksPlugin, { config })

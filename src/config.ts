@@ -49,6 +49,9 @@ export interface Config {
   busMaxMessageBytes: number
   requestTimeoutMs: number
   maxConnections: number
+  /** requests per window per client; 0 = no limit */
+  rateLimit: number
+  rateLimitWindowMs: number
   redisTimeoutMs: number
   shutdownTimeoutMs: number
   memoryQueueMax: number
@@ -138,6 +141,12 @@ export const SETTINGS = [
   setting('maxConnections', 'BUSGATE_MAX_CONNECTIONS', '25000',
     'most open client connections, streams included; past it new connections are closed at once (keep it below `ulimit -n`)',
     (raw) => integer(raw, 1, 10_000_000)),
+  setting('rateLimit', 'BUSGATE_RATE_LIMIT', '0',
+    'requests a client (a token, or an address without one) may make per BUSGATE_RATE_LIMIT_WINDOW_MS; past it 429 BUSGATE_RATE_LIMITED; counted in Redis for all instances, or per process with the memory engine; 0 = no limit',
+    (raw) => integer(raw, 0, 100_000_000)),
+  setting('rateLimitWindowMs', 'BUSGATE_RATE_LIMIT_WINDOW_MS', '60000',
+    'the window BUSGATE_RATE_LIMIT counts in: a client\'s count starts at its first request and is dropped this long after',
+    (raw) => integer(raw, 1000, 86_400_000)),
   setting('batchMax', 'BUSGATE_BATCH_MAX', '1000', `most events in one \`POST /events/batch\` (at most ${MAX_FRAMES_PER_PRODUCE})`,
     (raw) => integer(raw, 1, MAX_FRAMES_PER_PRODUCE)),
   setting('redisTimeoutMs', 'BUSGATE_REDIS_TIMEOUT_MS', '2000', 'bound on connecting to Redis and on each command; past it a request gets 503', (raw) => integer(raw, 50, 60000)),

@@ -18,6 +18,7 @@ export const Errors = {
   PayloadTooLarge: createError('BUSGATE_PAYLOAD_TOO_LARGE', 'The body is larger than the limit of %s bytes', 413),
   MessageTooLarge: createError('BUSGATE_MESSAGE_TOO_LARGE', 'The event is larger than the bus takes: %s', 413),
   UnsupportedMediaType: createError('BUSGATE_UNSUPPORTED_MEDIA_TYPE', 'Content-Type %s is not accepted here; use %s', 415),
+  RateLimited: createError('BUSGATE_RATE_LIMITED', 'More than %s requests in %s ms from this client; retry in %s', 429),
   Internal: createError('BUSGATE_INTERNAL', 'Internal Server Error', 500),
   RedisUnavailable: createError('BUSGATE_REDIS_UNAVAILABLE', 'The event bus is unavailable: %s', 503),
   ReplicationUnconfirmed: createError('BUSGATE_REPLICATION_UNCONFIRMED',
@@ -60,6 +61,7 @@ const STATUS_TEXT: Record<number, string> = {
   413: 'Payload Too Large',
   415: 'Unsupported Media Type',
   417: 'Expectation Failed',
+  429: 'Too Many Requests',
   431: 'Request Header Fields Too Large',
   500: 'Internal Server Error',
   503: 'Service Unavailable'

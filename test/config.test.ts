@@ -47,7 +47,7 @@ t.test('environment variables and flags, a flag winning', async (t) => {
 t.test('every setting has a flag named after its variable', async (t) => {
   t.same(SETTINGS.map((s) => s.flag), [
     'host', 'port', 'redis-url', 'redis-sentinel-password', 'redis-wait-replicas', 'redis-wait-timeout-ms', 'log-level', 'pubsub-channel', 'prodcons-key', 'key-prefix', 'tokens', 'agent-id',
-    'cors-origins', 'body-limit', 'bus-max-message-bytes', 'request-timeout-ms', 'max-connections', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
+    'cors-origins', 'body-limit', 'bus-max-message-bytes', 'request-timeout-ms', 'max-connections', 'rate-limit', 'rate-limit-window-ms', 'batch-max', 'redis-timeout-ms', 'shutdown-timeout-ms', 'memory-queue-max', 'memory-queue-max-bytes',
     'sse-heartbeat-ms', 'sse-retry-ms', 'sse-history', 'sse-linger-ms', 'sse-history-bytes', 'sse-shared-history', 'sse-max-buffer-bytes',
     'webhook-allow-private', 'webhook-secret-overlap-ms', 'sse-max-clients', 'webhook-concurrency', 'webhook-timeout-ms',
     'webhook-max-attempts', 'webhook-max-age-ms', 'webhook-backoff-ms', 'webhook-backoff-max-ms', 'webhook-circuit-failures',
@@ -87,6 +87,8 @@ const BAD: Array<[Record<string, string>, string[], RegExp]> = [
   [{ BUSGATE_PUBSUB_CHANNEL: 'same', BUSGATE_PRODCONS_KEY: 'same' }, [], /must differ/],
   [{ BUSGATE_PRODCONS_KEY: 'busgate:queue' }, [], /^BUSGATE_PRODCONS_KEY: "busgate:queue" lies under BUSGATE_KEY_PREFIX/],
   [{ BUSGATE_KEY_PREFIX: 'has space' }, [], /^BUSGATE_KEY_PREFIX: must be non-empty without spaces/],
+  [{ BUSGATE_RATE_LIMIT: '-1' }, [], /^BUSGATE_RATE_LIMIT: must be an integer from 0 to 100000000/],
+  [{ BUSGATE_RATE_LIMIT_WINDOW_MS: '999' }, [], /^BUSGATE_RATE_LIMIT_WINDOW_MS: must be an integer from 1000 to 86400000, got 999$/],
   [{ BUSGATE_BATCH_MAX: '5001' }, [], /^BUSGATE_BATCH_MAX: must be an integer from 1 to 5000/],
   [{}, ['--nope'], /Unknown option '--nope'/],
   [{}, ['stray'], /positional/]

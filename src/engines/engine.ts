@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis'
 import type { Config } from '../config.js'
 import type { Feed, HistoryMetrics } from './feed.js'
 import { MAX_FRAMES_PER_PRODUCE } from './limits.js'
@@ -339,6 +340,8 @@ export interface Engine {
   readonly bus: Bus
   readonly queue: WorkQueue
   readonly store: Store
+  /** Redis only: the commands connection, for a plugin that keeps its own few keys (the rate limiter) */
+  readonly commands?: Redis
   /** Resolves when the bus is reachable or after the connect bound; never throws. */
   connect (): Promise<void>
   /** Rejects with a 503-coded error unless the bus answers within the configured bound. */

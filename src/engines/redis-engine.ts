@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { RedisBus } from './redis-bus.js'
 import { RedisLink, type RedisLinkOptions } from './redis-link.js'
@@ -21,6 +22,10 @@ export class RedisEngine implements Engine {
     this.bus = new RedisBus(this.#link)
     this.queue = new RedisWorkQueue(this.#link)
     this.store = new RedisStore(this.#link)
+  }
+
+  get commands (): Redis {
+    return this.#link.commands
   }
 
   get state (): EngineState {

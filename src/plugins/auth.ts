@@ -11,6 +11,10 @@ declare module 'fastify' {
     /** whether `?access_token=` may stand in for the header (EventSource cannot set headers) */
     queryToken?: boolean
   }
+  interface FastifyRequest {
+    /** the digest of the valid token this request presented; null without auth, or on a public route */
+    tokenDigest: string | null
+  }
 }
 
 const digest = (token: string): string => createHash('sha256').update(token).digest('hex')
@@ -34,6 +38,7 @@ function presentedToken (request: FastifyRequest): string | undefined {
  * document, whether or not tokens are configured, so the spec does not depend on the deployment.
  */
 export default fp<{ tokens: readonly TokenGrant[] | undefined }>(async (app, { tokens }) => {
+  app.decorateRequest('tokenDigest', null)
   app.addHook('onRoute', (route) => {
     const scope = route.config?.scope
     if (scope === undefined || scope === 'public') return
@@ -58,8 +63,11 @@ export default fp<{ tokens: readonly TokenGrant[] | undefined }>(async (app, { t
     if (needed === 'public' || request.method === 'OPTIONS') return
     const token = presentedToken(request)
     if (token === undefined) throw new Errors.Unauthorized('This route needs a token: send Authorization: Bearer <token>')
-    const scopes = token === '' ? undefined : scopesByDigest.get(digest(token))
+    const presented = token === '' ? undefined : digest(token)
+    const scopes = presented === undefined ? undefined : scopesByDigest.get(presented)
     if (scopes === undefined) throw new Errors.Unauthorized('The token is not valid')
     if (needed !== undefined && !scopes.has(needed)) throw new Errors.Forbidden(`The token lacks the "${needed}" scope this route needs`)
+    // Only a valid token names a client: the rate limiter counts by it (a made-up one got its 401 above).
+    request.tokenDigest = presented ?? null
   })
 }, { name: 'busgate-auth', fastify: '5.x' })

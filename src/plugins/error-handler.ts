@@ -22,6 +22,9 @@ export default fp<{ bodyLimit: number }>(async (app, { bodyLimit }) => {
     if (isUnavailable(err)) {
       // The engine logs the outage once; a line per refused request would flood the log.
       request.log.debug({ code: body.code, statusCode: body.statusCode }, 'request refused: bus unavailable')
+    } else if (body.code === 'BUSGATE_RATE_LIMITED') {
+      // A client over its limit keeps asking: a line per refusal would let it flood the log.
+      request.log.debug({ code: body.code }, 'request refused: rate limit')
     } else if (body.code === 'BUSGATE_CLIENT_ABORTED') {
       // Nobody is left to answer, and nothing went wrong here.
       app.metrics.clientErrors.inc({ code: body.code })
