@@ -42,12 +42,18 @@ export class WebhookSender {
     const started = performance.now()
     const timestamp = Math.floor(Date.now() / 1000)
     const seconds = (): number => (performance.now() - started) / 1000
+    let timer: NodeJS.Timeout | undefined
     try {
       const { url, privateLiteral } = this.#target(webhook.url)
       // An IP literal never goes through the connect-time lookup: checked here instead.
       if (!this.options.allowPrivate && privateLiteral) throw new Error(`${url.hostname} is a private address; refused`)
-      // One bound for the whole answer, body included: a receiver that drips its body must not hold the attempt.
-      const signal = AbortSignal.timeout(this.options.timeoutMs)
+      // One bound for the whole answer, body included: a receiver that drips its body must not
+      // hold the attempt. A timer cleared when the answer is in, not AbortSignal.timeout(): its
+      // timer cannot be cleared, so each delivery would hold one for the whole bound (thousands
+      // a second, each kept until it fires).
+      const abort = new AbortController()
+      const signal = abort.signal
+      timer = setTimeout(() => { abort.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError')) }, this.options.timeoutMs)
       const res = await request(url, {
         method: 'POST',
         dispatcher: this.#agent,
@@ -70,6 +76,8 @@ export class WebhookSender {
       return { ok, status: res.statusCode, error: ok ? null : `HTTP ${res.statusCode}`, retryAfterMs: retryAfter(res.headers['retry-after']), seconds: seconds() }
     } catch (err) {
       return { ok: false, status: null, error: (err as Error).message, retryAfterMs: null, seconds: seconds() }
+    } finally {
+      clearTimeout(timer)
     }
   }
 
