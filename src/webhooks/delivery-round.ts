@@ -111,6 +111,8 @@ export class DeliveryRound {
     let tried = false
     /** the soonest one of them at its limit may take it */
     let limitedFor = Infinity
+    /** the soonest one set aside takes deliveries again, when all are */
+    const asideFor = candidates.length > 0 ? Infinity : Math.min(...all.map((w) => this.parts.health.asideFor(w.id, now)))
     if (candidates.length > 0) {
       const start = (await this.parts.roundRobin.position(all.map((w) => w.id))) % candidates.length
       for (let k = 0; k < candidates.length && !this.parts.stopping(); k++) {
@@ -138,6 +140,13 @@ export class DeliveryRound {
       // Every webhook that could take it is at its limit: it waits for the soonest, held by
       // nobody, and no round is counted (it did not fail).
       await consumer.delay(claimed, sealer.seal(envelope, frame), limitedFor)
+      return undefined
+    }
+    if (!tried && asideFor > 0 && asideFor < Infinity && !this.parts.stopping() && Date.now() - envelope.first_seen < this.options.maxAgeMs) {
+      // Every webhook that could take it is set aside: nothing was sent, so no round is counted
+      // (a backoff that grew meanwhile would hold it long after the receiver recovers); it waits
+      // for the soonest to be probed again, spread over a tenth of that so they do not all come at once.
+      await consumer.delay(claimed, sealer.seal(envelope, frame), asideFor + Math.random() * Math.min(1000, asideFor / 10))
       return undefined
     }
     if (envelope.attempts >= this.options.maxAttempts || Date.now() - envelope.first_seen >= this.options.maxAgeMs) {

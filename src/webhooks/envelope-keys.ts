@@ -17,15 +17,18 @@ export class EnvelopeKeys {
   /** The key every instance seals envelopes with: made by the first one, read by the others. */
   async sealer (): Promise<EnvelopeSealer> {
     const key = `${this.keyPrefix}envelope-key`
-    this.#sealer ??= this.store.setIfAbsent(key, EnvelopeSealer.newKey()).then((value) => {
-      try {
-        return new EnvelopeSealer(Buffer.from(value, 'base64'))
-      } catch (err) {
-        throw new Error(`${key} holds no valid envelope key (${(err as Error).message}): delete it, and busgate makes a new one`)
-      }
-    })
-    // A bus that is down now must not leave a failed read behind for good.
-    this.#sealer.catch(() => { this.#sealer = undefined })
+    if (this.#sealer === undefined) {
+      const reading = this.store.setIfAbsent(key, EnvelopeSealer.newKey()).then((value) => {
+        try {
+          return new EnvelopeSealer(Buffer.from(value, 'base64'))
+        } catch (err) {
+          throw new Error(`${key} holds no valid envelope key (${(err as Error).message}): delete it, and busgate makes a new one`)
+        }
+      })
+      this.#sealer = reading
+      // A bus that is down now must not leave a failed read behind for good.
+      reading.catch(() => { if (this.#sealer === reading) this.#sealer = undefined })
+    }
     return await this.#sealer
   }
 

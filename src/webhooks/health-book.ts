@@ -1,6 +1,6 @@
 import type { Store } from '../engines/engine.js'
 import { storedRecordCheck } from '../validation.js'
-import { HEALTHY, Outcomes, StoredHealthSchema, allowsDelivery, applyOutcomes, viewHealth, type HealthRules, type HealthView, type Outcome, type StoredHealth } from './health.js'
+import { HEALTHY, Outcomes, StoredHealthSchema, allowsDelivery, applyOutcomes, asideForMs, viewHealth, type HealthRules, type HealthView, type Outcome, type StoredHealth } from './health.js'
 
 /** How often outcomes are written (summed up per webhook), and the others' read. */
 export const HEALTH_FLUSH_MS = 250
@@ -76,6 +76,11 @@ export class HealthBook {
 
   allows (webhookId: string, now = Date.now()): boolean {
     return allowsDelivery(this.current(webhookId, now), now)
+  }
+
+  /** How long until the webhook takes deliveries again, as far as this instance knows (0: it does). */
+  asideFor (webhookId: string, now = Date.now()): number {
+    return asideForMs(this.current(webhookId, now), now)
   }
 
   view (webhookId: string, enabled: boolean, now = Date.now()): HealthView {

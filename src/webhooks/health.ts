@@ -130,6 +130,11 @@ export function allowsDelivery (record: StoredHealth, now: number): boolean {
   return record.set_aside_until <= now && record.not_before <= now
 }
 
+/** How long until it allows deliveries again (0: it does now). */
+export function asideForMs (record: StoredHealth, now: number): number {
+  return Math.max(0, record.set_aside_until - now, record.not_before - now)
+}
+
 export type HealthState = 'healthy' | 'failing' | 'set_aside' | 'disabled'
 
 /** What the API shows of it. */

@@ -100,3 +100,33 @@ t.test('a health record that does not check (a hand edit) is taken as healthy an
   await receiver.waitFor(1, 3000)
   t.equal(receiver.received.length, 1, 'delivered as to a healthy webhook')
 })
+
+t.test('messages that come due while their webhook is set aside wait for its end, not for a longer backoff: a receiver that recovers gets them soon after', async (t) => {
+  const names = uniqueNames()
+  // Rounds back off 400 ms, 800, 1.6 s … up to 60 s: each round counted while nothing could be
+  // sent would put the messages tens of seconds past the receiver's recovery.
+  const config = {
+    ...names, webhookAllowPrivate: true, webhookBackoffMs: 400, webhookBackoffMaxMs: 60_000, webhookCircuitFailures: 3, webhookCircuitCooldownMs: 1000, webhookMaxAttempts: 1000
+  }
+  const app = await testApp(t, redis.url, config)
+  let failing = true
+  const delivered = new Set<unknown>()
+  const receiver = await startReceiver(t, (r) => {
+    if (failing) return { status: 500 }
+    delivered.add(JSON.stringify(r.json))
+    return { status: 204 }
+  })
+  const { id } = (await app.inject({ method: 'POST', url: '/webhooks', payload: { url: receiver.url } })).json() as { id: string }
+  await app.inject({ method: 'POST', url: '/events/batch', payload: Array.from({ length: 10 }, (_, n) => ({ event_name: 'kernel_started', args: [n] })) })
+  // Failing for 6 s: six cooldowns, and backoffs that would reach 25 s if each set-aside round counted.
+  await until(() => false, 6000).catch(() => undefined)
+  const tried = receiver.received.length
+  failing = false
+  const recovered = Date.now()
+  await until(() => delivered.size === 10, 8000)
+  const waited = Date.now() - recovered
+  t.ok(waited < 4000, `all 10 delivered ${waited} ms after the receiver recovered (a cooldown is 1 s)`)
+  t.ok(tried < 60, `${tried} attempts while it failed: set aside, the messages were not tried`)
+  const health = (await app.inject({ method: 'GET', url: `/webhooks/${id}` })).json().health
+  t.equal(health.state, 'healthy')
+})
