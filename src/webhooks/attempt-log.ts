@@ -1,5 +1,6 @@
 import type { Store } from '../engines/engine.js'
 import { Attempt } from '../../schemas/dead-letter.js'
+import { RingBuffer } from '../ring-buffer.js'
 import { storedRecordCheck } from '../validation.js'
 
 /** Lines kept per webhook, newest first. */
@@ -11,7 +12,8 @@ const isAttempt = storedRecordCheck(Attempt)
  * written in batches (one write per webhook per flush), so a delivery never waits on its log.
  */
 export class AttemptLog {
-  #pending = new Map<string, string[]>()
+  /** the newest lines of each webhook since the last flush, serialized only when written */
+  #pending = new Map<string, RingBuffer<Attempt>>()
 
   constructor (private readonly store: Store, private readonly keyPrefix: string, private readonly onInvalid: (webhookId: string) => void = () => {}) {}
 
@@ -20,10 +22,12 @@ export class AttemptLog {
   }
 
   record (webhookId: string, attempt: Attempt): void {
-    const lines = this.#pending.get(webhookId) ?? []
-    this.#pending.set(webhookId, lines)
-    lines.push(JSON.stringify(attempt))
-    if (lines.length > ATTEMPT_LOG_MAX) lines.splice(0, lines.length - ATTEMPT_LOG_MAX)
+    let lines = this.#pending.get(webhookId)
+    if (lines === undefined) {
+      lines = new RingBuffer<Attempt>(ATTEMPT_LOG_MAX)
+      this.#pending.set(webhookId, lines)
+    }
+    lines.push(attempt)
   }
 
   /** Writes what waits; lines of webhooks `exists` no longer knows (deleted meanwhile) are dropped, not left behind. */
@@ -31,7 +35,8 @@ export class AttemptLog {
     const pending = this.#pending
     this.#pending = new Map()
     await Promise.all([...pending].filter(([webhookId]) => exists(webhookId)).map(async ([webhookId, lines]) => {
-      await this.store.listPushCapped(this.#key(webhookId), lines, ATTEMPT_LOG_MAX)
+      const json = Array.from({ length: lines.length }, (_, i) => JSON.stringify(lines.at(i)))
+      await this.store.listPushCapped(this.#key(webhookId), json, ATTEMPT_LOG_MAX)
     }))
   }
 
