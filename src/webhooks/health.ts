@@ -127,7 +127,7 @@ export function applyOutcomes (before: StoredHealth, outcomes: Outcomes, rules: 
 
 /** Whether a delivery may be tried now. */
 export function allowsDelivery (record: StoredHealth, now: number): boolean {
-  return record.set_aside_until <= now && record.not_before <= now
+  return asideForMs(record, now) === 0
 }
 
 /** How long until it allows deliveries again (0: it does now). */

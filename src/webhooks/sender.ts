@@ -45,7 +45,7 @@ export class WebhookSender {
     const started = performance.now()
     const timestamp = Math.floor(Date.now() / 1000)
     const seconds = (): number => (performance.now() - started) / 1000
-    let timer: NodeJS.Timeout | undefined
+    let deadline: Deadline | undefined
     try {
       const { url, path, privateLiteral } = this.#target(webhook.url)
       // An IP literal never goes through the connect-time lookup: checked here instead.
@@ -55,14 +55,13 @@ export class WebhookSender {
       // or the body once the head is in. Cheaper than an AbortController (an EventTarget) per
       // delivery, and its timer is cleared when the answer is in (AbortSignal.timeout's cannot
       // be: each delivery would hold one for the whole bound).
-      const signal = new Deadline()
-      timer = setTimeout(() => { signal.expire() }, this.options.timeoutMs)
+      deadline = new Deadline(this.options.timeoutMs)
       // The agent itself, with the origin and path parsed once per URL: undici's request() parses the URL again on every call.
       const res = await this.#agent.request({
         origin: url.origin,
         path,
         method: 'POST',
-        signal,
+        signal: deadline,
         headers: {
           'content-type': 'application/json',
           'user-agent': 'busgate',
@@ -82,7 +81,7 @@ export class WebhookSender {
     } catch (err) {
       return { ok: false, status: null, error: (err as Error).message, retryAfterMs: null, seconds: seconds() }
     } finally {
-      clearTimeout(timer)
+      deadline?.clear()
     }
   }
 
@@ -103,15 +102,23 @@ export class WebhookSender {
   }
 }
 
-/** What undici takes as a signal: an emitter that says 'abort' once, with the reason, when the bound is reached. */
+/** What undici takes as a signal: an emitter that says 'abort' once, with the reason, when `ms` have passed; clear() when the answer is in. */
 class Deadline extends EventEmitter {
   aborted = false
   reason: Error | undefined
+  readonly #timer: NodeJS.Timeout
 
-  expire (): void {
-    this.aborted = true
-    this.reason = new DOMException('The operation was aborted due to timeout', 'TimeoutError')
-    this.emit('abort')
+  constructor (ms: number) {
+    super()
+    this.#timer = setTimeout(() => {
+      this.aborted = true
+      this.reason = new DOMException('The operation was aborted due to timeout', 'TimeoutError')
+      this.emit('abort')
+    }, ms)
+  }
+
+  clear (): void {
+    clearTimeout(this.#timer)
   }
 }
 
