@@ -11,18 +11,23 @@
  * that). --streams-row N (100; 0 = none) adds a row: the single path again while N SSE streams
  * read everything.
  *
+ * Where Linux's /proc tells, it also reports the CPU each accepted request cost the server
+ * process and Redis together (the load generator left out): a figure that moves far less than
+ * req/s with how busy the shared machine is.
+ *
  * --wait-replicas N starts N replicas of the private Redis and runs the gateway with
  * BUSGATE_REDIS_WAIT_REPLICAS=N: what a 202 that means "replicated" costs. --streams N keeps N
  * SSE streams open on the gateway (each reading everything) while it is measured: the produce
  * path while the gateway also streams, and records the shared history (unless the environment
  * says BUSGATE_SSE_SHARED_HISTORY=false).
  */
+import type { ChildProcess } from 'node:child_process'
 import { get } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { Redis } from 'ioredis'
-import { freePort, median, startProcess, stopProcess, table } from './lib.js'
+import { cpuSeconds, freePort, median, startProcess, stopProcess, table } from './lib.js'
 
 const { values } = parseArgs({
   options: {
@@ -57,9 +62,24 @@ const event = { event_name: 'kernel_started', agent_id: 'i-ag01', args: ['6f0c9a
 const single = JSON.stringify(event)
 const batch = JSON.stringify(Array.from({ length: batchSize }, () => event))
 
-interface Run { rps: number, p99: number, non2xx: number, errors: number, ok: number }
+interface Run {
+  rps: number
+  p99: number
+  non2xx: number
+  errors: number
+  ok: number
+  /** CPU µs per accepted request: the server process, and Redis (undefined off Linux) */
+  serverUs?: number
+  redisUs?: number
+}
 
-async function load (port: number, path: string, body: string): Promise<Run> {
+/** CPU µs per accepted request between two readings of a process's CPU seconds. */
+function perRequest (before: number | undefined, after: number | undefined, ok: number): number | undefined {
+  return before === undefined || after === undefined || ok === 0 ? undefined : (after - before) * 1e6 / ok
+}
+
+async function load (port: number, path: string, body: string, server?: ChildProcess): Promise<Run> {
+  const cpuBefore = [cpuSeconds(server?.pid), cpuSeconds(redis.pid)]
   const result = await autocannon({
     url: `http://127.0.0.1:${port}${path}`,
     method: 'POST',
@@ -73,7 +93,9 @@ async function load (port: number, path: string, body: string): Promise<Run> {
     p99: result.latency.p99,
     non2xx: result.non2xx,
     errors: result.errors + result.timeouts,
-    ok: result['2xx']
+    ok: result['2xx'],
+    serverUs: perRequest(cpuBefore[0], cpuSeconds(server?.pid), result['2xx']),
+    redisUs: perRequest(cpuBefore[1], cpuSeconds(redis.pid), result['2xx'])
   }
 }
 
@@ -103,14 +125,16 @@ const samples = {
   bareP99: [] as number[],
   // Ratios within a round compare runs made minutes apart, not across the machine's mood swings.
   singleRatio: [] as number[],
-  batchRatio: [] as number[]
+  batchRatio: [] as number[],
+  // CPU µs per request (server process + Redis), per path, where /proc tells
+  cpu: { bare: [] as number[], naive: [] as number[], single: [] as number[] }
 }
 try {
   for (let round = 1; round <= rounds; round++) {
     const barePort = await freePort()
     const bare = await startProcess(process.execPath, ['--import', 'tsx', `${root}bench/bare-server.ts`], { PORT: String(barePort) }, 'Server listening')
     await warm(barePort, '/events', single)
-    const b = await load(barePort, '/events', single)
+    const b = await load(barePort, '/events', single, bare)
     await stopProcess(bare)
 
     const naivePort = await freePort()
@@ -119,7 +143,7 @@ try {
     await warm(naivePort, '/events', single)
     await sleep(300)
     await check.flushall()
-    const n = await load(naivePort, '/events', single)
+    const n = await load(naivePort, '/events', single, naiveServer)
     await stopProcess(naiveServer)
     await sleep(300)
     await check.flushall()
@@ -132,7 +156,7 @@ try {
     await warm(gwPort, '/events', single)
     await sleep(300) // let requests still in flight from the warm-up land before counting from zero
     await check.flushall()
-    const s = await load(gwPort, '/events', single)
+    const s = await load(gwPort, '/events', single, gateway)
     await sleep(300)
     const storedSingle = await check.llen('events.prodcons')
     await check.flushall()
@@ -162,6 +186,9 @@ try {
       throw new Error(`batch: ${m.ok * batchSize} accepted but ${storedBatch} in Redis`)
     }
 
+    for (const [name, run] of [['bare', b], ['naive', n], ['single', s]] as const) {
+      if (run.serverUs !== undefined && run.redisUs !== undefined) samples.cpu[name].push(run.serverUs + run.redisUs)
+    }
     samples.bare.push(b.rps)
     samples.naive.push(n.rps)
     samples.naiveRatio.push(s.rps / n.rps)
@@ -198,5 +225,18 @@ process.stdout.write(table([
   ...(samples.streamed.length > 0 ? [[`POST /events, ${streamsRow} streams open`, `${fmt(median(samples.streamed))} req/s`, '', 'bare route', `${median(samples.streamedRatio).toFixed(2)}×`, '']] : [])
 ]) + '\n')
 process.stdout.write('\nratios are medians of the per-round ratios; rates are medians of the rounds\n')
+if (samples.cpu.single.length > 0) {
+  // What each request cost the machine, server and Redis together: the load generator, the server
+  // and Redis share its cores, so this, unlike req/s, hardly moves with how busy the machine is.
+  const us = (values: number[]): string => `${median(values).toFixed(1)} µs`
+  process.stdout.write('\nCPU per accepted request (server process + Redis, from /proc), medians of the rounds\n\n')
+  process.stdout.write(table([
+    ['path', 'CPU per request', 'bare route ÷ this'],
+    ['bare Fastify route', us(samples.cpu.bare), ''],
+    ['naive Redis route', us(samples.cpu.naive), `${(median(samples.cpu.bare) / median(samples.cpu.naive)).toFixed(2)}×`],
+    ['POST /events', us(samples.cpu.single), `${(median(samples.cpu.bare) / median(samples.cpu.single)).toFixed(2)}×`]
+  ]) + '\n')
+  process.stdout.write(`rounds (µs): bare ${samples.cpu.bare.map((v) => v.toFixed(1)).join(', ')}; naive ${samples.cpu.naive.map((v) => v.toFixed(1)).join(', ')}; single ${samples.cpu.single.map((v) => v.toFixed(1)).join(', ')}\n`)
+}
 process.stdout.write(`rounds: bare ${samples.bare.map(fmt).join(', ')}; naive ${samples.naive.map(fmt).join(', ')}; streamed ${samples.streamed.map(fmt).join(', ')}; single ${samples.single.map(fmt).join(', ')}; batch ${samples.batch.map(fmt).join(', ')}\n`)
 process.stdout.write(`per-round ratios: single/bare ${samples.singleRatio.map((r) => r.toFixed(2)).join(', ')}; single/naive ${samples.naiveRatio.map((r) => r.toFixed(2)).join(', ')}; batch/single ${samples.batchRatio.map((r) => r.toFixed(1)).join(', ')}\n`)
