@@ -1,7 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Config } from '../src/config.js'
-import { CodecError, encodeEvent, fromJsonValue, msgpackArrayHead, parseWireEvent, parseWireEventAt, scanMsgpack, type BusEvent } from '../src/codec.js'
+import { CodecError, msgpackArrayHead, parseWireEvent, parseWireEventAt, scanMsgpack, type BusEvent } from '../src/codec.js'
 import { Errors } from '../src/errors.js'
+import { packJsonEvents } from '../src/json-packer.js'
 import { Ref } from '../schemas/common.js'
 import { authErrors, errorResponses } from '../schemas/error.js'
 import { Type } from '@sinclair/typebox'
@@ -27,7 +28,7 @@ function refusal (err: CodecError, where: string, json: boolean): Error {
  * body is, and sliced out of the body as sent. Refusals name the element as the JSON batch's do
  * (`body/3/`); the array itself is refused in the JSON batch's words.
  */
-function parseWireBatch (body: Buffer, batchMax: number): { events: BusEvent[], frames: Uint8Array[] } {
+function parseWireBatch (body: Buffer, batchMax: number, maxBytes: number): { events: BusEvent[], frames: Uint8Array[] } {
   const head = msgpackArrayHead(body)
   if (head === undefined) {
     let problem: string | undefined
@@ -47,6 +48,7 @@ function parseWireBatch (body: Buffer, batchMax: number): { events: BusEvent[], 
   for (let i = 0; i < head.count; i++) {
     try {
       const element = parseWireEventAt(body, pos)
+      checkSize(element.bytes, maxBytes, `body/${i}/`)
       events.push(element.event)
       frames.push(element.bytes)
       pos += element.bytes.byteLength
@@ -63,27 +65,30 @@ function parseWireBatch (body: Buffer, batchMax: number): { events: BusEvent[], 
  * What busgate's own readers would set aside (BUSGATE_BUS_MAX_MESSAGE_BYTES) it does not write:
  * an event JSON describes in fewer bytes than msgpack does (floats) can still be too large.
  */
+function checkBytes (bytes: number, maxBytes: number, where: string): void {
+  if (bytes > maxBytes) throw new Errors.MessageTooLarge(`${where}${bytes} bytes of msgpack, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${maxBytes})`)
+}
+
 function checkSize (frame: Uint8Array, maxBytes: number, where: string): Uint8Array {
-  if (frame.byteLength > maxBytes) {
-    throw new Errors.MessageTooLarge(`${where}${frame.byteLength} bytes of msgpack, more than BUSGATE_BUS_MAX_MESSAGE_BYTES (${maxBytes})`)
-  }
+  checkBytes(frame.byteLength, maxBytes, where)
   return frame
 }
 
-function encodeInput (input: EventInput, defaultAgentId: string, maxBytes: number, where: string): Uint8Array {
-  let frame: Uint8Array
+const SINGLE = (): string => 'body/'
+const BATCH_ELEMENT = (i: number): string => `body/${i}/`
+
+/**
+ * The frames of events that entered as JSON, each at most BUSGATE_BUS_MAX_MESSAGE_BYTES, checked
+ * as it is packed: the answer is the first refusal in array order, whichever kind it is.
+ */
+function encodeInputs (inputs: readonly EventInput[], defaultAgentId: string, maxBytes: number, where: (i: number) => string): Buffer[] {
+  const checkFrame = (i: number, bytes: number): void => { checkBytes(bytes, maxBytes, where(i)) }
   try {
-    if (input.agent_id?.isWellFormed() === false) throw new CodecError('wrong_shape', `${where}agent_id holds a lone UTF-16 surrogate`)
-    frame = encodeEvent({
-      event_name: input.event_name,
-      agent_id: input.agent_id ?? defaultAgentId,
-      args: fromJsonValue(input.args ?? [], `${where}args`) as unknown[]
-    })
+    return packJsonEvents(inputs, defaultAgentId, where, checkFrame)
   } catch (err) {
-    if (err instanceof CodecError) throw refusal(err, where, true)
+    if (err instanceof CodecError) throw refusal(err, '', true)
     throw err
   }
-  return checkSize(frame, maxBytes, where)
 }
 
 const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
@@ -131,7 +136,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
         throw new Errors.BadRequest(`This route needs a body: JSON (application/json) or msgpack (${MSGPACK})`)
       }
       const raw = wireBytes.get(body)
-      const frame = raw === undefined ? encodeInput(body, config.agentId, config.busMaxMessageBytes, 'body/') : checkSize(raw, config.busMaxMessageBytes, '')
+      const frame = raw === undefined ? encodeInputs([body as EventInput], config.agentId, config.busMaxMessageBytes, SINGLE)[0] as Buffer : checkSize(raw, config.busMaxMessageBytes, '')
       await app.tasks.recordProduced([body])
       const result = await app.engine.bus.produce([frame])
       const counter = raw === undefined ? produced.json : produced.msgpack
@@ -144,7 +149,7 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
   await app.register(async (batch) => {
     batch.addContentTypeParser(MSGPACK, { parseAs: 'buffer' }, (_request, body: Buffer, done) => {
       try {
-        const { events, frames } = parseWireBatch(body, config.batchMax)
+        const { events, frames } = parseWireBatch(body, config.batchMax, config.busMaxMessageBytes)
         batchBytes.set(events, frames)
         done(null, events)
       } catch (err) {
@@ -177,8 +182,8 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
       }
       const raw = batchBytes.get(body)
       const frames = raw === undefined
-        ? (body as EventInput[]).map((input, i) => encodeInput(input, config.agentId, config.busMaxMessageBytes, `body/${i}/`))
-        : raw.map((frame, i) => checkSize(frame, config.busMaxMessageBytes, `body/${i}/`))
+        ? encodeInputs(body as EventInput[], config.agentId, config.busMaxMessageBytes, BATCH_ELEMENT)
+        : raw // each checked for size as it was sliced
       await app.tasks.recordProduced(body)
       const result = await app.engine.bus.produce(frames)
       const counter = raw === undefined ? produced.batch : produced.msgpackBatch

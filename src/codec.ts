@@ -119,9 +119,10 @@ const protoDecoder = new Decoder({ useBigInt64: true, extensionCodec, mapKeyConv
 // where Python writes uint64/int64. Events encoded here come from JSON, which holds no bigints.
 const encoder = new Encoder({ maxDepth: MAX_DEPTH + 1 })
 
-const KEY_EVENT_NAME = Buffer.from('83aa6576656e745f6e616d65', 'hex') // fixmap(3), "event_name"
-const KEY_AGENT_ID = Buffer.from('a86167656e745f6964', 'hex') // "agent_id"
-const KEY_ARGS = Buffer.from('a461726773', 'hex') // "args"
+/** The frame's fixed bytes, in Backend.AI's key order: the map header and each key as a str. */
+export const KEY_EVENT_NAME = Buffer.from('83aa6576656e745f6e616d65', 'hex') // fixmap(3), "event_name"
+export const KEY_AGENT_ID = Buffer.from('a86167656e745f6964', 'hex') // "agent_id"
+export const KEY_ARGS = Buffer.from('a461726773', 'hex') // "args"
 
 function strHeaderSize (byteLength: number): number {
   return byteLength < 32 ? 1 : byteLength < 0x100 ? 2 : byteLength < 0x10000 ? 3 : 5
@@ -348,98 +349,15 @@ export function toJsonEvent (event: BusEvent): JsonEvent {
   return { event_name: event.event_name, agent_id: event.agent_id, args: event.args.map(toJsonValue) }
 }
 
-/** Padded base64, as `{"$base64": …}` and stored bytes carry it. */
-export const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
+const BASE64_TEXT = /^[A-Za-z0-9+/]*={0,2}$/
 
 /**
- * The inverse for events entering as JSON: `{"$base64": "…"}` (that one key alone) becomes
- * bin. Integers JSON cannot carry exactly (2^53 to 2^64) are refused rather than rounded; so are
- * numbers past ±1.8e308 (which a JSON parser reads as ±Infinity) and nesting past MAX_DEPTH.
- * Throws CodecError with a message naming the path.
+ * Padded base64, as `{"$base64": …}` and stored bytes carry it. The length and one character
+ * class say it in linear time: a regex repeating a four-character group recursed past V8's
+ * stack on megabytes of text (a RangeError, not a refusal).
  */
-export function fromJsonValue (value: unknown, path = 'args'): unknown {
-  // Most events carry no bin: check first, and copy only when something must change.
-  // Counted as the msgpack scan counts the whole event: the map, its three keys, two strs, then args.
-  return needsConversion(value, [path], { values: 6 }) ? convert(value) : value
-}
-
-function isBase64Object (value: object): value is { $base64: unknown } {
-  let count = 0
-  for (const key in value) {
-    if (key !== '$base64' || ++count > 1) return false
-  }
-  return count === 1
-}
-
-/**
- * Validates the whole value (throwing CodecError naming the path) and says whether any
- * `$base64` object is inside. `path` is a stack of segments, joined only for an error.
- */
-function needsConversion (value: unknown, path: Array<string | number>, seen: { values: number }): boolean {
-  if (++seen.values > MAX_VALUES) throw tooManyValues()
-  if (typeof value === 'string') {
-    // JSON can carry a lone surrogate ("\ud800"); UTF-8 cannot, and Python would refuse the message.
-    if (!value.isWellFormed()) throw new CodecError('wrong_shape', `${formatPath(path)} holds a lone UTF-16 surrogate, which UTF-8 cannot carry`)
-    return false
-  }
-  if (typeof value === 'number') {
-    // JSON.parse reads 1e400 as Infinity; written as float64 infinity it would come back as no JSON at all.
-    if (!Number.isFinite(value)) {
-      throw new CodecError('wrong_shape', `${formatPath(path)} is not a finite number (JSON numbers past ±1.8e308 read as Infinity)`)
-    }
-    // Between 2^53 and 2^64 a JSON number may be an int64 already rounded by the parser; past
-    // 2^64 no msgpack int exists, so it can only be a float and is kept as one.
-    if (Number.isInteger(value) && !Number.isSafeInteger(value) && Math.abs(value) < 2 ** 64) {
-      throw new CodecError('wrong_shape',
-        `${formatPath(path)} is an integer beyond ±(2^53-1), which JSON numbers cannot carry exactly; send it as a string or post application/msgpack`)
-    }
-    return false
-  }
-  if (typeof value !== 'object' || value === null) return false
-  // The event map is level 1 and `args` level 2: count as the msgpack scanner does.
-  if (path.length + 1 > MAX_DEPTH) throw new CodecError('wrong_shape', `${formatPath(path)} is nested deeper than ${MAX_DEPTH} levels`)
-  let found = false
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      path.push(i)
-      if (needsConversion(value[i], path, seen)) found = true
-      path.pop()
-    }
-    return found
-  }
-  if (isBase64Object(value)) {
-    if (typeof value.$base64 !== 'string' || !BASE64.test(value.$base64)) {
-      throw new CodecError('wrong_shape', `${formatPath(path)}.$base64 must be a padded base64 string`)
-    }
-    return true
-  }
-  for (const key in value) {
-    path.push(key)
-    if (!key.isWellFormed()) throw new CodecError('wrong_shape', `${formatPath(path)}: the key holds a lone UTF-16 surrogate`)
-    // A key is a value of its own in msgpack.
-    if (++seen.values > MAX_VALUES) throw tooManyValues()
-    if (needsConversion((value as Record<string, unknown>)[key], path, seen)) found = true
-    path.pop()
-  }
-  return found
-}
-
-function formatPath (path: Array<string | number>): string {
-  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('')
-}
-
-function convert (value: unknown): unknown {
-  if (typeof value !== 'object' || value === null) return value
-  if (Array.isArray(value)) return value.map(convert)
-  if (isBase64Object(value)) return new Uint8Array(Buffer.from(value.$base64 as string, 'base64'))
-  const out: Record<string, unknown> = {}
-  for (const key in value) {
-    const converted = convert((value as Record<string, unknown>)[key])
-    // JSON.parse makes "__proto__" an own key; assigned, it would set the copy's prototype instead.
-    if (key === '__proto__') Object.defineProperty(out, key, { value: converted, enumerable: true, writable: true, configurable: true })
-    else out[key] = converted
-  }
-  return out
+export function isBase64 (text: string): boolean {
+  return text.length % 4 === 0 && BASE64_TEXT.test(text)
 }
 
 /** A short hex view of a message for logs: enough to recognise it, never the whole thing. */
@@ -459,8 +377,9 @@ export function scanMsgpack (bytes: Uint8Array, strict = true): string | undefin
   return typeof scanned === 'string' ? scanned : undefined
 }
 
-function tooManyValues (): CodecError {
-  return new CodecError('too_large', `the event holds more than ${MAX_VALUES} values (strs, numbers, arrays, maps…)`)
+/** `where` names the batch element, as refusals of JSON events do (`body/3/`). */
+export function tooManyValues (where = ''): CodecError {
+  return new CodecError('too_large', `${where}the event holds more than ${MAX_VALUES} values (strs, numbers, arrays, maps…)`)
 }
 
 /** Most strs are short and ASCII: for them a loop is cheaper than a view and a call into C++. */

@@ -44,6 +44,18 @@ export function isUnavailable (err: unknown): boolean {
     code === 'BUSGATE_TOO_MANY_STREAMS'
 }
 
+const OUTCOME_UNKNOWN = Symbol('outcome unknown')
+
+/** Marks an engine failure after the command was sent (a timeout, a dropped connection): Redis may have run it. */
+export function outcomeUnknown<E extends Error> (err: E): E {
+  return Object.assign(err, { [OUTCOME_UNKNOWN]: true })
+}
+
+/** Whether the failed command may still have been carried out (see outcomeUnknown). */
+export function isOutcomeUnknown (err: unknown): boolean {
+  return (err as { [OUTCOME_UNKNOWN]?: unknown } | null)?.[OUTCOME_UNKNOWN] === true
+}
+
 interface RaisedError {
   code?: string
   statusCode?: number

@@ -1,9 +1,11 @@
 import { decode } from '@msgpack/msgpack'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Redis } from 'ioredis'
 import t from 'tap'
 import { listeningApp } from './helpers/app.js'
 import { uniqueNames } from './helpers/bus.js'
 import { startReceiver } from './helpers/receiver.js'
-import { startCluster } from './helpers/redis.js'
+import { killConnections, startCluster } from './helpers/redis.js'
 import { parseRedisUrl } from '../src/config.js'
 import { RedisEngine } from '../src/engines/redis-engine.js'
 import { engineContract } from './engines/contract.js'
@@ -12,6 +14,12 @@ import { openStream } from './helpers/sse.js'
 import { until } from './helpers/wait.js'
 
 const cluster = await startCluster(t)
+
+/** The master that holds `key`'s slot. */
+async function masterOf (key: string): Promise<Redis> {
+  const slot = await cluster.client.call('CLUSTER', 'KEYSLOT', key) as number
+  return cluster.client.nodes('master').find((n) => (cluster.client.slots[slot] ?? []).includes(`${n.options.host}:${n.options.port}`))!
+}
 
 // The same suite as on one server: the engine's parts differ only in how connections are made.
 t.test('the engine contract, on a Redis Cluster', async (t) => {
@@ -93,4 +101,36 @@ t.test('on a Redis Cluster: the task view (bgtask.<id> wherever it hashes) and r
   const got = await receiver.waitFor(3)
   t.equal(got.length, 3, 'failed twice, then delivered')
   t.equal(new Set(got.map((r) => r.headers['webhook-id'])).size, 1, 'one id across the retries')
+})
+
+t.test('on a Redis Cluster: a produce in flight when its node connection drops is answered 503, never sent again behind the client', async (t) => {
+  const names = uniqueNames()
+  const { app } = await listeningApp(t, cluster.url, { ...names, redisTimeoutMs: 3000 })
+  t.equal((await app.inject({ method: 'POST', url: '/events', payload: { event_name: 'warm_up' } })).statusCode, 202)
+  const node = await masterOf(names.prodconsKey)
+  // The node holds writes: the produce reaches it and waits there, unanswered.
+  await node.call('CLIENT', 'PAUSE', '1500', 'WRITE')
+  const answer = app.inject({ method: 'POST', url: '/events', payload: { event_name: 'in_flight' } })
+  await sleep(300)
+  await killConnections(node, 'name=busgate:commands')
+  const res = await answer
+  t.equal(res.statusCode, 503, 'the client is told')
+  t.match(res.json(), { code: 'BUSGATE_REDIS_UNAVAILABLE', message: /may still have happened/ })
+  await sleep(1700)
+  const queued = (await cluster.client.lrangeBuffer(names.prodconsKey, 0, -1)).map((f) => (decode(f) as { event_name: string }).event_name)
+  t.same(queued, ['warm_up'], 'and the produce was not sent again once the node took writes')
+})
+
+t.test('on a Redis Cluster: a produce that times out on its node is answered 503 in bounded time', async (t) => {
+  const names = uniqueNames()
+  const { app } = await listeningApp(t, cluster.url, { ...names, redisTimeoutMs: 500 })
+  t.equal((await app.inject({ method: 'POST', url: '/events', payload: { event_name: 'warm_up' } })).statusCode, 202)
+  const node = await masterOf(names.prodconsKey)
+  await node.call('CLIENT', 'PAUSE', '3000', 'WRITE')
+  const started = performance.now()
+  const res = await app.inject({ method: 'POST', url: '/events', payload: { event_name: 'late' } })
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { code: 'BUSGATE_REDIS_UNAVAILABLE', message: /did not answer in time/ })
+  t.ok(performance.now() - started < 2500, 'within the timeout, not after the pause')
+  await sleep(3000)
 })

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { decode } from '@msgpack/msgpack'
 import t from 'tap'
 import { listeningApp, testApp } from './helpers/app.js'
-import { startRedis, startSentinel } from './helpers/redis.js'
+import { monitorCommands, startRedis, startSentinel } from './helpers/redis.js'
 import { startReceiver } from './helpers/receiver.js'
 import { openStream } from './helpers/sse.js'
 import { until } from './helpers/wait.js'
@@ -99,6 +99,24 @@ t.test('BUSGATE_REDIS_WAIT_REPLICAS=1: a 202 means the replica holds it; with th
   t.equal(refused.statusCode, 503)
   t.match(refused.json(), { code: 'BUSGATE_REPLICATION_UNCONFIRMED', message: /0 of the 1 replicas/ })
   t.ok(performance.now() - started < 1500, 'within the wait bound')
+})
+
+t.test('BUSGATE_REDIS_WAIT_REPLICAS=1: a produce sent again after NOSCRIPT (SCRIPT FLUSH) is waited for after it is written', async (t) => {
+  const { master, replica, url } = await cluster(t)
+  const app = await testApp(t, url, { redisWaitReplicas: 1, redisWaitTimeoutMs: 1000 })
+  t.equal((await app.inject({ method: 'POST', url: '/events', payload: { event_name: 'first' } })).statusCode, 202)
+  await master.client.script('FLUSH')
+  const seen: string[] = []
+  // The produce script's calls (their key is the list) and the WAITs; the engine's other scripts are left out.
+  await monitorCommands(t, master.port, (args) => {
+    const name = String(args[0]).toLowerCase()
+    if (name === 'wait' || (name.startsWith('eval') && args[3] === 'events.prodcons')) seen.push(name)
+  })
+  const res = await app.inject({ method: 'POST', url: '/events', payload: { event_name: 'after_flush' } })
+  t.equal(res.statusCode, 202)
+  t.equal(await replica.client.llen('events.prodcons'), 2, 'on the replica before the answer')
+  await until(() => seen.includes('eval'))
+  t.same(seen, ['evalsha', 'wait', 'eval', 'wait'], 'refused, sent again with its text, and a WAIT after that')
 })
 
 t.test('BUSGATE_REDIS_WAIT_REPLICAS=1: kill -9 of the master under load loses no event answered 202; 202s resume on the new master', async (t) => {

@@ -224,7 +224,7 @@ export const LETTER_TRIM_MAX = 1000
  * both redelivered and kept, or redelivered twice.
  */
 export interface DeadLetterStore {
-  /** Adds a letter as the newest and drops the oldest past `max` (at most LETTER_TRIM_MAX); returns how many it dropped. */
+  /** Adds a letter as the newest and drops the oldest past `max` (at most LETTER_TRIM_MAX); returns how many it dropped. An id already there (an add sent again) changes nothing. */
   add (letter: ImportedLetter, max: number): Promise<number>
   count (): Promise<number>
   /** Its bytes only when they are at most `maxFrameBytes`, as in `page` and `frames`. */

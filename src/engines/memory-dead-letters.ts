@@ -50,6 +50,7 @@ export function memoryDeadLetters (keyspace: MemoryKeyspace, base: string, retry
   }
   return {
     add: async (letter, max) => {
+      if (byId.has(letter.id)) return 0
       put(letter)
       return trim(max)
     },

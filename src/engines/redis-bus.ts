@@ -1,16 +1,11 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Redis, Result } from 'ioredis'
+import type { Redis } from 'ioredis'
+import { BulkScript } from './bulk-script.js'
 import { Errors } from '../errors.js'
 import { LocalFeed, type Feed } from './feed.js'
 import { RedisHistory } from './redis-history.js'
 import type { RedisLink } from './redis-link.js'
 import { MAX_FRAMES_PER_PRODUCE, checkFrameCount, deliverMessage, type Bus, type HistoryOptions, type ProduceResult, type SubscriptionHandlers } from './engine.js'
-
-declare module 'ioredis' {
-  interface RedisCommander<Context> {
-    busgateProduce: (key: string, channel: string, ...frames: Buffer[]) => Result<[subscribers: number, length: number], Context>
-  }
-}
 
 // RPUSH first: if it fails (wrong type, out of memory) the script stops before PUBLISH, so a
 // failed produce leaves nothing behind. A script is atomic, and one command pipelines well.
@@ -22,6 +17,7 @@ for i = 2, #ARGV do
 end
 return {s, n}
 `
+const PRODUCE = new BulkScript(PRODUCE_LUA, 1)
 
 /** A produce that would take a waiting group past this sends that group first, and starts the next. */
 const GROUP_BYTES = 4 * 1024 * 1024
@@ -45,7 +41,6 @@ export class RedisBus implements Bus {
   #waiting = false
 
   constructor (private readonly link: RedisLink) {
-    link.commands.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
     // WAIT holds its connection until the replicas answer: produces get one of their own then,
     // so the other commands never queue behind it.
     if ((link.options.redisWaitReplicas ?? 0) > 0) {
@@ -55,7 +50,6 @@ export class RedisBus implements Bus {
         maxRetriesPerRequest: 0,
         commandTimeout: link.options.redisTimeoutMs + (link.options.redisWaitTimeoutMs ?? 1000)
       }, { counts: true, pinged: true })
-      this.#producer.defineCommand('busgateProduce', { numberOfKeys: 1, lua: PRODUCE_LUA })
     }
   }
 
@@ -99,20 +93,27 @@ export class RedisBus implements Bus {
 
   #send (members: PendingProduce[]): void {
     const { prodconsKey, pubsubChannel, redisWaitReplicas: replicas = 0, redisWaitTimeoutMs: waitMs = 1000 } = this.link.options
-    const frames = members.length === 1 ? (members[0] as PendingProduce).frames : members.flatMap((m) => m.frames)
+    // A loop, not flatMap: the group's frames number thousands under load, and flatMap was a hot spot.
+    const args: Array<string | Buffer> = [pubsubChannel]
+    for (const member of members) for (const frame of member.frames) args.push(frame)
+    const frameCount = args.length - 1
     const conn = this.#producer ?? this.link.commands
-    const produced = conn.busgateProduce(prodconsKey, pubsubChannel, ...frames)
+    let resent = false
+    const produced = PRODUCE.call(conn, [prodconsKey], args, () => { resent = true }) as Promise<[subscribers: number, length: number]>
     // WAIT right behind the script on the same connection: it counts the replicas that hold
     // every write this connection made before it, this group's included.
     if (replicas > 0) this.#waiting = true
     const confirmed = replicas === 0 ? Promise.resolve(0) : conn.wait(replicas, waitMs)
-    Promise.all([produced, confirmed]).then(([[subscribers, finalLength], acked]) => {
+    Promise.all([produced, confirmed]).then(async ([result, acked]) => {
+      // Sent again behind that WAIT (its Redis had forgotten the script): only a WAIT after it counts it.
+      return [result, resent && replicas > 0 ? await conn.wait(replicas, waitMs) : acked] as const
+    }).then(([[subscribers, finalLength], acked]) => {
       if (acked < replicas) {
         const err = new Errors.ReplicationUnconfirmed(`${acked} of the ${replicas} replicas asked for confirmed it within ${waitMs} ms`)
         for (const member of members) member.reject(err)
         return
       }
-      let end = finalLength - frames.length
+      let end = finalLength - frameCount
       for (const member of members) {
         end += member.frames.length
         member.resolve({ subscribers, queueLength: end })

@@ -66,7 +66,9 @@ end
 `
 
 // KEYS[4]: the sequence counter. ARGV: id, description, bytes, max, what a redelivery returns ('': none).
+// An id already there is an add sent again (its answer was lost): nothing more is written.
 const LETTER_ADD_LUA = LETTERS_LUA + `
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[1], seq, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])

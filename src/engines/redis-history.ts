@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Redis } from 'ioredis'
+import type { Redis, Result } from 'ioredis'
 import type { SubscriptionHandlers } from './engine.js'
 import { RingBuffer } from '../ring-buffer.js'
 import type { Feed, FeedEntry, FeedListener, HistoryMetrics, IdKind } from './feed.js'
@@ -18,6 +18,8 @@ const WAITING_MAX = 200_000
 const WAITING_BYTES = 64 * 1024 * 1024
 /** How many of the newest entries a new recorder compares with what it heard. */
 const TAIL = 32
+/** How long a follow waits for its takeover's first write before it reads where the history ends. */
+const FOLLOW_WAIT_MS = 5000
 const RECORD_BATCH = 1024
 const READ_COUNT = 1024
 /**
@@ -36,7 +38,7 @@ export interface RedisHistoryKeys {
   stream: string
   /** who records: the token of one instance, with an expiry */
   lease: string
-  /** the stream's counters: n (entries so far) and c (bytes of messages written so far) */
+  /** the stream's counters: n (entries so far) and c (bytes of messages written so far); w, the last batch written, and l, its last entry */
   meta: string
 }
 
@@ -46,20 +48,22 @@ export interface RedisHistoryKeys {
 // carries c, the bytes of messages written up to and including it, so what the history holds
 // is c(newest) - c(oldest) + its size without reading it all. The count is trimmed as Redis
 // trims cheaply (MAXLEN ~: whole nodes, never below `size`); the bytes, when over, from the
-// oldest, a few entries read at a time (the newest always stays).
+// oldest, a few entries read at a time (the newest always stays). A batch is named (w): one sent
+// again because its answer came late (Redis ran it, the client gave up waiting) is not written twice.
 const RECORD_LUA = `
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[3], 'w') == ARGV[5] then return {redis.call('HGET', KEYS[3], 'l')} end
 local size, maxBytes = ARGV[2], tonumber(ARGV[3])
 local n = tonumber(redis.call('HGET', KEYS[3], 'n') or '0')
 local c = tonumber(redis.call('HGET', KEYS[3], 'c') or '0')
 local ids = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   n = n + 1
   local kind = ARGV[i]
   if kind == 'm' then c = c + #ARGV[i + 1] end
   ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', size, '*', 'n', n, 'c', c, kind, ARGV[i + 1])
 end
-redis.call('HSET', KEYS[3], 'n', n, 'c', c)
+redis.call('HSET', KEYS[3], 'n', n, 'c', c, 'w', ARGV[5], 'l', ids[#ids])
 local function held (entry)
   local f, at, len = entry[2], 0, 0
   for j = 1, #f, 2 do
@@ -101,9 +105,11 @@ end
 return 0
 `
 
-interface HistoryCommands {
-  busgateHistoryRecord: (stream: string, lease: string, meta: string, ...args: Array<string | number | Buffer>) => Promise<Buffer[] | number>
-  busgateHistoryLease: (lease: string, token: string, ms: number, mode: 'take' | 'release') => Promise<number>
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    busgateHistoryRecord: (stream: string, lease: string, meta: string, ...args: Array<string | number | Buffer>) => Result<Buffer[] | number, Context>
+    busgateHistoryLease: (lease: string, token: string, ms: number, mode: 'take' | 'release') => Result<number, Context>
+  }
 }
 
 /** What is heard: a message, one set aside for its size, or a break. */
@@ -125,7 +131,6 @@ type StreamEntry = [id: Buffer, fields: Buffer[]]
 export class RedisHistory implements Feed {
   readonly shared = true
   readonly #token = randomBytes(9).toString('base64url')
-  readonly #commands: Redis & HistoryCommands
   #listener: FeedListener | undefined
   #stopSubscription: (() => Promise<void>) | undefined
   #reader: Redis | undefined
@@ -144,11 +149,17 @@ export class RedisHistory implements Feed {
   #lastWritten: string | undefined
   #lastRead: string | undefined
   #failures = 0
+  /** step-downs so far: a batch being written belongs to one turn as recorder (see #recordAll) */
+  #turn = 0
+  /** batches written so far: each is named by this and the token (see RECORD_LUA) */
+  #batches = 0
+  /** when a refused write last retook the lease at once (see #recordAll) */
+  #retakenAt = 0
   /** the bounds the stream is trimmed to: the configured ones, never below the least kept */
   readonly #keep: { size: number, bytes: number }
 
   constructor (
-    commands: Redis,
+    private readonly commands: Redis,
     private readonly openReader: () => Redis,
     private readonly subscribe: (handlers: SubscriptionHandlers) => Promise<() => Promise<void>>,
     private readonly keys: RedisHistoryKeys,
@@ -156,10 +167,9 @@ export class RedisHistory implements Feed {
     private readonly metrics: HistoryMetrics,
     private readonly log: FastifyBaseLogger
   ) {
-    this.#commands = commands as Redis & HistoryCommands
     this.#keep = { size: Math.max(KEPT_MIN, options.size), bytes: Math.max(KEPT_MIN_BYTES, options.bytes) }
-    this.#commands.defineCommand('busgateHistoryRecord', { numberOfKeys: 3, lua: RECORD_LUA })
-    this.#commands.defineCommand('busgateHistoryLease', { numberOfKeys: 1, lua: LEASE_LUA })
+    this.commands.defineCommand('busgateHistoryRecord', { numberOfKeys: 3, lua: RECORD_LUA })
+    this.commands.defineCommand('busgateHistoryLease', { numberOfKeys: 1, lua: LEASE_LUA })
   }
 
   async follow (listener: FeedListener): Promise<() => Promise<void>> {
@@ -172,8 +182,12 @@ export class RedisHistory implements Feed {
       gap: () => this.#heardBreak()
     })
     await this.#tryLead()
-    // Read after taking over: what the takeover wrote was heard before this follow began.
-    await this.#written()
+    // Read after taking over: what the takeover wrote (a break first, where it could not find
+    // where the last recorder stopped) was heard before this follow began. Waited for longer than
+    // a tick: a break written after the read of the newest entry would reach this follower as a
+    // gap (on a loaded machine the first write can take more than a second). Past the bound it
+    // begins all the same: a gap said too often, never a loss unsaid.
+    await this.#written(FOLLOW_WAIT_MS)
     const start = await this.#newest().catch(() => undefined)
     listener.begin(start?.id ?? '0-0')
     const reader = this.openReader()
@@ -197,7 +211,7 @@ export class RedisHistory implements Feed {
   async read (after: string, until: string, max: number): Promise<FeedEntry[] | 'gone'> {
     if (this.compare(after, until) >= 0) return []
     // From `after` itself: while it is still there, nothing after it has been trimmed.
-    const page = await this.#commands.xrangeBuffer(this.keys.stream, after, until, 'COUNT', max + 1) as StreamEntry[]
+    const page = await this.commands.xrangeBuffer(this.keys.stream, after, until, 'COUNT', max + 1) as StreamEntry[]
     if (page.length === 0 || page[0]![0].toString() !== after) return 'gone'
     return page.slice(1).map(([id, fields]) => {
       const { n: _n, ...entry } = toEntry(id.toString(), fields)
@@ -237,7 +251,7 @@ export class RedisHistory implements Feed {
     if (this.#leading) {
       this.#leading = false
       this.metrics.recording(false)
-      await this.#commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'release').catch(() => undefined)
+      await this.commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'release').catch(() => undefined)
     }
     this.#forgetRecent()
     this.#reader?.disconnect()
@@ -279,7 +293,7 @@ export class RedisHistory implements Feed {
   async #lead (): Promise<void> {
     let held: number
     try {
-      held = await this.#commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'take')
+      held = await this.commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'take')
     } catch (err) {
       this.#failed('could not renew or take the history lease', err)
       return
@@ -300,10 +314,10 @@ export class RedisHistory implements Feed {
   async #takeOver (): Promise<void> {
     let tail: StreamEntry[]
     try {
-      tail = await this.#commands.xrevrangeBuffer(this.keys.stream, '+', '-', 'COUNT', TAIL) as StreamEntry[]
+      tail = await this.commands.xrevrangeBuffer(this.keys.stream, '+', '-', 'COUNT', TAIL) as StreamEntry[]
     } catch (err) {
       // Give the lease back: recording without knowing where to start could repeat or skip.
-      await this.#commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'release').catch(() => undefined)
+      await this.commands.busgateHistoryLease(this.keys.lease, this.#token, LEASE_MS, 'release').catch(() => undefined)
       this.#failed('could not read the history to take over its recording', err)
       return
     }
@@ -337,21 +351,35 @@ export class RedisHistory implements Feed {
     await new Promise((resolve) => setImmediate(resolve))
     while (this.#toRecord.length > 0 && this.#leading) {
       const batch = this.#toRecord.splice(0, RECORD_BATCH)
-      const bytes = batch.reduce((n, h) => n + size(h), 0)
-      const args: Array<string | number | Buffer> = [this.#token, this.#keep.size, this.#keep.bytes, HISTORY_TTL_MS]
+      // What is being written no longer waits: the bound on what waits drops from what comes after it.
+      this.#toRecordBytes -= batch.reduce((n, h) => n + size(h), 0)
+      const args: Array<string | number | Buffer> = [this.#token, this.#keep.size, this.#keep.bytes, HISTORY_TTL_MS, `${this.#token}:${this.#batches++}`]
       for (const heard of batch) args.push(heard.kind, heard.kind === 'm' ? heard.raw : heard.kind === 'x' ? heard.size : 1)
-      let written: Buffer[] | number
-      try {
-        written = await this.#commands.busgateHistoryRecord(this.keys.stream, this.keys.lease, this.keys.meta, ...args)
-      } catch (err) {
-        this.#toRecord.unshift(...batch)
-        this.#failed('could not record the stream history; retrying', err)
-        await sleep(200)
-        continue
+      let written: Buffer[] | number | undefined
+      // The same batch, under the same name, until Redis answers: a late answer may mean it was
+      // written. Not after a step-down, even one followed by a takeover: the batch is then the
+      // other recorder's to have written, and this one's takeover starts from what it finds.
+      const turn = this.#turn
+      while (written === undefined && this.#leading && turn === this.#turn) {
+        try {
+          written = await this.commands.busgateHistoryRecord(this.keys.stream, this.keys.lease, this.keys.meta, ...args)
+        } catch (err) {
+          this.#failed('could not record the stream history; retrying', err)
+          await sleep(200)
+        }
       }
-      this.#toRecordBytes -= bytes
+      // Stepped down meanwhile: what a takeover since then queued is written by this same loop.
+      if (written === undefined) continue
       if (typeof written === 'number') {
         this.#stepDown()
+        // At once rather than at the next tick: a lease that is nobody's (a Redis restarted empty)
+        // is taken back now. Once a tick at most: a lease lost again as soon as taken (evicted
+        // under maxmemory) must not make a loop of takeovers at the speed of Redis.
+        const now = Date.now()
+        if (now - this.#retakenAt >= TICK_MS) {
+          this.#retakenAt = now
+          setImmediate(() => { this.#tryLead().catch(() => undefined) })
+        }
         return
       }
       this.#lastWritten = written[written.length - 1]?.toString() ?? this.#lastWritten
@@ -366,6 +394,7 @@ export class RedisHistory implements Feed {
    * another's): it records from where this one stopped, so what waits here goes.
    */
   #stepDown (): void {
+    this.#turn++
     this.#leading = false
     this.#toRecord = []
     this.#toRecordBytes = 0
@@ -373,16 +402,16 @@ export class RedisHistory implements Feed {
     this.log.warn('another instance records the stream history now')
   }
 
-  /** Resolves once what waits to be recorded is written, or after TICK_MS: a Redis that does not answer must hold nobody. */
-  async #written (): Promise<void> {
+  /** Resolves once what waits to be recorded is written, or after `bound` (a tick unless said): a Redis that does not answer must hold nobody. */
+  async #written (bound = TICK_MS): Promise<void> {
     if (this.#recording === undefined) return
     const drained = (async () => { while (this.#recording !== undefined) await this.#recording })()
-    await Promise.race([drained, sleep(TICK_MS)])
+    await Promise.race([drained, sleep(bound)])
   }
 
   /** The newest entry: where a follower starts. */
   async #newest (): Promise<{ id: string, n: number }> {
-    const [entry] = await this.#commands.xrevrangeBuffer(this.keys.stream, '+', '-', 'COUNT', 1) as StreamEntry[]
+    const [entry] = await this.commands.xrevrangeBuffer(this.keys.stream, '+', '-', 'COUNT', 1) as StreamEntry[]
     if (entry === undefined) return { id: '0-0', n: 0 }
     return { id: entry[0].toString(), n: parse(entry[1]).n }
   }

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { ReplyError, type Redis, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RedisTarget } from '../config.js'
-import { Errors } from '../errors.js'
+import { Errors, outcomeUnknown } from '../errors.js'
 import { RedisConnections } from './redis-connections.js'
 import type { EngineOptions, EngineState } from './engine.js'
 
@@ -104,9 +104,12 @@ export class RedisLink {
       if (transient === null) return new Error(`Redis refused the command: ${message}`)
       return new Errors.RedisUnavailable(`Redis cannot serve right now (${transient[1] ?? 'error'})`)
     }
-    return new Errors.RedisUnavailable(/timed out/i.test(message)
-      ? 'Redis did not answer in time; the write may still have happened'
-      : 'Redis is not reachable')
+    // Timed out, or cut off with the connection (flushed by maxRetriesPerRequest, aborted at the
+    // reconnect, or closed: see bulk-script.ts for Cluster): Redis may have run it. Refused
+    // before it was sent: the offline queue is off.
+    if (/timed out/i.test(message)) return outcomeUnknown(new Errors.RedisUnavailable('Redis did not answer in time; the write may still have happened'))
+    if (/max retries per request|Connection is closed|aborted due to connection close/i.test(message)) return outcomeUnknown(new Errors.RedisUnavailable('the connection to Redis dropped before it answered; the write may still have happened'))
+    return new Errors.RedisUnavailable('Redis is not reachable')
   }
 
   async connect (): Promise<void> {

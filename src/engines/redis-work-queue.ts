@@ -363,8 +363,10 @@ export class RedisWorkQueue implements WorkQueue {
 
   consumer (processingKey: string, retryKey?: string, delayKey?: string): Consumer {
     const { link } = this
-    // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design),
-    // and wait through reconnects instead of failing.
+    // Blocking pops get a connection each, without a command timeout (BLMOVE waits by design).
+    // One queued waits through a reconnect; one on the wire when the connection drops fails (it
+    // may have moved a message, which the lane's reclaim brings back), where a Cluster client
+    // sends it again instead.
     const conn = link.open('consumer', { maxRetriesPerRequest: null, autoResendUnfulfilledCommands: false, lazyConnect: true })
     const { prodconsKey } = link.options
     // A consumer without a retry list or a delay set looks at ones that nothing fills.

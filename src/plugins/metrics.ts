@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { RequestDurations } from './request-durations.js'
 
 /**
  * A gauge read from the bus at each scrape: unknown while the bus is down, so NaN then, rather
@@ -21,7 +22,7 @@ export interface Metrics {
   produced: Counter<'route' | 'format'>
   rejected: Counter<'reason'>
   clientErrors: Counter<'code'>
-  httpDuration: Histogram<'method' | 'route' | 'status_code'>
+  httpDuration: RequestDurations
   malformed: Counter<'source' | 'reason'>
   sseClients: Gauge
   sseEvents: Counter
@@ -44,6 +45,7 @@ export interface Metrics {
   subscriberTrimmed: Counter
   subscriberGaps: Counter
   invalidRecords: Counter<'kind'>
+  rateLimited: Counter<'route' | 'client'>
 }
 
 declare module 'fastify' {
@@ -80,10 +82,9 @@ export default fp(async (app) => {
       labelNames: ['code'],
       registers: [registry]
     }),
-    httpDuration: new Histogram({
+    httpDuration: new RequestDurations({
       name: 'busgate_http_request_duration_seconds',
       help: 'Time from request to response, by route',
-      labelNames: ['method', 'route', 'status_code'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [registry]
     }),
@@ -183,6 +184,12 @@ export default fp(async (app) => {
       help: 'Times this instance\'s bus subscription was lost and re-made while subscriber webhooks were enabled: events published meanwhile were not seen by it',
       registers: [registry]
     }),
+    rateLimited: new Counter({
+      name: 'busgate_rate_limited_total',
+      help: 'Requests refused with 429 because their client (a token, or an address without one) was past BUSGATE_RATE_LIMIT, by route and kind of client',
+      labelNames: ['route', 'client'],
+      registers: [registry]
+    }),
     invalidRecords: new Counter({
       name: 'busgate_invalid_records_total',
       help: 'Records read back from busgate\'s own keys that did not check (a hand edit, another version), by kind: left out, never trusted',
@@ -192,22 +199,11 @@ export default fp(async (app) => {
   }
   app.decorate('metrics', metrics)
 
-  // prom-client hashes the label object on every observe; on the hot path a Map from a plain
-  // string key to the bound child costs a fraction of that.
-  const durationByKey = new Map<string, Histogram.Internal<'method' | 'route' | 'status_code'>>()
   app.addHook('onResponse', (request, reply, done) => {
     // A stream's "latency" would be its lifetime: not a request duration.
     // Read once: Fastify builds a new object of a dozen fields on every read of routeOptions.
     const options = request.routeOptions
-    if (options.config.stream === true) return done()
-    const route = options.url ?? 'unmatched'
-    const key = `${request.method} ${reply.statusCode} ${route}`
-    let child = durationByKey.get(key)
-    if (child === undefined) {
-      child = metrics.httpDuration.labels({ method: request.method, route, status_code: String(reply.statusCode) })
-      durationByKey.set(key, child)
-    }
-    child.observe(reply.elapsedTime / 1000)
+    if (options.config.stream !== true) metrics.httpDuration.record(request.method, options.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000)
     done()
   })
 }, { name: 'busgate-metrics', fastify: '5.x' })

@@ -50,6 +50,9 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     skipOnError: true,
     ...(redis === undefined ? {} : { redis, nameSpace: `${config.keyPrefix}rate-limit:` }),
     enableDraftSpec: true,
+    onExceeded: (request) => {
+      app.metrics.rateLimited.inc({ route: request.routeOptions.url ?? 'unmatched', client: request.tokenDigest === null ? 'address' : 'token' })
+    },
     errorResponseBuilder: (_request, context) => new Errors.RateLimited(context.max, config.rateLimitWindowMs, context.after)
   })
-}, { name: 'busgate-rate-limit', fastify: '5.x', dependencies: ['busgate-auth', 'busgate-engine'] })
+}, { name: 'busgate-rate-limit', fastify: '5.x', dependencies: ['busgate-auth', 'busgate-engine', 'busgate-metrics'] })

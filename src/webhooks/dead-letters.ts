@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import { DEAD_LETTER_ID, DeadLetter, DeadLetterRecord, OldDeadLetter } from '../../schemas/dead-letter.js'
-import { BASE64 } from '../codec.js'
+import { isBase64 } from '../codec.js'
+import { isOutcomeUnknown } from '../errors.js'
 import type { DeadLetterStore, Engine, ImportedLetter, LetterBytes, StoredLetter } from '../engines/engine.js'
 import { storedRecordCheck } from '../validation.js'
 
@@ -23,6 +25,9 @@ const LETTER_ID = new RegExp(DEAD_LETTER_ID)
 
 /** Letters per step when redelivering all, filtering or migrating: no step holds Redis for long, or much memory here. */
 const CHUNK = 500
+/** How often an add whose outcome is unknown is sent, and how far apart. */
+const ADD_TRIES = 3
+const ADD_RETRY_MS = 200
 /** Migration steps in a row that found the old list changed under them before giving up for now. */
 const MIGRATION_RETRIES = 100
 
@@ -75,7 +80,22 @@ export class DeadLetters {
   /** Adds one as the newest; returns how many of the oldest it pushed out (the bound). */
   async add ({ frame, returns, ...letter }: NewDeadLetter): Promise<number> {
     const record: DeadLetterRecord = { ...letter, dead_at: new Date().toISOString() }
-    return await this.#store.add({ id: newLetterId(), meta: JSON.stringify(record), frame, ...(returns === undefined ? {} : { returns }) }, this.limits.max)
+    const stored: ImportedLetter = { id: newLetterId(), meta: JSON.stringify(record), frame, ...(returns === undefined ? {} : { returns }) }
+    // An add whose answer was lost may have been written: sent again under the same id, which
+    // the store writes once, rather than failing the claim, whose message would be claimed and
+    // buried again under a new id (two letters for one message). Once one try's outcome is
+    // unknown the next ones go whatever they meet: a dropped connection is often still coming
+    // back 200 ms later.
+    let unknown = false
+    for (let tries = 1; ; tries++) {
+      try {
+        return await this.#store.add(stored, this.limits.max)
+      } catch (err) {
+        unknown ||= isOutcomeUnknown(err)
+        if (tries >= ADD_TRIES || !unknown) throw err
+        await sleep(ADD_RETRY_MS)
+      }
+    }
   }
 
   /**
@@ -205,7 +225,7 @@ export class DeadLetters {
     } catch {
       return null
     }
-    if (!isOldLetter(parsed) || !LETTER_ID.test(parsed.id) || !BASE64.test(parsed.frame)) return null
+    if (!isOldLetter(parsed) || !LETTER_ID.test(parsed.id) || !isBase64(parsed.frame)) return null
     const { id, frame, ...record } = parsed
     return { id, meta: JSON.stringify(record), frame: Buffer.from(frame, 'base64') }
   }

@@ -48,6 +48,27 @@ export function busContract (t: Test, make: EngineFactory, { nodeSubscribers = f
     for (let i = 0; i < 50; i++) claimed.push(String(await claimOne(consumer, 1000)))
     t.same(claimed, frames.map(String))
   })
+  t.test('frames that are views of one buffer pass as themselves: back to back, out of order, apart, and alone', async (t) => {
+    const engine = await fresh(t)
+    const sub = await collect(engine)
+    const whole = Buffer.from('AAAbbbbCCdEEEEEEfff')
+    const at = (start: number, end: number): Buffer => whole.subarray(start, end)
+    const sets = [
+      [at(0, 3), at(3, 7), at(7, 9)], // back to back
+      [at(3, 7), at(0, 3)], // out of order
+      [at(0, 3), at(7, 9), at(9, 10)], // a gap
+      [at(10, 16), Buffer.from('own'), at(16, 19)], // mixed with a buffer of its own
+      [at(9, 10)] // alone
+    ]
+    for (const frames of sets) await engine.bus.produce(frames)
+    const want = sets.flat().map(String)
+    t.same((await sub.until(want.length)).map(String), want, 'the channel got each frame, exactly')
+    const consumer = engine.queue.consumer(`{test}.processing.${randomUUID()}`)
+    t.teardown(() => consumer.close())
+    const claimed: string[] = []
+    for (let i = 0; i < want.length; i++) claimed.push(String(await claimOne(consumer, 1000)))
+    t.same(claimed, want, 'and the list')
+  })
   t.test('concurrent produces: order of acceptance is order in the list and on the channel', async (t) => {
     const engine = await fresh(t)
     const sub = await collect(engine)

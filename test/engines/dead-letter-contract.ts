@@ -25,6 +25,8 @@ export function deadLetterContract (t: Test, make: EngineFactory): void {
     const raw = Buffer.from([0x00, 0xff, 0xc1, 0x0a])
     for (let n = 1; n <= 5; n++) t.equal(await letters.add(letter(n, n === 3 ? raw : undefined), 4), n === 5 ? 1 : 0, `add ${n}: drops past the bound`)
     t.equal(await letters.count(), 4)
+    t.equal(await letters.add({ ...letter(4), meta: '{"again":true}' }, 4), 0, 'an add sent again')
+    t.same((await letters.page(0, 10, ANY_SIZE)).letters.map((l) => [l.id, l.meta]), [5, 4, 3, 2].map((n) => [letter(n).id, `{"n":${n}}`]), 'changes nothing: same place, same letter')
     t.same(await letters.get(letter(3).id, ANY_SIZE), { id: letter(3).id, meta: '{"n":3}', frame: raw, frameBytes: 4 }, 'bytes kept as bytes')
     t.equal(await letters.get(letter(1).id, ANY_SIZE), undefined, 'the oldest went')
     const page = await letters.page(1, 2, ANY_SIZE)

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
+import { connect as connectSocket, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Cluster, Redis } from 'ioredis'
@@ -154,4 +154,38 @@ export async function startCluster (t: Teardown): Promise<{ url: string, client:
   client.on('error', () => {})
   t.teardown(() => client.disconnect())
   return { url: `redis+cluster://${ports.map((p) => `127.0.0.1:${p}`).join(',')}`, client, ports }
+}
+
+/**
+ * Hears every command `port`'s server runs (MONITOR) on a plain socket, each as its name and
+ * arguments (quoted as Redis prints them). Not ioredis' monitor(): it takes a MONITOR line that
+ * comes in the same read as the +OK for a reply nobody asked for, and throws.
+ */
+export async function monitorCommands (t: Teardown, port: number, heard: (args: string[]) => void): Promise<void> {
+  const socket = connectSocket(port, '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  let rest = ''
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject)
+    socket.on('data', (chunk: Buffer) => {
+      const lines = (rest + chunk.toString('latin1')).split('\r\n')
+      rest = lines.pop()!
+      for (const line of lines) {
+        if (line === '+OK') { resolve(); continue }
+        heard([...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]!))
+      }
+    })
+    socket.write('MONITOR\r\n')
+  })
+}
+
+/** The ids of `server`'s client connections whose CLIENT LIST line matches every pattern (`name=busgate:consumer`, `cmd=blmove`…). */
+export async function connectionIds (server: Redis, ...patterns: string[]): Promise<string[]> {
+  const list = await server.call('CLIENT', 'LIST') as string
+  return list.split('\n').filter((line) => patterns.every((p) => line.includes(` ${p} `))).map((line) => /^id=(\d+)/.exec(line)![1]!)
+}
+
+/** Cuts those connections from the server's side, as a network blip or a proxy restart would. */
+export async function killConnections (server: Redis, ...patterns: string[]): Promise<void> {
+  for (const id of await connectionIds(server, ...patterns)) await server.call('CLIENT', 'KILL', 'ID', id)
 }

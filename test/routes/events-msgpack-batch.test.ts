@@ -103,6 +103,7 @@ const BAD: BadCase[] = [
   { name: 'more than BUSGATE_BATCH_MAX', payload: concat([good, good, good, good, good, good]), status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /more than 5 items/ },
   { name: 'a header claiming 2^32-1 elements', payload: hex(`dd ffffffff ${good}`), status: 400, code: 'BUSGATE_VALIDATION_FAILED', message: /more than 5 items/ },
   { name: 'element 1 over BUSGATE_BUS_MAX_MESSAGE_BYTES', payload: concat([good, event('a', 'b', `da 0400 ${'78'.repeat(1024)}`, 1)]), status: 413, code: 'BUSGATE_MESSAGE_TOO_LARGE', message: /body\/1\/\d+ bytes of msgpack, more than BUSGATE_BUS_MAX_MESSAGE_BYTES \(1024\)/ },
+  { name: 'element 0 over BUSGATE_BUS_MAX_MESSAGE_BYTES, element 1 undecodable: the first refusal in array order', payload: concat([event('a', 'b', `da 0400 ${'78'.repeat(1024)}`, 1), '83 a161']), status: 413, code: 'BUSGATE_MESSAGE_TOO_LARGE', message: /body\/0\/\d+ bytes of msgpack/ },
   { name: 'a body over BUSGATE_BODY_LIMIT', payload: concat([good, event('a', 'b', `db 00002000 ${'78'.repeat(8192)}`, 1)]), status: 413, code: 'BUSGATE_PAYLOAD_TOO_LARGE', message: /4096/ }
 ]
 

@@ -214,7 +214,9 @@ t.test('an event larger than the bus takes gets 413 and writes nothing: bytes pa
     // 600 floats: under 4 KB of JSON, over 4 KB of msgpack (9 bytes each).
     ['/events', JSON_CT, JSON.stringify({ event_name: 'a', args: Array.from({ length: 600 }, () => 0.5) }), /body\/\d+ bytes of msgpack, more than BUSGATE_BUS_MAX_MESSAGE_BYTES \(4096\)/],
     ['/events', { 'content-type': 'application/msgpack' }, Buffer.from(encode({ event_name: 'a', agent_id: 'b', args: ['x'.repeat(5000)] })), /more than BUSGATE_BUS_MAX_MESSAGE_BYTES/],
-    ['/events/batch', JSON_CT, JSON.stringify([{ event_name: 'ok' }, { event_name: 'a', args: ['y'.repeat(5000)] }]), /body\/1\/\d+ bytes of msgpack/]
+    ['/events/batch', JSON_CT, JSON.stringify([{ event_name: 'ok' }, { event_name: 'a', args: ['y'.repeat(5000)] }]), /body\/1\/\d+ bytes of msgpack/],
+    // The first refusal in array order, whatever kind: element 0's size before element 1's value.
+    ['/events/batch', JSON_CT, JSON.stringify([{ event_name: 'a', args: ['x'.repeat(5000)] }, { event_name: 'b', args: [2 ** 60] }]), /: body\/0\/\d+ bytes of msgpack/]
   ]
   for (const [url, headers, payload, message] of cases) {
     const res = await app.inject({ method: 'POST', url, headers, payload })

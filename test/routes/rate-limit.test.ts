@@ -34,6 +34,7 @@ t.test('over the limit: 429 BUSGATE_RATE_LIMITED with Retry-After and the RateLi
   const keys = await redis.client.keys('*rate-limit*')
   t.equal(keys.length, 1)
   t.match(keys[0], /^busgate:rate-limit:ip:/, 'under the key prefix')
+  t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /^busgate_rate_limited_total\{route="\/events",client="address"\} 1$/m, 'counted')
 })
 
 t.test('/healthz, /readyz and /metrics are never limited', async (t) => {
@@ -75,6 +76,9 @@ t.test('different tokens are counted separately', async (t) => {
   // A made-up token gets its 401 before it is counted: it cannot spend anyone's count, nor make keys.
   for (let i = 0; i < 5; i++) t.equal((await app.inject({ method: 'GET', url: '/webhooks', headers: as(`nope-${i}`) })).statusCode, 401)
   t.equal((await redis.client.keys('*rate-limit*')).length, 2)
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics', headers: as(ALICE) })).body
+  t.match(metrics, /^busgate_rate_limited_total\{route="\/webhooks",client="token"\} 2$/m, 'each refusal counted, by route and kind of client')
+  t.notMatch(metrics, /client="address"/)
 })
 
 t.test('off by default', async (t) => {

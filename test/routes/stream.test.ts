@@ -209,9 +209,10 @@ t.test('resume gaps are said, never skipped silently (a history per process)', a
 
   const s = await openStream(`${base}/events/stream`)
   await post([{ event_name: 'e_1' }, { event_name: 'e_2' }], '/events/batch')
-  const firstId = (await s.waitFor(1))[0]!.id!
-  s.close()
   await post(Array.from({ length: 10 }, (_, i) => ({ event_name: `later_${i}` })), '/events/batch')
+  // All twelve heard before a resume: the POST's answer can come before the gateway's subscriber reads them.
+  const firstId = (await s.waitFor(12))[0]!.id!
+  s.close()
 
   const cases: Array<[string, string, string]> = [
     ['too old for a history of 5', firstId, 'too_old'],
@@ -372,7 +373,8 @@ t.test('a lost Redis subscription: streams stay open, are told of the gap, and g
   }
   t.equal(ready, 503, 'not ready while the subscription is down')
   await own.start()
-  await stream.waitFor(2)
+  // Reconnecting waits out a backoff of up to 2 s per connection: on a loaded machine more than waitFor's usual 5 s in all.
+  await stream.waitFor(2, 15_000)
   t.equal(stream.events[1]?.event, 'busgate.gap')
   t.match(dataOf(stream.events[1]!), { reason: 'bus_reconnected' })
   let status = 0

@@ -9,6 +9,8 @@ import { uniqueNames, type BusNames } from '../helpers/bus.js'
 import { capturingLogger } from '../helpers/logger.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { startRedis } from '../helpers/redis.js'
+import { replyDelay } from '../helpers/reply-delay.js'
+import { until } from '../helpers/wait.js'
 
 const redis = await startRedis(t)
 
@@ -90,6 +92,23 @@ async function queuedCounts (names: BusNames): Promise<Map<string | null, number
   }
   return counts
 }
+
+t.test('a letter whose write Redis ran but answered late is written once', async (t) => {
+  const names = uniqueNames()
+  const proxy = await replyDelay(t, redis.port)
+  const app = await testApp(t, proxy.url, { ...names, webhookAllowPrivate: true, webhookMaxAttempts: 1, webhookTake: 'all', redisTimeoutMs: 1000 })
+  const created = await app.inject({ method: 'POST', url: '/webhooks', payload: { url: 'http://127.0.0.1:1/never', event_names: ['nothing_takes_these_*'] } })
+  t.equal(created.statusCode, 201)
+  await sleep(1200)
+  // The answer to the letter's write comes after the 1 s command timeout.
+  proxy.holdAfter('"reason":"no_matching_webhook"', 1500)
+  t.equal((await app.inject({ method: 'POST', url: '/events', payload: { event_name: 'undeliverable' } })).statusCode, 202)
+  await until(() => proxy.held === 1)
+  await sleep(4000)
+  const letters = await everyLetter(app)
+  t.same(letters.map((l) => l.event_name), ['undeliverable'], 'one letter')
+  t.equal(await redis.client.llen(names.prodconsKey), 0, 'and the message left the list')
+})
 
 t.test('5,000 dead letters are redelivered at once, oldest first, each once, in a few seconds', async (t) => {
   const names = uniqueNames()

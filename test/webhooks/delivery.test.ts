@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { encode } from '@msgpack/msgpack'
 import t, { type Test } from 'tap'
 import { startReceiver, verifySignature } from '../helpers/receiver.js'
-import { startRedis } from '../helpers/redis.js'
+import { connectionIds, killConnections, startRedis } from '../helpers/redis.js'
 import { webhookGateway } from '../helpers/webhooks.js'
 import { until } from '../helpers/wait.js'
 import type { Config } from '../../src/config.js'
@@ -82,6 +82,26 @@ t.test('round-robin over the matching webhooks; filters route; with BUSGATE_WEBH
   t.equal(dead.total, 1)
   t.match(dead.dead_letters[0], { reason: 'no_matching_webhook', event_name: 'unwanted_event' })
 })
+
+t.test('with BUSGATE_WEBHOOK_TAKE=all, a blocking claim whose connection drops goes on after the reconnect', async (t) => {
+  const { register, post, app } = await gateway(t, { webhookTake: 'all' })
+  const receiver = await startReceiver(t)
+  await register(receiver.url)
+  await post([{ event_name: 'before' }])
+  await receiver.waitFor(1)
+  // The lanes wait in BLMOVE now; their connections are cut (a network blip, a proxy restart).
+  await until(async () => (await connectionIds(redis.client, ...waitingConsumers)).length > 0)
+  await sleep(200)
+  await killConnections(redis.client, ...waitingConsumers)
+  await sleep(500)
+  await post([{ event_name: 'after' }])
+  const got = await receiver.waitFor(2, 8000)
+  t.same(got.map((r) => r.json.event_name), ['before', 'after'], 'delivered after the reconnect')
+  // A wait the client dropped without an answer would hold its lane, and the close, for ever.
+  t.ok(await Promise.race([app.close().then(() => true), sleep(5000).then(() => false)]), 'and it closes: no lane is left in a lost wait')
+})
+
+const waitingConsumers = ['name=busgate:consumer', 'cmd=blmove']
 
 t.test('a failing webhook fails over to the next; one that keeps failing is set aside', async (t) => {
   // One loop: with several, deliveries already under way when the circuit opens would also land.
