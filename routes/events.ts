@@ -93,10 +93,10 @@ function encodeInputs (inputs: readonly EventInput[], defaultAgentId: string, ma
 
 const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { config }) => {
   const produced = {
-    json: app.metrics.produced.labels({ route: 'single', format: 'json' }),
-    msgpack: app.metrics.produced.labels({ route: 'single', format: 'msgpack' }),
-    batch: app.metrics.produced.labels({ route: 'batch', format: 'json' }),
-    msgpackBatch: app.metrics.produced.labels({ route: 'batch', format: 'msgpack' })
+    json: app.metrics.produced({ route: 'single', format: 'json' }),
+    msgpack: app.metrics.produced({ route: 'single', format: 'msgpack' }),
+    batch: app.metrics.produced({ route: 'batch', format: 'json' }),
+    msgpackBatch: app.metrics.produced({ route: 'batch', format: 'msgpack' })
   }
 
   // Only this route takes msgpack: its parser lives in this context alone, so other routes answer 415.
@@ -137,7 +137,8 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
       }
       const raw = wireBytes.get(body)
       const frame = raw === undefined ? encodeInputs([body as EventInput], config.agentId, config.busMaxMessageBytes, SINGLE)[0] as Buffer : checkSize(raw, config.busMaxMessageBytes, '')
-      await app.tasks.recordProduced([body])
+      const recording = app.tasks.recordProduced([body])
+      if (recording !== undefined) await recording
       const result = await app.engine.bus.produce([frame])
       const counter = raw === undefined ? produced.json : produced.msgpack
       counter.inc()
@@ -184,7 +185,8 @@ const events: FastifyPluginAsyncTypebox<{ config: Config }> = async (app, { conf
       const frames = raw === undefined
         ? encodeInputs(body as EventInput[], config.agentId, config.busMaxMessageBytes, BATCH_ELEMENT)
         : raw // each checked for size as it was sliced
-      await app.tasks.recordProduced(body)
+      const recording = app.tasks.recordProduced(body)
+      if (recording !== undefined) await recording
       const result = await app.engine.bus.produce(frames)
       const counter = raw === undefined ? produced.batch : produced.msgpackBatch
       counter.inc(frames.length)

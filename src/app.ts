@@ -65,6 +65,9 @@ export function loggerOptions (level: string): FastifyServerOptions['logger'] {
   }
 }
 
+/** The levels (LOG_LEVELS) at which a debug line is written. */
+const WRITES_DEBUG: ReadonlySet<string> = new Set(['debug', 'trace'])
+
 /**
  * Access lines at debug: at info, a line per request would cost more than producing the event.
  * Refusals and failures are logged by the error handler at info and error.
@@ -72,6 +75,8 @@ export function loggerOptions (level: string): FastifyServerOptions['logger'] {
 class AccessLog extends LogController {
   override incomingRequest (): void {}
   override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    // Built only when it will be written: this runs for every request.
+    if (!WRITES_DEBUG.has(request.log.level)) return
     // A stream closed by its client ends "with an error" (premature close): still just an access line.
     request.log.debug({ req: request, statusCode: reply.statusCode, ms: reply.elapsedTime, ...(error == null ? {} : { ended: error.message }) },
       'request completed')

@@ -158,13 +158,20 @@ export class TaskTracker {
     await this.store.hashMerge(this.key(report.taskId), fields, defaults, this.options.ttlMs, { field: 'status', values: ENDED, rising: 'current' })
   }
 
-  /** Records the task events among events about to be produced: before they are, see `record`. */
-  async recordProduced (events: ReadonlyArray<{ event_name: string, args?: readonly unknown[] }>): Promise<void> {
+  /**
+   * Records the task events among events about to be produced: before they are, see `record`.
+   * Undefined when there are none, the usual case: a produce then waits for nothing.
+   */
+  recordProduced (events: ReadonlyArray<{ event_name: string, args?: readonly unknown[] }>): Promise<void> | undefined {
     const reports: TaskReport[] = []
     for (const event of events) {
       const report = parseTaskEvent(event)
       if (report !== undefined) reports.push(report)
     }
+    return reports.length === 0 ? undefined : this.#recordAll(reports)
+  }
+
+  async #recordAll (reports: readonly TaskReport[]): Promise<void> {
     for (const report of reports) await this.record(report)
   }
 

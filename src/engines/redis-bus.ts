@@ -59,11 +59,13 @@ export class RedisBus implements Bus {
    * too, and their order in the group is their order in the list. One script call for many
    * events costs Redis a fraction of one call per event (the Lua call itself is most of it).
    */
-  async produce (frames: readonly Uint8Array[]): Promise<ProduceResult> {
-    checkFrameCount(frames)
-    const buffers = frames.map((f) => (Buffer.isBuffer(f) ? f : Buffer.from(f.buffer, f.byteOffset, f.byteLength)))
-    const bytes = buffers.reduce((sum, b) => sum + b.byteLength, 0)
-    return await new Promise<ProduceResult>((resolve, reject) => {
+  // Not async: a produce is settled by its group, and an async wrapper would add a turn to each.
+  // What the executor throws (a wrong frame count) rejects the promise, as an async function's would.
+  produce (frames: readonly Uint8Array[]): Promise<ProduceResult> {
+    return new Promise<ProduceResult>((resolve, reject) => {
+      checkFrameCount(frames)
+      const buffers = frames.map((f) => (Buffer.isBuffer(f) ? f : Buffer.from(f.buffer, f.byteOffset, f.byteLength)))
+      const bytes = buffers.reduce((sum, b) => sum + b.byteLength, 0)
       if (this.#group.frames + buffers.length > MAX_FRAMES_PER_PRODUCE || this.#group.bytes + bytes > GROUP_BYTES) this.#flush()
       this.#group.members.push({ frames: buffers, resolve, reject })
       this.#group.frames += buffers.length
@@ -100,29 +102,36 @@ export class RedisBus implements Bus {
     const conn = this.#producer ?? this.link.commands
     let resent = false
     const produced = PRODUCE.call(conn, [prodconsKey], args, () => { resent = true }) as Promise<[subscribers: number, length: number]>
-    // WAIT right behind the script on the same connection: it counts the replicas that hold
-    // every write this connection made before it, this group's included.
-    if (replicas > 0) this.#waiting = true
-    const confirmed = replicas === 0 ? Promise.resolve(0) : conn.wait(replicas, waitMs)
-    Promise.all([produced, confirmed]).then(async ([result, acked]) => {
-      // Sent again behind that WAIT (its Redis had forgotten the script): only a WAIT after it counts it.
-      return [result, resent && replicas > 0 ? await conn.wait(replicas, waitMs) : acked] as const
-    }).then(([[subscribers, finalLength], acked]) => {
-      if (acked < replicas) {
-        const err = new Errors.ReplicationUnconfirmed(`${acked} of the ${replicas} replicas asked for confirmed it within ${waitMs} ms`)
-        for (const member of members) member.reject(err)
-        return
-      }
+    const settle = ([subscribers, finalLength]: [number, number]): void => {
       let end = finalLength - frameCount
       for (const member of members) {
         end += member.frames.length
         member.resolve({ subscribers, queueLength: end })
       }
-    }, (err: unknown) => {
+    }
+    const fail = (err: unknown): void => {
       const translated = this.link.translate(err)
       for (const member of members) member.reject(translated)
-    }).finally(() => {
-      if (replicas === 0) return
+    }
+    if (replicas === 0) {
+      // The usual case, kept to one step: this runs for every group.
+      produced.then(settle, fail)
+      return
+    }
+    // WAIT right behind the script on the same connection: it counts the replicas that hold
+    // every write this connection made before it, this group's included.
+    this.#waiting = true
+    Promise.all([produced, conn.wait(replicas, waitMs)]).then(async ([result, acked]) => {
+      // Sent again behind that WAIT (its Redis had forgotten the script): only a WAIT after it counts it.
+      return [result, resent ? await conn.wait(replicas, waitMs) : acked] as const
+    }).then(([result, acked]) => {
+      if (acked < replicas) {
+        const err = new Errors.ReplicationUnconfirmed(`${acked} of the ${replicas} replicas asked for confirmed it within ${waitMs} ms`)
+        for (const member of members) member.reject(err)
+        return
+      }
+      settle(result)
+    }, fail).finally(() => {
       this.#waiting = false
       const next = this.#backlog.shift()
       if (next !== undefined) this.#send(next.members)
