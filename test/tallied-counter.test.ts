@@ -23,3 +23,16 @@ t.test('a tallied counter reads as prom-client\'s own, cumulative across scrapes
   t.equal(await ours.metrics(), await theirs.metrics())
   t.match(await ours.metrics(), /^busgate_events_produced_total\{route="single",format="json"\} 3$/m)
 })
+
+t.test('a reset leaves nothing to come back; a bad increment is refused where it is made', async (t) => {
+  const registry = new Registry()
+  const tally = talliedCounter({ name: 'busgate_events_produced_total', help: 'Events', labelNames: ['route', 'format'], registers: [registry] })
+  const single = tally({ route: 'single', format: 'json' })
+  single.inc(5)
+  registry.resetMetrics()
+  t.notMatch(await registry.metrics(), /route="single"/, 'counts not yet read are reset too')
+  t.throws(() => { single.inc(-1) }, RangeError)
+  t.throws(() => { single.inc(Number.NaN) }, RangeError)
+  single.inc(2)
+  t.match(await registry.metrics(), /^busgate_events_produced_total\{route="single",format="json"\} 2$/m, 'the scrape still reads')
+})

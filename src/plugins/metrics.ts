@@ -25,11 +25,20 @@ export interface Tally {
 /**
  * A counter for a hot path: prom-client's own inc() hashes and checks the label set on every
  * call, a few per cent of a produce. A tally adds to a plain number, and the counter takes the
- * sums in when it is read (prom-client calls `collect` before every read).
+ * sums in when it is read (prom-client calls `collect` before every read). Make each label set's
+ * tally once, where the route is set up: each one lives as long as the counter. No exemplars:
+ * the counter's inc() takes other arguments with them.
  */
-export function talliedCounter<T extends string> (config: CounterConfiguration<T>): (labels: LabelValues<T>) => Tally {
+export function talliedCounter<T extends string> (config: Omit<CounterConfiguration<T>, 'enableExemplars' | 'collect'>): (labels: LabelValues<T>) => Tally {
   const tallies: Array<{ labels: LabelValues<T>, n: number }> = []
-  new Counter<T>({ // eslint-disable-line no-new
+  class Tallied extends Counter<T> {
+    // What is not yet taken in goes too: a reset must leave nothing to come back at the next read.
+    override reset (): void {
+      super.reset()
+      for (const tally of tallies) tally.n = 0
+    }
+  }
+  new Tallied({ // eslint-disable-line no-new
     ...config,
     collect () {
       for (const tally of tallies) {
@@ -42,7 +51,13 @@ export function talliedCounter<T extends string> (config: CounterConfiguration<T
   return (labels) => {
     const tally = { labels, n: 0 }
     tallies.push(tally)
-    return { inc: (n = 1) => { tally.n += n } }
+    return {
+      inc: (n = 1) => {
+        // Refused here, as prom-client refuses it, rather than at every later read.
+        if (!(n >= 0 && Number.isFinite(n))) throw new RangeError(`a counter only goes up, by a finite number: not ${n}`)
+        tally.n += n
+      }
+    }
   }
 }
 
